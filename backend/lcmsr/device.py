@@ -1,0 +1,59 @@
+"""Which device runs, and why — said plainly, never a silent fallback."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    reason: str          # one sentence for logs and the diagnostics view
+    fallback: bool       # True when "auto" wanted a GPU but had to use the CPU
+
+
+def _cuda_unavailable_reason() -> str:
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    try:
+        n = torch.cuda.device_count()
+    except Exception as exc:  # driver problems surface here
+        return f"the CUDA driver could not be queried ({exc})"
+    if n == 0:
+        return "no CUDA GPU is visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it)"
+    return "CUDA is not available"
+
+
+def resolve_device(request: str | None = "auto") -> DeviceChoice:
+    """Turn "auto" | "cpu" | "cuda" | "cuda:N" into a device and a reason.
+
+    "auto" takes the first CUDA GPU when there is one and otherwise the CPU, with
+    ``fallback=True`` and the reason; an explicit CUDA request that cannot be met
+    raises :class:`DeviceError` naming why.
+    """
+    req = (request or "auto").strip().lower()
+    if req == "cpu":
+        return DeviceChoice(torch.device("cpu"), "CPU requested", False)
+    if req == "auto":
+        if torch.cuda.is_available():
+            dev = torch.device("cuda:0")
+            return DeviceChoice(dev, f"CUDA GPU found: {torch.cuda.get_device_name(dev)}", False)
+        return DeviceChoice(torch.device("cpu"), f"running on the CPU: {_cuda_unavailable_reason()}", True)
+    if req == "cuda" or req.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{request}' was requested but {_cuda_unavailable_reason()}")
+        index = 0 if req == "cuda" else req.split(":", 1)[1]
+        try:
+            index = int(index)
+        except ValueError:
+            raise DeviceError(f"device '{request}' is not of the form cuda:N") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise DeviceError(f"device '{request}' does not exist: {torch.cuda.device_count()} CUDA GPU(s) visible")
+        dev = torch.device(f"cuda:{index}")
+        return DeviceChoice(dev, f"CUDA GPU requested: {torch.cuda.get_device_name(dev)}", False)
+    raise DeviceError(f"unknown device '{request}': use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,63 @@
+"""Plugin object: provider registration, menu and toolbar."""
+from qgis.core import QgsApplication, QgsMessageLog, Qgis
+
+from . import environment
+from .provider import LcmsrProvider, plugin_icon
+from .settings import Settings
+
+MENU = "&LCMSR Super-Resolution"
+
+
+class LcmsrPlugin:
+    def __init__(self, iface):
+        self.iface = iface
+        self.provider = None
+        self.actions = []
+        environment.add_extra_python_path(Settings().extra_python_path)
+
+    # Processing is registered here as well as from initGui so qgis_process (which calls only this) sees it.
+    def initProcessing(self):  # noqa: N802
+        if self.provider is None:
+            self.provider = LcmsrProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+        ok, message = environment.backend_status()
+        if not ok:
+            QgsMessageLog.logMessage(message, "LCMSR", Qgis.Warning)
+
+    def initGui(self):  # noqa: N802
+        self.initProcessing()
+        if self.iface is None:
+            return
+        from qgis.PyQt.QtWidgets import QAction
+
+        run = QAction(plugin_icon(), "Super-resolve active layer…", self.iface.mainWindow())
+        run.triggered.connect(self.superresolve_active_layer)
+        settings = QAction(plugin_icon(), "Settings and models…", self.iface.mainWindow())
+        settings.triggered.connect(self.open_settings)
+        # The Raster menu is where analysts look; interfaces without it (test doubles) get the Plugins menu.
+        add = getattr(self.iface, "addPluginToRasterMenu", None) or self.iface.addPluginToMenu
+        for action in (run, settings):
+            add(MENU, action)
+            self.actions.append(action)
+        self.iface.addToolBarIcon(run)
+
+    def unload(self):
+        remove = getattr(self.iface, "removePluginRasterMenu", None) or getattr(self.iface, "removePluginMenu", None)
+        for action in self.actions:
+            if remove is not None:
+                remove(MENU, action)
+            self.iface.removeToolBarIcon(action)
+        self.actions = []
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+
+    def open_settings(self):
+        from .ui.settings_dialog import SettingsDialog
+
+        SettingsDialog(self.iface.mainWindow() if self.iface else None).exec_()
+
+    def superresolve_active_layer(self):
+        from .tasks import start_superresolve_active_layer
+
+        start_superresolve_active_layer(self.iface)

@@ -1,0 +1,76 @@
+"""Per-user settings in QgsSettings under the plugin's own prefix `lcmsr/`."""
+import json
+import os
+
+from qgis.core import QgsSettings
+
+PREFIX = "lcmsr/"
+DEFAULTS = {
+    "default_model": "",
+    "device": "auto",
+    "tile": 256,
+    "overlap": 32,
+    "batch": 4,
+    "precision": "fp32",
+    "extra_python_path": "",
+}
+
+
+def bundled_model_path() -> str:
+    """The shipped model: in the release zip under resources/, in a checkout at the repository's resources/."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "resources"), os.path.join(here, os.pardir, "resources")):
+        folder = os.path.join(root, "models")
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.endswith(".safetensors"):
+                    return os.path.normpath(os.path.join(folder, name))
+    return ""
+
+
+class Settings:
+    def __init__(self):
+        self._s = QgsSettings()
+
+    def _get(self, key):
+        default = DEFAULTS[key]
+        value = self._s.value(PREFIX + key, default)
+        if isinstance(default, int):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return default
+        return value if value is not None else default
+
+    def _set(self, key, value):
+        self._s.setValue(PREFIX + key, value)
+
+    def __getattr__(self, key):
+        if key in DEFAULTS:
+            return self._get(key)
+        raise AttributeError(key)
+
+    def set(self, key, value):
+        if key not in DEFAULTS and key != "models":
+            raise KeyError(key)
+        self._set(key, value)
+
+    @property
+    def models(self) -> list:
+        raw = self._s.value(PREFIX + "models", "[]")
+        try:
+            paths = json.loads(raw) if isinstance(raw, str) else list(raw or [])
+        except ValueError:
+            paths = []
+        return [p for p in paths if isinstance(p, str)]
+
+    @models.setter
+    def models(self, paths):
+        self._s.setValue(PREFIX + "models", json.dumps(list(dict.fromkeys(paths))))
+
+    def model_for_run(self) -> str:
+        """The default model if set and present, else the bundled one ('' if neither)."""
+        path = self.default_model
+        if path and os.path.exists(path):
+            return path
+        return bundled_model_path()

@@ -1,0 +1,53 @@
+"""Shared test helpers: paths, and a runner for the qgis_process command line."""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "build" / "qgis-profile"
+DEV_PLUGINS = REPO / "build" / "dev-plugins"
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper is broken in 3.22
+
+
+def venv_site_packages() -> str:
+    return sysconfig.get_paths()["purelib"]
+
+
+def qgis_process_env(plugin_path: Path = DEV_PLUGINS, profile: Path = PROFILE) -> dict:
+    env = dict(os.environ)
+    env.update(
+        QT_QPA_PLATFORM="offscreen",
+        QGIS_CUSTOM_CONFIG_PATH=str(profile),
+        QGIS_PLUGINPATH=str(plugin_path),
+        # qgis_process runs the system Python: give it the venv's torch and the editable backend.
+        PYTHONPATH=os.pathsep.join([venv_site_packages(), str(REPO / "backend")]),
+    )
+    return env
+
+
+def run_qgis_process(args, plugin_path: Path = DEV_PLUGINS, profile: Path = PROFILE, timeout=600, check=True):
+    profile.mkdir(parents=True, exist_ok=True)
+    env = qgis_process_env(plugin_path, profile)
+    # Plugins are loaded by qgis_process only when enabled in the profile (idempotent).
+    subprocess.run([QGIS_PROCESS, "plugins", "enable", "lcmsr_qgis"], env=env, capture_output=True, text=True,
+                   timeout=timeout)
+    proc = subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"qgis_process {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def qgis_process_json(args, **kwargs) -> dict:
+    proc = run_qgis_process([*args[:1], "--json", *args[1:]], **kwargs)
+    text = proc.stdout
+    return json.loads(text[text.index("{"):])
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,60 @@
+"""qgis_process sees the provider, from the checkout and from the release zip."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPO, run_qgis_process, venv_site_packages
+
+pytestmark = pytest.mark.qgis_process
+
+
+def test_provider_listed_by_qgis_process():
+    proc = run_qgis_process(["list"])
+    assert "LCMSR super-resolution" in proc.stdout
+
+
+def test_plugin_loads_without_torch_and_says_so(tmp_path):
+    """QGIS's own Python without the venv: no torch.  The provider must still load, without a traceback."""
+    env_profile = tmp_path / "profile"
+    proc = run_qgis_process(["list"], profile=env_profile)
+    assert "LCMSR super-resolution" in proc.stdout
+    code = ("import sys; sys.path.insert(0, %r); from lcmsr_qgis import environment; "
+            "ok, msg = environment.backend_status(); print(ok); print(msg)" % str(REPO))
+    # /usr/bin/python3 has QGIS but not torch: exactly a desktop QGIS without the dependency.
+    out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False") and "torch" in out.stdout and "pip install" in out.stdout
+
+
+def test_package_zip_installs_and_loads(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "package.py"), "--out", str(dist)], check=True,
+                   timeout=300, capture_output=True)
+    (archive,) = dist.glob("lcmsr_qgis-*.zip")
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        assert {n.split("/")[0] for n in names} == {"lcmsr_qgis"}, "plugin folder must be the zip's only root"
+        for required in ("lcmsr_qgis/metadata.txt", "lcmsr_qgis/icon.svg", "lcmsr_qgis/LICENSE",
+                         "lcmsr_qgis/__init__.py", "lcmsr_qgis/ext/lcmsr/__init__.py"):
+            assert required in names, required
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        plugins = tmp_path / "plugins"
+        zf.extractall(plugins)
+    # A fresh profile and the zip's plugin folder, with torch from the venv but NOT the checkout's backend:
+    # the bundled copy under ext/ must be what loads.
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
+               QGIS_PLUGINPATH=str(plugins), PYTHONPATH=venv_site_packages())
+    subprocess.run(["/usr/bin/qgis_process.bin", "plugins", "enable", "lcmsr_qgis"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run(["/usr/bin/qgis_process.bin", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LCMSR super-resolution" in proc.stdout
+    code = ("import sys; sys.path.insert(0, %r); import lcmsr_qgis, lcmsr; print(lcmsr.__file__)" % str(plugins))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=venv_site_packages()), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert str(plugins) in out.stdout, f"backend not loaded from the zip: {out.stdout}"

@@ -1,0 +1,181 @@
+"""LCMSR: the networks bundled for training and inference.
+
+Inference (the point of the method): x_T ~ N(0, I) at t = T-1 ->
+z = f(x_T, T-1, CondNet(LR↑)) -> SR = D(LR, z / latent_scale).  One denoiser
+evaluation, one decoder pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LATENT_FACTOR, ModelConfig
+from .diffusion.consistency import consistency_function
+from .diffusion.samplers import make_sampler
+from .diffusion.schedule import NoiseSchedule
+from .nn import CondNet, LatentDenoiser, ResidualEncoder, SRDecoder
+from .nn.encoder import DiagonalGaussian
+from .normalization import Normalization
+from .ops import upsample_bicubic
+
+FORMAT_VERSION = 1
+SAMPLER_NAMES = ("consistency", "ddim", "ddpm", "condnet")
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about itself (stored as JSON in the file's metadata)."""
+    scale: int
+    bands: int
+    band_names: list[str]
+    normalization: Normalization
+    config: ModelConfig
+    training: dict = field(default_factory=dict)
+    data_type: str = "Byte"
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def default(cls, config: ModelConfig) -> "ModelInfo":
+        return cls(scale=config.scale, bands=config.bands,
+                   band_names=[f"band {i}" for i in range(1, config.bands + 1)],
+                   normalization=Normalization.for_dtype("Byte", config.bands), config=config)
+
+    def validate(self) -> None:
+        if self.scale != self.config.scale or self.bands != self.config.bands:
+            raise ValueError(f"model info says scale {self.scale} and {self.bands} bands but its config says "
+                             f"scale {self.config.scale} and {self.config.bands} bands")
+        if len(self.band_names) != self.bands:
+            raise ValueError(f"model info has {len(self.band_names)} band names for {self.bands} bands")
+        if self.normalization.bands != self.bands:
+            raise ValueError(f"model info has a normalisation for {self.normalization.bands} bands "
+                             f"but the model has {self.bands}")
+
+    def to_dict(self) -> dict:
+        return {"format_version": self.format_version, "scale": self.scale, "bands": self.bands,
+                "band_names": list(self.band_names), "normalization": self.normalization.to_dict(),
+                "config": self.config.to_dict(), "training": dict(self.training), "data_type": self.data_type}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelInfo":
+        required = ("format_version", "scale", "bands", "band_names", "normalization", "config")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"model info lacks {', '.join(missing)}")
+        info = cls(scale=int(data["scale"]), bands=int(data["bands"]), band_names=list(data["band_names"]),
+                   normalization=Normalization.from_dict(data["normalization"]),
+                   config=ModelConfig.from_dict(data["config"]), training=dict(data.get("training") or {}),
+                   data_type=str(data.get("data_type", "Byte")), format_version=int(data["format_version"]))
+        info.validate()
+        return info
+
+
+class LCMSR(nn.Module):
+    def __init__(self, config: ModelConfig, info: ModelInfo | None = None, with_encoder: bool = True):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = ResidualEncoder(c.bands, c.latent_channels, c.encoder) if with_encoder else None
+        self.decoder = SRDecoder(c.bands, c.scale, c.latent_channels, c.decoder)
+        self.condnet = CondNet(c.bands, c.latent_channels, c.condnet)
+        self.denoiser = LatentDenoiser(c.latent_channels, c.latent_channels, c.denoiser)
+        # 1/std(z) of the stage-1 latent ("scale_by_std"); diffusion works on z * latent_scale.
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        self.schedule = NoiseSchedule(c.schedule)
+        self.info = info if info is not None else ModelInfo.default(config)
+        self.info.validate()
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def bands(self) -> int:
+        return self.config.bands
+
+    @property
+    def lr_multiple(self) -> int:
+        """LR sizes that need no padding are multiples of this (HR must be a multiple of
+        8 x 2^(UNet downsamples))."""
+        return self.config.lr_multiple
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        m = self.lr_multiple
+        return -(-h // m) * m, -(-w // m) * m
+
+    def latent_shape(self, h: int, w: int) -> tuple[int, int, int]:
+        """(latent channels, H/8, W/8) of the padded LR input of size h x w."""
+        hp, wp = self.padded_size(h, w)
+        return (self.config.latent_channels, hp * self.scale // LATENT_FACTOR, wp * self.scale // LATENT_FACTOR)
+
+    def noise_draws(self, steps: int = 1, sampler: str = "consistency") -> int:
+        """Latent-shaped noise fields one ``sr`` call consumes; pass ``noise`` of shape
+        [draws, B, *latent_shape] to fix them all (a 4-D ``noise`` fixes only x_T)."""
+        if sampler == "condnet":
+            return 0
+        return make_sampler(sampler, self.schedule, steps).noise_draws
+
+    # ---- pieces the training code uses -----------------------------------------------------
+    def encode(self, hr: torch.Tensor, lr_up: torch.Tensor) -> DiagonalGaussian:
+        if self.encoder is None:
+            raise RuntimeError("this is an inference-only model: it has no residual encoder")
+        return self.encoder(hr, lr_up)
+
+    def decode(self, lr: torch.Tensor, z_scaled: torch.Tensor) -> torch.Tensor:
+        """D(LR, z / latent_scale) for a latent in diffusion (scaled) units."""
+        return self.decoder(lr, z_scaled / self.latent_scale.to(z_scaled.dtype))
+
+    def condition(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.condnet(lr_up)
+
+    def consistency(self, x_t: torch.Tensor, t, cond: torch.Tensor, out_size, denoiser: nn.Module | None = None):
+        """f(x_t, t) with this model's denoiser (or another, e.g. the EMA copy)."""
+        return consistency_function(denoiser or self.denoiser, x_t, t, cond, self.scale, out_size,
+                                    self.config.consistency, self.schedule.num_timesteps)
+
+    # ---- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def sr(self, lr: torch.Tensor, steps: int = 1, sampler: str = "consistency",
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s]."""
+        if lr.ndim != 4 or lr.shape[1] != self.bands:
+            raise ValueError(f"expected an LR tensor of shape [B, {self.bands}, h, w], got {tuple(lr.shape)}")
+        if sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler '{sampler}': use one of {', '.join(SAMPLER_NAMES)}")
+        b, _, h, w = lr.shape
+        s = self.scale
+        hp, wp = self.padded_size(h, w)
+        x = lr
+        if (hp, wp) != (h, w):
+            # Replicate padding: reflect fails for inputs smaller than the pad.
+            x = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate")
+        lr_up = upsample_bicubic(x, s)
+        cond = self.condnet(lr_up)
+        out_size = (hp * s, wp * s)
+        if sampler == "condnet":
+            z = cond
+        else:
+            shape = (b,) + self.latent_shape(h, w)
+            if noise is not None:
+                expect = (noise.shape[0],) + shape if noise.ndim == 5 else shape
+                if tuple(noise.shape) != tuple(expect):
+                    raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(expect)} "
+                                     "(see LCMSR.latent_shape)")
+            runner = make_sampler(sampler, self.schedule, steps)
+            z = runner.sample(lambda x_t, t: self.consistency(x_t, t, cond, out_size), shape, noise=noise,
+                              generator=generator, device=x.device, dtype=cond.dtype)
+        out = self.decode(x, z)
+        return out[:, :, : h * s, : w * s].to(lr.dtype)
+
+
+def build_model(config: ModelConfig, with_encoder: bool = True, info: ModelInfo | None = None) -> LCMSR:
+    """A model with random weights (encoder included for training unless ``with_encoder`` is False)."""
+    return LCMSR(config, info=info, with_encoder=with_encoder)
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())

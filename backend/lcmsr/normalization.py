@@ -1,0 +1,107 @@
+"""Per-band mapping between raw raster values and the networks' model space [-1, 1].
+
+``y = 2 (x - lo) / (hi - lo) - 1`` per band, so the training data's robust range
+fills [-1, 1].  ``lo``/``hi`` travel inside the model file: a model trained on
+8-bit imagery and one trained on 16-bit reflectance read their inputs correctly
+without the user knowing the difference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Full ranges of GDAL integer types for which no statistics are needed.
+_DTYPE_RANGES = {"Byte": (0.0, 255.0)}
+
+
+@dataclass
+class Normalization:
+    lo: list[float]
+    hi: list[float]
+
+    def __post_init__(self):
+        self.lo = [float(v) for v in self.lo]
+        self.hi = [float(v) for v in self.hi]
+        if len(self.lo) != len(self.hi) or not self.lo:
+            raise ValueError(f"normalisation needs one lo and one hi per band, got {len(self.lo)} lo and "
+                             f"{len(self.hi)} hi values")
+        for band, (lo, hi) in enumerate(zip(self.lo, self.hi), start=1):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"normalisation of band {band} is not finite (lo={lo}, hi={hi})")
+            if hi <= lo:
+                raise ValueError(f"normalisation of band {band} has hi={hi} <= lo={lo}")
+
+    @property
+    def bands(self) -> int:
+        return len(self.lo)
+
+    def _params(self, x):
+        """lo and (hi - lo) shaped to broadcast over [..., C, H, W] of ``x``."""
+        if x.ndim < 3 or x.shape[-3] != self.bands:
+            raise ValueError(f"expected an array of shape [..., {self.bands}, H, W], got {tuple(x.shape)}")
+        lo = np.asarray(self.lo, dtype=np.float64)[:, None, None]
+        span = (np.asarray(self.hi, dtype=np.float64) - np.asarray(self.lo, dtype=np.float64))[:, None, None]
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+            return torch.as_tensor(lo, dtype=dtype, device=x.device), torch.as_tensor(span, dtype=dtype,
+                                                                                       device=x.device)
+        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+        return lo.astype(dtype), span.astype(dtype)
+
+    def forward(self, x):
+        """Raw values -> model space.  Works on torch tensors and numpy arrays [..., C, H, W]."""
+        lo, span = self._params(x)
+        if isinstance(x, torch.Tensor) and not x.dtype.is_floating_point:
+            x = x.float()
+        elif isinstance(x, np.ndarray) and not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        return (x - lo) / span * 2 - 1
+
+    def inverse(self, y):
+        """Model space -> raw values (not rounded or clipped: the caller knows the output type)."""
+        lo, span = self._params(y)
+        return (y + 1) * 0.5 * span + lo
+
+    __call__ = forward
+
+    def to_dict(self) -> dict:
+        return {"lo": list(self.lo), "hi": list(self.hi)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalization":
+        try:
+            return cls(lo=data["lo"], hi=data["hi"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"normalisation must have 'lo' and 'hi' lists, got {data!r}") from exc
+
+    @classmethod
+    def for_dtype(cls, data_type: str, bands: int) -> "Normalization":
+        """Fixed range of a GDAL data type (only "Byte": 0..255); others need statistics."""
+        if data_type not in _DTYPE_RANGES:
+            raise ValueError(f"data type '{data_type}' has no fixed range for normalisation: "
+                             "use Normalization.from_percentiles on the training data")
+        lo, hi = _DTYPE_RANGES[data_type]
+        return cls([lo] * bands, [hi] * bands)
+
+    @classmethod
+    def from_percentiles(cls, samples, low: float = 1.0, high: float = 99.0) -> "Normalization":
+        """Robust range from pixel samples: ``samples`` is [C, N] (or a list of C 1-D arrays).
+
+        NaNs are ignored.  A constant band gets hi = lo + 1 so it maps to -1 instead
+        of dividing by zero.
+        """
+        bands = [np.asarray(s, dtype=np.float64).ravel() for s in samples]
+        lo, hi = [], []
+        for index, values in enumerate(bands, start=1):
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                raise ValueError(f"band {index} has no valid pixel values to compute a normalisation from")
+            a, b = np.percentile(values, [low, high])
+            if b <= a:
+                b = a + 1.0
+            lo.append(float(a))
+            hi.append(float(b))
+        return cls(lo, hi)

@@ -1,0 +1,182 @@
+"""Model files: one .safetensors with the inference weights and a JSON description.
+
+Tensors: ``decoder.*``, ``condnet.*``, ``denoiser.*`` (the EMA weights) and
+``latent_scale``; metadata key ``lcmsr`` = JSON of :class:`~lcmsr.model.ModelInfo`.
+Nothing here unpickles: a model file is data, never code.  Every problem raises
+:class:`ModelFileError` with one sentence naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import FORMAT_VERSION, LCMSR, ModelInfo
+
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
+METADATA_KEY = "lcmsr"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+SAVED_PREFIXES = ("decoder.", "condnet.", "denoiser.")
+_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, not a model or inconsistent; the message says which and why."""
+
+
+def _inference_state(model: LCMSR) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith(SAVED_PREFIXES) or name == "latent_scale":
+            # contiguous + cloned: safetensors refuses shared or strided storage
+            state[name] = tensor.detach().to("cpu", torch.float32).contiguous().clone()
+    return state
+
+
+def save_model(path, model: LCMSR, info: ModelInfo | None = None) -> Path:
+    """Write the inference model atomically (temp file in the same folder, then ``os.replace``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    info = info if info is not None else model.info
+    if info.config.to_dict() != model.config.to_dict():
+        raise ValueError(f"cannot save {path}: the model info's config differs from the model's config")
+    info.validate()
+    meta = dict(info.to_dict(), format_version=FORMAT_VERSION)
+    tensors = _inference_state(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """Parse and sanity-check the safetensors header ourselves, so every failure gets a clear sentence."""
+    if not path.exists():
+        raise ModelFileError(f"model file {path} was not found")
+    if path.is_dir():
+        raise ModelFileError(f"model file {path} is a folder, not a .safetensors file")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise ModelFileError(f"model file {path} is a PyTorch pickle/zip checkpoint; pickles are refused "
+                                     "because loading one can run arbitrary code — convert it to .safetensors")
+            if len(head) < 8:
+                raise ModelFileError(f"model file {path} is not a safetensors file: it is only {size} bytes long")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise ModelFileError(f"model file {path} is not a safetensors file: its header length "
+                                     f"({n} bytes) is too large")
+            if 8 + n > size:
+                raise ModelFileError(f"model file {path} is truncated or not a safetensors file: the header "
+                                     f"needs {n} bytes but the file has {size - 8}")
+            raw = f.read(n)
+    except OSError as exc:
+        raise ModelFileError(f"model file {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not an object")
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFileError(f"model file {path} is not a safetensors file: its header is garbled") from None
+    data_len = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+            ok = entry["dtype"] in _SAFETENSORS_DTYPES and 0 <= start <= end
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFileError(f"model file {path} is not a valid safetensors file: the entry of tensor "
+                                 f"'{name}' is garbled")
+        if end > data_len:
+            raise ModelFileError(f"model file {path} is truncated: tensor '{name}' ends at byte {end} of the "
+                                 f"data but only {data_len} bytes are present")
+    return header, data_len
+
+
+def _info_from_header(path: Path, header: dict) -> ModelInfo:
+    meta = header.get("__metadata__") or {}
+    if METADATA_KEY not in meta:
+        raise ModelFileError(f"model file {path} is a safetensors file but not an LCMSR model: it has no "
+                             f"'{METADATA_KEY}' metadata")
+    try:
+        data = json.loads(meta[METADATA_KEY])
+    except ValueError:
+        raise ModelFileError(f"model file {path} has garbled '{METADATA_KEY}' metadata (not JSON)") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"model file {path} has garbled '{METADATA_KEY}' metadata (not a JSON object)")
+    version = data.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        supported = ", ".join(map(str, SUPPORTED_FORMAT_VERSIONS))
+        raise ModelFileError(f"model file {path} has format version {version!r}, but this lcmsr "
+                             f"supports format version {supported}")
+    try:
+        return ModelInfo.from_dict(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(f"model file {path} has an invalid model description: {exc}") from None
+
+
+def read_info(path) -> ModelInfo:
+    """The model's description from the header only (fast: no tensor is read)."""
+    path = Path(path)
+    header, _ = _read_header(path)
+    return _info_from_header(path, header)
+
+
+def load_model(path, device="cpu") -> LCMSR:
+    """Build the inference model (no encoder) from a model file, validate every tensor, eval mode."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    header, _ = _read_header(path)
+    info = _info_from_header(path, header)
+    model = LCMSR(info.config, info=info, with_encoder=False)
+    expected = _inference_state(model)
+    missing = [name for name in expected if name not in header]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelFileError(f"model file {path} is missing tensor '{missing[0]}'{more}")
+    unexpected = [name for name in header if name != "__metadata__" and name not in expected]
+    if unexpected:
+        raise ModelFileError(f"model file {path} has unexpected tensor '{unexpected[0]}' that its config "
+                             "does not describe")
+    for name, tensor in expected.items():
+        found = tuple(header[name]["shape"])
+        if found != tuple(tensor.shape):
+            raise ModelFileError(f"model file {path} has tensor '{name}' of shape {list(found)}, expected "
+                                 f"{list(tensor.shape)}")
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in expected:
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ModelFileError(f"model file {path} has non-finite values (NaN or inf) in "
+                                         f"tensor '{name}'")
+                state[name] = t.float()
+    except ModelFileError:
+        raise
+    except Exception as exc:  # safetensors' own errors (SafetensorError) for anything we did not catch
+        raise ModelFileError(f"model file {path} cannot be read as safetensors: {exc}") from None
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

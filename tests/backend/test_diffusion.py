@@ -1,0 +1,206 @@
+"""Schedule, consistency function, CT/KD losses, EMA and samplers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lcmsr.config import ConsistencyConfig, ScheduleConfig, tiny_config
+from lcmsr.diffusion import (EMA, ConsistencySampler, DDIMSampler, DDPMSampler, NoiseSchedule, boundary_scalings,
+                             consistency_function, ct_loss, kd_loss, make_betas, make_sampler)
+from lcmsr.diffusion.consistency import gap_at, sample_timesteps
+
+from _models_helpers import CallCounter, seeded_model
+
+
+class Junk(nn.Module):
+    """A 'denoiser' whose output has nothing to do with its input."""
+
+    def forward(self, x_t, t, cond, scale, out_size):
+        return torch.full_like(x_t, 123.0) + cond
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x_t, t, cond, scale, out_size):
+        return self.w * x_t + cond
+
+
+def test_linear_beta_schedule_matches_ldm():
+    betas = make_betas(ScheduleConfig())
+    assert len(betas) == 1000
+    assert math.isclose(float(betas[0]), 0.0015, rel_tol=1e-12)
+    assert math.isclose(float(betas[-1]), 0.0155, rel_tol=1e-12)
+    assert math.isclose(float(betas[500]), (0.0015 ** 0.5 + 500 / 999 * (0.0155 ** 0.5 - 0.0015 ** 0.5)) ** 2,
+                        rel_tol=1e-9)
+    s = NoiseSchedule(ScheduleConfig())
+    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([0, 10, 999])
+    ab = torch.cumprod(1 - betas, 0)[t].float().reshape(3, 1, 1, 1)
+    torch.testing.assert_close(s.q_sample(x0, t, noise), ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+    assert bool((s.sigmas[1:] > s.sigmas[:-1]).all())
+
+
+def test_consistency_function_is_exactly_the_identity_at_t0():
+    opts = ConsistencyConfig()
+    x = torch.randn(2, 4, 3, 3)
+    out = consistency_function(Junk(), x, torch.tensor([0, 0]), torch.randn_like(x), 4, (24, 24), opts, 1000)
+    assert torch.equal(out, x)
+    c_skip, c_out = boundary_scalings(torch.tensor(0), 1000, opts)
+    assert float(c_skip) == 1.0 and float(c_out) == 0.0
+
+
+def test_boundary_scalings_follow_the_lcm_formula():
+    opts = ConsistencyConfig()
+    c_skip, c_out = boundary_scalings(torch.tensor(999), 1000, opts)
+    s = 10 * 999 / 1000
+    assert math.isclose(float(c_skip), 0.25 / (s * s + 0.25))
+    assert math.isclose(float(c_out), s / math.sqrt(s * s + 0.25))
+    assert float(c_skip) < 0.01 and float(c_out) > 0.99   # at t = T-1 f is (almost) the denoiser's x0
+
+
+def _expected_ct(net, z0, cond, schedule, opts, seed, gap):
+    """The CT loss recomputed by hand from the same random draws (uniform t2, then noise)."""
+    g = torch.Generator().manual_seed(seed)
+    t2 = torch.randint(0, 1000, (z0.shape[0],), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    t1 = (t2 - gap).clamp_min(0)
+    pred = consistency_function(net, schedule.q_sample(z0, t2, noise), t2, cond, 4, (32, 32), opts, 1000)
+    target = consistency_function(net, schedule.q_sample(z0, t1, noise), t1, cond, 4, (32, 32), opts, 1000)
+    return (pred - target).pow(2).mean()
+
+
+def test_ct_loss_uses_the_same_noise_at_t2_and_t1_and_a_stop_grad_target():
+    schedule = NoiseSchedule(ScheduleConfig())
+    opts = ConsistencyConfig()
+    net, ema_net = Linear(), Linear()
+    z0, cond = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+    loss, stats = ct_loss(net, ema_net, z0, cond, 4, (32, 32), schedule, opts,
+                          generator=torch.Generator().manual_seed(5))
+    assert stats["gap"] == 250
+    with torch.no_grad():
+        expected = _expected_ct(net, z0, cond, schedule, opts, 5, 250)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert net.w.grad is not None and net.w.grad != 0
+    assert ema_net.w.grad is None           # the target is stop-grad
+
+
+def test_ct_loss_target_network_choice():
+    schedule = NoiseSchedule(ScheduleConfig())
+    net, other = Linear(), Linear()
+    with torch.no_grad():
+        other.w.fill_(-3.0)
+    z0, cond = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+
+    def run(opts, target):
+        return ct_loss(net, target, z0, cond, 4, (32, 32), schedule, opts,
+                       generator=torch.Generator().manual_seed(1))[0]
+
+    with_ema = run(ConsistencyConfig(), other)
+    no_ema = run(ConsistencyConfig(ema_target=False), other)
+    self_target = run(ConsistencyConfig(), None)
+    assert not torch.allclose(with_ema, no_ema)
+    torch.testing.assert_close(no_ema, self_target)
+
+
+def test_ct_loss_options_pseudo_huber_and_lognormal():
+    schedule = NoiseSchedule(ScheduleConfig())
+    z0, cond = torch.randn(8, 4, 4, 4), torch.randn(8, 4, 4, 4)
+    opts = ConsistencyConfig(loss="pseudo_huber", timestep_sampling="lognormal")
+    loss, _ = ct_loss(Linear(), None, z0, cond, 4, (32, 32), schedule, opts, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
+    t = sample_timesteps(5000, schedule, opts, torch.Generator().manual_seed(0))
+    assert int(t.min()) >= 1 and int(t.max()) <= 999
+    # iCT's lognormal(-1.1, 2) puts most mass at small noise: the median sigma is exp(-1.1) ~ 0.33
+    median_sigma = float(schedule.sigmas[t.median()])
+    assert 0.2 < median_sigma < 0.5
+
+
+def test_gap_curriculum_shrinks_from_gap_to_gap_min():
+    on = ConsistencyConfig(gap=250, gap_min=10, gap_curriculum=True)
+    gaps = [gap_at(step, 1000, on) for step in range(0, 1000, 50)]
+    assert gaps[0] == 250 and gaps[-1] >= 10 and gaps[-1] < 20
+    assert all(a >= b for a, b in zip(gaps, gaps[1:]))
+    assert gap_at(999, 1000, ConsistencyConfig(gap=250)) == 250     # off: the paper's fixed gap
+
+
+def test_kd_loss_is_mse_and_does_not_train_the_teacher():
+    cond = torch.randn(2, 4, 3, 3, requires_grad=True)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    loss = kd_loss(cond, z)
+    torch.testing.assert_close(loss, ((cond - z) ** 2).mean())
+    loss.backward()
+    assert z.grad is None and cond.grad is not None
+
+
+def test_ema_warmup_update_and_state_round_trip():
+    net = Linear()
+    ema = EMA(net, decay=0.9999)
+    assert math.isclose(ema.current_decay(), 0.1)
+    with torch.no_grad():
+        net.w.fill_(1.5)
+    ema.update(net)                                 # decay 0.1: 0.1 * 0.5 + 0.9 * 1.5
+    assert math.isclose(float(ema.module.w), 1.4, rel_tol=1e-6)
+    assert math.isclose(ema.current_decay(), 2 / 11)
+    ema.num_updates = 10 ** 6
+    assert ema.current_decay() == 0.9999
+    state = ema.state_dict()
+    assert set(state) == {"shadow.w", "num_updates"}
+    other = EMA(Linear())
+    other.load_state_dict(state)
+    assert other.num_updates == 10 ** 6 and float(other.module.w) == float(ema.module.w)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+def test_consistency_sampler_calls_the_denoiser_once_per_step(steps):
+    model = seeded_model(tiny_config(), with_encoder=False)
+    counter = CallCounter(model.denoiser)
+    model.denoiser = counter
+    model.sr(torch.randn(1, 3, 8, 8), steps=steps)
+    assert counter.calls == steps
+
+
+@pytest.mark.parametrize("name,steps", [("ddim", 5), ("ddpm", 7), ("ddim", 1)])
+def test_multistep_baselines_call_the_denoiser_k_times(name, steps):
+    model = seeded_model(tiny_config(), with_encoder=False)
+    counter = CallCounter(model.denoiser)
+    model.denoiser = counter
+    model.sr(torch.randn(1, 3, 8, 8), steps=steps, sampler=name)
+    assert counter.calls == steps
+    model.sr(torch.randn(1, 3, 8, 8), sampler="condnet")
+    assert counter.calls == steps          # the regression latent needs no denoiser
+
+
+@pytest.mark.parametrize("cls,steps", [(ConsistencySampler, 1), (ConsistencySampler, 4), (DDIMSampler, 10),
+                                       (DDPMSampler, 10)])
+def test_samplers_return_the_clean_latent_of_a_perfect_predictor(cls, steps):
+    schedule = NoiseSchedule(ScheduleConfig())
+    x0 = torch.randn(2, 4, 4, 4)
+    seen = []
+
+    def predict(x_t, t):
+        seen.append(int(t[0]))
+        return x0
+
+    out = cls(schedule, steps).sample(predict, x0.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0)
+    assert seen[0] == 999 and seen == sorted(seen, reverse=True) and len(set(seen)) == steps
+
+
+def test_sampler_arguments_are_checked():
+    schedule = NoiseSchedule(ScheduleConfig())
+    with pytest.raises(ValueError, match="1 to 4"):
+        ConsistencySampler(schedule, 5)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("euler", schedule, 2)
+    # Evenly spaced from T-1 down to (T-1)/K: a last call at t = 0 would be wasted, since f(x, 0) = x.
+    ts = make_sampler("ddim", schedule, 50).timesteps()
+    assert ts[0] == 999 and ts[-1] == 20 and len(ts) == 50
+    assert make_sampler("consistency", schedule, 4).timesteps() == [999, 749, 500, 250]

@@ -1,0 +1,37 @@
+"""``lcmsr degrade IN OUT --scale 4``: the LR raster of an HR raster (for LR/HR pairs)."""
+from __future__ import annotations
+
+from .sr import _bands
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "degrade", help="make the LR raster of an HR raster (antialiased bicubic)",
+        description="Downsample IN by SCALE with antialiased bicubic resampling, exactly as the training "
+                    "pairs are made, into the GeoTIFF OUT (pixel size times SCALE, nodata kept).")
+    p.add_argument("input", metavar="IN", help="HR raster")
+    p.add_argument("output", metavar="OUT", help="LR GeoTIFF to write (atomically)")
+    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4, 8), help="downsampling factor (default 4)")
+    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to keep (default: all but alpha)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..cli import CliError
+    from ..progress import TqdmProgress
+
+    try:
+        from ..raster.degrade import degrade
+    except ImportError as exc:
+        if "osgeo" in str(exc) or "gdal" in str(exc).lower():
+            raise CliError(f"'lcmsr degrade' needs GDAL's Python bindings (osgeo), which are not installed: "
+                           f"{exc}") from None
+        raise
+    progress = TqdmProgress(desc="degrade", disable=True if args.quiet else None)
+    try:
+        result = degrade(args.input, args.output, args.scale, progress, bands=args.bands)
+    finally:
+        progress.close()
+    print(f"{result.path}: {result.width}x{result.height}, {result.seconds:.1f} s")
+    return 0

@@ -1,0 +1,643 @@
+"""GDAL raster input and output: windows, bands, nodata, georeferencing, atomic writes.
+
+The only module (with its siblings in :mod:`lcmsr.raster`) that imports GDAL.
+It works whether or not the host called ``gdal.UseExceptions()`` (QGIS and
+other plugins share one process, so this module never changes that global):
+every GDAL call is checked both ways.
+
+Outputs are written under a temporary name beside the destination and renamed
+with ``os.replace`` only when complete, so a destination is never half-written
+and a failed or cancelled job leaves nothing behind.  The input is only ever
+opened read-only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal
+
+from ..progress import Cancelled, Progress
+
+BLOCK = 256  # output GeoTIFF tile size (pixels)
+
+
+class RasterError(ValueError):
+    """A raster cannot be used as given; the message names the file and the problem."""
+
+
+class RasterWriteError(OSError):
+    """Writing the output failed (disk full, file too large, permissions); the partial file was removed."""
+
+
+# ---------------------------------------------------------------- data types
+
+_NUMPY_TYPES = {
+    gdal.GDT_Byte: np.uint8, gdal.GDT_UInt16: np.uint16, gdal.GDT_Int16: np.int16,
+    gdal.GDT_UInt32: np.uint32, gdal.GDT_Int32: np.int32,
+    gdal.GDT_Float32: np.float32, gdal.GDT_Float64: np.float64,
+}
+for _name, _np in (("GDT_Int8", np.int8), ("GDT_Int64", np.int64), ("GDT_UInt64", np.uint64)):
+    if hasattr(gdal, _name):  # GDAL >= 3.5 / 3.7
+        _NUMPY_TYPES[getattr(gdal, _name)] = _np
+
+
+def numpy_dtype(data_type: int) -> np.dtype:
+    try:
+        return np.dtype(_NUMPY_TYPES[data_type])
+    except KeyError:
+        raise RasterError(f"data type {gdal.GetDataTypeName(data_type)} is not supported") from None
+
+
+def is_float_type(data_type: int) -> bool:
+    return numpy_dtype(data_type).kind == "f"
+
+
+def to_data_type(values: np.ndarray, data_type: int) -> np.ndarray:
+    """Float values -> ``data_type``: integers rounded to nearest and clipped to the type's range."""
+    dtype = numpy_dtype(data_type)
+    if dtype.kind == "f":
+        return values.astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    # float32 holds every 8/16-bit value and both range ends exactly; wider integers need float64
+    # so that e.g. 2**31 - 1 is not rounded past the limit.
+    work = np.float32 if dtype.itemsize <= 2 else np.float64
+    out = values.astype(work, copy=True)
+    np.rint(out, out=out)
+    np.clip(out, info.min, info.max, out=out)
+    return out.astype(dtype)
+
+
+# ---------------------------------------------------------------- checked GDAL calls
+
+class _ErrorLog:
+    """Collects GDAL failures raised inside a block (handlers are per thread in GDAL)."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def __call__(self, err_class, err_no, message):
+        if err_class >= gdal.CE_Failure:
+            self.messages.append(str(message).strip())
+
+    def __enter__(self):
+        gdal.PushErrorHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        gdal.PopErrorHandler()
+        return False
+
+
+def _call(what: str, fn, *args, error=RasterError, code: bool = False, **kwargs):
+    """Run a GDAL call; raise ``error("what: reason")`` on an exception, a collected failure or a failed return.
+
+    A failed return is ``None`` (objects, arrays) or, with ``code=True``, a non-zero CPLErr.
+    """
+    with _ErrorLog() as log:
+        try:
+            result = fn(*args, **kwargs)
+        except RuntimeError as exc:
+            raise error(f"{what}: {exc}") from None
+    failed = (result not in (None, 0)) if code else result is None
+    if log.messages or failed:
+        raise error(f"{what}: {_reason(log.messages or [gdal.GetLastErrorMsg() or 'GDAL gave no reason'])}")
+    return result
+
+
+def _reason(messages: list[str]) -> str:
+    """GDAL repeats itself (one line per failed tile): keep the first few distinct lines."""
+    distinct = list(dict.fromkeys(m for m in messages if m))
+    text = "; ".join(distinct[:2]) + (f" (and {len(distinct) - 2} more GDAL messages)" if len(distinct) > 2 else "")
+    if any(k in text.lower() for k in ("no space", "too large", "write error", "i/o error", "io error")):
+        text += " — the disk may be full or a file-size limit reached"
+    return text
+
+
+# ---------------------------------------------------------------- input
+
+def open_raster(path: str | os.PathLike) -> gdal.Dataset:
+    """Open ``path`` read-only as a raster with at least one band, or raise a clear error."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not path.startswith("/vsi"):
+        raise FileNotFoundError(f"input raster {path} does not exist")
+    if os.path.isfile(path) and not os.access(path, os.R_OK):
+        raise PermissionError(f"input raster {path} is not readable (permission denied)")
+    with _ErrorLog() as log:
+        try:
+            ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+        except RuntimeError as exc:
+            ds, log.messages = None, [str(exc)]
+    if ds is None:
+        reason = "; ".join(log.messages) or "GDAL does not recognise it as a raster"
+        raise RasterError(f"{path} is not a raster GDAL can read ({reason})")
+    if ds.RasterCount == 0:
+        raise RasterError(f"{path} has no raster bands (is it a container of subdatasets?)")
+    return ds
+
+
+def select_bands(ds: gdal.Dataset, bands, path: str) -> list[int]:
+    """Validate a 1-based band list, or choose all bands except an alpha band when ``bands`` is None."""
+    count = ds.RasterCount
+    if bands is None or len(bands) == 0:
+        chosen = [b for b in range(1, count + 1)
+                  if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand]
+        chosen = chosen or list(range(1, count + 1))
+    else:
+        chosen = []
+        for b in bands:
+            if isinstance(b, bool) or int(b) != b:
+                raise RasterError(f"band {b!r} is not a band number (1-based integers)")
+            b = int(b)
+            if not 1 <= b <= count:
+                raise RasterError(f"band {b} does not exist: {path} has {count} band(s), numbered 1 to {count}")
+            chosen.append(b)
+    for b in chosen:
+        dt = ds.GetRasterBand(b).DataType
+        if gdal.DataTypeIsComplex(dt):
+            raise RasterError(f"band {b} of {path} has the complex data type {gdal.GetDataTypeName(dt)}, "
+                              f"which cannot be super-resolved; convert it to a real type first")
+        if dt not in _NUMPY_TYPES:
+            raise RasterError(f"band {b} of {path} has the unsupported data type {gdal.GetDataTypeName(dt)}")
+    return chosen
+
+
+def check_band_count(bands: list[int], expected: int, path: str, total: int) -> None:
+    """The model's band count must equal the number of selected bands; say how to fix it."""
+    if len(bands) == expected:
+        return
+    listed = ",".join(map(str, bands))
+    example = ",".join(str(b) for b in range(1, min(expected, total) + 1))
+    hint = (f"choose {expected} band(s) with --bands (the Bands parameter in QGIS), e.g. --bands {example}"
+            if total >= expected else
+            f"the raster has only {total} band(s); repeat one to make {expected}, "
+            f"e.g. --bands {','.join(['1'] * expected)}, or use a model trained for {total} band(s)")
+    raise RasterError(f"the model expects {expected} band(s) but {len(bands)} band(s) of {path} are selected "
+                      f"({listed}; the raster has {total}): {hint}")
+
+
+@dataclass
+class SourceInfo:
+    """What the output copies from the input, for the selected bands."""
+    path: str
+    width: int
+    height: int
+    band_count: int
+    bands: list[int]
+    data_type: int                       # GDAL type able to hold every selected band
+    geotransform: tuple | None
+    projection: str
+    gcps: list
+    gcp_projection: str
+    metadata: dict
+    band_descriptions: list[str]
+    color_interp: list[int]
+    nodata: list[float | None]
+    offsets: list[float | None]
+    scales: list[float | None]
+    unit_types: list[str]
+    band_metadata: list[dict]
+    mask_flags: list[int]
+
+    @property
+    def has_crs(self) -> bool:
+        return bool(self.projection or self.gcp_projection)
+
+    @property
+    def may_have_invalid(self) -> list[bool]:
+        """Per band: can a pixel be invalid (nodata value, mask or alpha band, or NaN in a float band)?"""
+        return [f != gdal.GMF_ALL_VALID or is_float_type(self.data_type) for f in self.mask_flags]
+
+
+def describe(ds: gdal.Dataset, path: str, bands: list[int]) -> SourceInfo:
+    rb = [ds.GetRasterBand(b) for b in bands]
+    data_type = rb[0].DataType
+    for band in rb[1:]:
+        data_type = gdal.DataTypeUnion(data_type, band.DataType)
+    gt = ds.GetGeoTransform(can_return_null=True)
+    return SourceInfo(
+        path=path, width=ds.RasterXSize, height=ds.RasterYSize, band_count=ds.RasterCount, bands=list(bands),
+        data_type=data_type, geotransform=tuple(gt) if gt else None,
+        projection=ds.GetProjection() or "", gcps=list(ds.GetGCPs() or []),
+        gcp_projection=ds.GetGCPProjection() or "",
+        metadata=dict(ds.GetMetadata_Dict() or {}),
+        band_descriptions=[b.GetDescription() or "" for b in rb],
+        color_interp=[b.GetColorInterpretation() for b in rb],
+        nodata=[b.GetNoDataValue() for b in rb],
+        offsets=[b.GetOffset() for b in rb], scales=[b.GetScale() for b in rb],
+        unit_types=[b.GetUnitType() or "" for b in rb],
+        band_metadata=[dict(b.GetMetadata_Dict() or {}) for b in rb],
+        mask_flags=[b.GetMaskFlags() for b in rb],
+    )
+
+
+def source_warnings(info: SourceInfo) -> list[str]:
+    """Things the user should know before a long job (not errors)."""
+    out = []
+    if not info.has_crs:
+        out.append(f"{info.path} has no coordinate reference system: the output will have none either")
+    for b, ci in zip(info.bands, info.color_interp):
+        if ci == gdal.GCI_PaletteIndex:
+            out.append(f"band {b} of {info.path} holds palette indices, which are not continuous values; "
+                       f"expand the palette to RGB first (gdal_translate -expand rgb)")
+    return out
+
+
+def _not_nodata(band: np.ndarray, nodata: float) -> np.ndarray:
+    """Validity by nodata value, compared in the band's own type as GDAL does (a float32 band's
+    -3.4e38 nodata only matches after rounding it to float32)."""
+    if math.isnan(nodata):
+        return ~np.isnan(band)
+    if band.dtype.kind in "iu":
+        info = np.iinfo(band.dtype)
+        if nodata != int(nodata) or not info.min <= nodata <= info.max:
+            return np.ones(band.shape, bool)  # a value the type cannot hold marks nothing
+        return band != int(nodata)
+    return band != band.dtype.type(nodata)
+
+
+class WindowReader:
+    """Reads windows of the selected bands as float32 with a per-band validity mask.
+
+    Opens its own read-only handle, so each thread that reads owns one.  A pixel
+    is invalid when it equals the band's nodata value, its mask or alpha band is
+    0, or (float bands) it is NaN.
+    """
+
+    def __init__(self, path: str, bands: list[int]):
+        self.path, self.bands = path, list(bands)
+        self._ds = open_raster(path)
+        rb = [self._ds.GetRasterBand(b) for b in self.bands]
+        self._nodata = [b.GetNoDataValue() for b in rb]
+        self._flags = [b.GetMaskFlags() for b in rb]
+        self._dtypes = [numpy_dtype(b.DataType) for b in rb]
+        self._mask_bands = [b.GetMaskBand() if f & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA)
+                            and not f & gdal.GMF_NODATA else None for b, f in zip(rb, self._flags)]
+
+    def read(self, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (values float32 [C, h, w], valid bool [C, h, w])."""
+        where = f"reading window x={x} y={y} {w}x{h} of {self.path}"
+        raw = _call(where, self._ds.ReadAsArray, x, y, w, h, band_list=self.bands)
+        raw = raw.reshape(len(self.bands), h, w)
+        values = np.empty(raw.shape, np.float32)
+        valid = np.ones(raw.shape, bool)
+        shared_masks: dict[int, np.ndarray] = {}
+        for i, b in enumerate(self.bands):
+            band = raw[i].astype(self._dtypes[i], copy=False)
+            values[i] = band
+            nodata = self._nodata[i]
+            if nodata is not None:
+                valid[i] = _not_nodata(band, nodata)
+            elif self._mask_bands[i] is not None:
+                key = b if not self._flags[i] & gdal.GMF_PER_DATASET else 0
+                if key not in shared_masks:
+                    mask = _call(f"reading the mask of band {b} of {self.path}", self._mask_bands[i].ReadAsArray,
+                                 x, y, w, h)
+                    shared_masks[key] = mask != 0
+                valid[i] = shared_masks[key]
+            if band.dtype.kind == "f":
+                valid[i] &= np.isfinite(band)
+        return values, valid
+
+    def close(self) -> None:
+        self._ds = None
+
+
+# ---------------------------------------------------------------- output
+
+def scale_geotransform(gt: tuple, factor: float) -> tuple:
+    """Pixel size *and* rotation terms times ``factor``; the origin (top-left corner) is unchanged.
+
+    SR uses ``factor = 1/scale`` (pixels ``scale`` times smaller), degrade ``factor = scale``.
+    """
+    return (gt[0], gt[1] * factor, gt[2] * factor, gt[3], gt[4] * factor, gt[5] * factor)
+
+
+@dataclass
+class OutputSpec:
+    width: int
+    height: int
+    data_type: int
+    geotransform: tuple | None = None
+    projection: str = ""
+    gcps: list = field(default_factory=list)
+    gcp_projection: str = ""
+    metadata: dict = field(default_factory=dict)
+    band_descriptions: list[str] = field(default_factory=list)
+    color_interp: list[int] = field(default_factory=list)
+    nodata: list[float | None] = field(default_factory=list)
+    offsets: list[float | None] = field(default_factory=list)
+    scales: list[float | None] = field(default_factory=list)
+    unit_types: list[str] = field(default_factory=list)
+    band_metadata: list[dict] = field(default_factory=list)
+    # Per band, what an invalid pixel becomes: the nodata value, NaN, or None (then the dataset mask says it).
+    fill: list[float | None] = field(default_factory=list)
+    mask: bool = False                   # write a per-dataset mask band (0 = invalid)
+
+    @property
+    def bands(self) -> int:
+        return len(self.fill)
+
+    def estimated_bytes(self) -> int:
+        return self.width * self.height * self.bands * numpy_dtype(self.data_type).itemsize
+
+
+def derive_output(info: SourceInfo, width: int, height: int, pixel_factor: float, data_type: int) -> OutputSpec:
+    """The output's georeferencing, metadata and nodata policy, derived from the input's."""
+    out_is_float = is_float_type(data_type)
+    fill, needs_mask = [], False
+    for nodata, may_invalid in zip(info.nodata, info.may_have_invalid):
+        if nodata is not None:
+            fill.append(nodata)
+        elif out_is_float:
+            fill.append(float("nan"))
+        else:
+            fill.append(None)
+            needs_mask |= may_invalid
+    gcps = []
+    for g in info.gcps:  # pixel/line positions move with the pixel grid
+        gcps.append(gdal.GCP(g.GCPX, g.GCPY, g.GCPZ, g.GCPPixel / pixel_factor, g.GCPLine / pixel_factor,
+                             g.Info, g.Id))
+    return OutputSpec(
+        width=width, height=height, data_type=data_type,
+        geotransform=scale_geotransform(info.geotransform, pixel_factor) if info.geotransform else None,
+        projection=info.projection, gcps=gcps, gcp_projection=info.gcp_projection,
+        metadata=dict(info.metadata), band_descriptions=list(info.band_descriptions),
+        color_interp=[ci if ci != gdal.GCI_PaletteIndex else gdal.GCI_GrayIndex for ci in info.color_interp],
+        nodata=list(info.nodata), offsets=list(info.offsets), scales=list(info.scales),
+        unit_types=list(info.unit_types), band_metadata=[dict(m) for m in info.band_metadata],
+        fill=fill, mask=needs_mask)
+
+
+def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float values [C, h, w] + validity -> (output-typed data, dataset mask [h, w] uint8 or None)."""
+    data = to_data_type(values, spec.data_type)
+    for i, fill in enumerate(spec.fill):
+        if fill is not None:
+            data[i][~valid[i]] = fill
+    mask = None
+    if spec.mask:
+        masked = [i for i, f in enumerate(spec.fill) if f is None]
+        mask = np.where(np.all(valid[masked], axis=0), 255, 0).astype(np.uint8)
+    return data, mask
+
+
+def _gtiff_options(data_type: int) -> list[str]:
+    predictor = "3" if is_float_type(data_type) else "2"
+    return ["TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE",
+            f"PREDICTOR={predictor}", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+
+
+# PREDICTOR=YES lets the COG driver pick horizontal (integers) or floating-point prediction.
+_COG_OPTIONS = [f"BLOCKSIZE={BLOCK}", "COMPRESS=DEFLATE", "PREDICTOR=YES", "BIGTIFF=IF_SAFER",
+                "NUM_THREADS=ALL_CPUS", "OVERVIEWS=AUTO"]
+
+
+class RasterWriter:
+    """A GeoTIFF being written; full-width row strips are buffered to whole 256-row tile rows.
+
+    Writing whole tile rows matters: a compressed GeoTIFF tile flushed half
+    written and later completed is appended a second time, bloating the file.
+    """
+
+    def __init__(self, path: str, spec: OutputSpec, what: str):
+        self.path, self.spec, self.what = path, spec, what
+        driver = gdal.GetDriverByName("GTiff")
+        ds = _call(f"creating {what}", driver.Create, path, spec.width, spec.height, spec.bands, spec.data_type,
+                   options=_gtiff_options(spec.data_type), error=RasterWriteError)
+        self._ds = ds
+        if spec.geotransform is not None:
+            ds.SetGeoTransform(spec.geotransform)
+        if spec.projection:
+            ds.SetProjection(spec.projection)
+        if spec.gcps:
+            ds.SetGCPs(spec.gcps, spec.gcp_projection)
+        if spec.metadata:
+            ds.SetMetadata(spec.metadata)
+        for i in range(spec.bands):
+            band = ds.GetRasterBand(i + 1)
+            if i < len(spec.band_descriptions) and spec.band_descriptions[i]:
+                band.SetDescription(spec.band_descriptions[i])
+            if i < len(spec.color_interp):
+                band.SetColorInterpretation(spec.color_interp[i])
+            if i < len(spec.nodata) and spec.nodata[i] is not None:
+                band.SetNoDataValue(spec.nodata[i])
+            if i < len(spec.offsets) and spec.offsets[i] not in (None, 0.0):
+                band.SetOffset(spec.offsets[i])
+            if i < len(spec.scales) and spec.scales[i] not in (None, 1.0):
+                band.SetScale(spec.scales[i])
+            if i < len(spec.unit_types) and spec.unit_types[i]:
+                band.SetUnitType(spec.unit_types[i])
+            if i < len(spec.band_metadata) and spec.band_metadata[i]:
+                band.SetMetadata(spec.band_metadata[i])
+        self._mask = None
+        if spec.mask:
+            # GDAL < 3.9 would put the mask in a side-car .msk file, which the rename would leave behind.
+            previous = gdal.GetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", None)
+            gdal.SetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")
+            try:
+                _call(f"creating the mask band of {what}", ds.CreateMaskBand, gdal.GMF_PER_DATASET,
+                      error=RasterWriteError, code=True)
+            finally:
+                gdal.SetThreadLocalConfigOption("GDAL_TIFF_INTERNAL_MASK", previous)
+            self._mask = ds.GetRasterBand(1).GetMaskBand()
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._pending_rows = 0
+        self._next_row = 0
+
+    def write(self, x: int, y: int, data: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Write ``data`` [C, h, w] (output type) at pixel (x, y)."""
+        for i in range(data.shape[0]):
+            _call(f"writing band {i + 1} of {self.what} at x={x} y={y}", self._ds.GetRasterBand(i + 1).WriteArray,
+                  data[i], x, y, error=RasterWriteError, code=True)
+        if self._mask is not None and mask is not None:
+            _call(f"writing the mask of {self.what}", self._mask.WriteArray, mask, x, y, error=RasterWriteError,
+                  code=True)
+        # Callers write whole tiles: push them to disk now, or GDAL's block cache (5 % of RAM by
+        # default, shared with the host application) would hold much of the output.
+        _call(f"writing {self.what}", self._ds.FlushCache, error=RasterWriteError, code=True)
+
+    def write_rows(self, y: int, data: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Append full-width rows starting at ``y`` (rows must arrive in order, without gaps)."""
+        if y != self._next_row:
+            raise ValueError(f"rows written out of order: got row {y}, expected {self._next_row}")
+        self._next_row += data.shape[1]
+        self._pending.append((data, mask))
+        self._pending_rows += data.shape[1]
+        end = self._next_row == self.spec.height
+        ready = self._pending_rows if end else self._pending_rows // BLOCK * BLOCK
+        if ready == 0:
+            return
+        data = np.concatenate([d for d, _ in self._pending], axis=1)
+        mask = (np.concatenate([m for _, m in self._pending], axis=0)
+                if self._mask is not None and all(m is not None for _, m in self._pending) else None)
+        start = self._next_row - self._pending_rows
+        self.write(0, start, data[:, :ready], None if mask is None else mask[:ready])
+        rest = self._pending_rows - ready
+        self._pending = [(data[:, ready:], None if mask is None else mask[ready:])] if rest else []
+        self._pending_rows = rest
+
+    def close(self) -> None:
+        """Flush and close; raise :class:`RasterWriteError` if GDAL reports a failure."""
+        ds, self._ds, self._mask = self._ds, None, None
+        if ds is None:
+            return
+        with _ErrorLog() as log:
+            try:
+                ds.FlushCache()
+                ds = None  # GDALClose writes the last tiles and the TIFF directory
+            except RuntimeError as exc:
+                log.messages.append(str(exc))
+        if log.messages:
+            raise RasterWriteError(f"finishing {self.what}: {_reason(log.messages)}")
+
+    def abandon(self) -> None:
+        """Close without caring about errors (the file is about to be deleted)."""
+        with _ErrorLog():
+            try:
+                self._ds = None
+                self._mask = None
+            except RuntimeError:
+                pass
+
+
+def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progress, cog: bool = False) -> None:
+    """Refuse before a long job when the output cannot possibly be written."""
+    dst_abs, src_abs = os.path.abspath(dst), os.path.abspath(src)
+    same = dst_abs == src_abs or (os.path.exists(dst_abs) and os.path.exists(src_abs)
+                                  and os.path.samefile(dst_abs, src_abs))
+    if same:
+        raise RasterError(f"the output {dst} is the input raster: choose another output file")
+    folder = os.path.dirname(dst_abs)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"the output folder {folder} is not writable")
+    if os.path.isdir(dst_abs):
+        raise RasterError(f"the output {dst} is a folder: give a file name such as {os.path.join(dst, 'sr.tif')}")
+    ext = os.path.splitext(dst_abs)[1].lower()
+    if ext not in (".tif", ".tiff"):
+        progress.warn(f"the output is always a GeoTIFF; {os.path.basename(dst)} has the extension '{ext}'")
+    free = shutil.disk_usage(folder).free
+    # DEFLATE + predictor typically halves imagery; noise-like data does not compress at all.
+    # A COG needs the intermediate GeoTIFF and the COG side by side.
+    need = estimated_bytes * (2 if cog else 1)
+    if free < need // 2:
+        raise RasterWriteError(f"not enough free disk space in {folder}: the output needs about "
+                               f"{_mb(need // 2)}-{_mb(need)}, {_mb(free)} are free")
+    if free < need:
+        progress.warn(f"disk space in {folder} is tight: the output may need up to {_mb(need)}, "
+                      f"{_mb(free)} are free")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def _remove(path: str) -> None:
+    for p in (path, path + ".aux.xml", path + ".msk"):
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # best effort: the error being reported matters more
+
+
+def _verify(path: str, spec: OutputSpec, what: str) -> None:
+    """Reopen the finished file and decode its last row: a truncated file fails here, not in the user's GIS."""
+    ds = open_raster(path)
+    if (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) != (spec.width, spec.height, spec.bands):
+        raise RasterWriteError(f"{what} came out as {ds.RasterXSize}x{ds.RasterYSize}x{ds.RasterCount}, "
+                               f"expected {spec.width}x{spec.height}x{spec.bands}")
+    _call(f"reading back {what}", ds.ReadAsArray, 0, spec.height - 1, spec.width, 1, error=RasterWriteError)
+    ds = None
+
+
+class AtomicRaster:
+    """``with AtomicRaster(dst, spec) as writer:`` — a GeoTIFF under a temporary name, renamed on success.
+
+    Any exception (including :class:`Cancelled`) removes the temporary file and
+    leaves an existing ``dst`` untouched.  With ``cog=True`` the finished GeoTIFF
+    is translated to a Cloud Optimized GeoTIFF (with overviews) before the rename.
+    """
+
+    def __init__(self, dst: str, spec: OutputSpec, progress: Progress | None = None, cog: bool = False):
+        self.dst, self.spec, self.cog = os.path.abspath(dst), spec, cog
+        self.progress = progress or Progress()
+        self.writer: RasterWriter | None = None
+        self._temps: list[str] = []
+
+    def _temp_name(self) -> str:
+        # Not mkstemp: its 0600 mode would stick to the output; GDAL creates the file with the umask.
+        folder, name = os.path.split(self.dst)
+        while True:
+            path = os.path.join(folder, f".{name}.partial-{secrets.token_hex(4)}")
+            if not os.path.exists(path):
+                break
+        self._temps.append(path)
+        return path
+
+    def __enter__(self) -> RasterWriter:
+        tmp = self._temp_name()
+        try:
+            self.writer = RasterWriter(tmp, self.spec, what=f"the output {self.dst}")
+        except BaseException:
+            self._cleanup()
+            raise
+        return self.writer
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._cleanup()
+            return False
+        try:
+            self._commit()
+        except BaseException as err:
+            self._cleanup()
+            if isinstance(err, (RasterWriteError, Cancelled)):
+                raise
+            raise RasterWriteError(f"finishing the output {self.dst}: {err}") from err
+        return False
+
+    def _commit(self) -> None:
+        self.writer.close()
+        tmp = self._temps[0]
+        _verify(tmp, self.spec, f"the output {self.dst}")
+        if self.cog:
+            self.progress.info("writing the Cloud Optimized GeoTIFF (overviews)")
+            cog_tmp = self._temp_name()
+
+            def callback(complete, message, data):
+                return 0 if self.progress.cancelled() else 1
+
+            options = gdal.TranslateOptions(format="COG", creationOptions=_COG_OPTIONS,
+                                            callback=callback)
+            self.progress.check()
+            try:
+                out = _call(f"converting {self.dst} to a Cloud Optimized GeoTIFF", gdal.Translate, cog_tmp, tmp,
+                            options=options, error=RasterWriteError)
+            except RasterWriteError:
+                self.progress.check()  # an abort by the callback is a cancel, not a failure
+                raise
+            out = None  # noqa: F841  (closing writes the COG's last bytes)
+            _verify(cog_tmp, self.spec, f"the output {self.dst}")
+            _remove(tmp)
+            tmp = cog_tmp
+        if os.path.exists(tmp + ".aux.xml"):   # metadata the TIFF could not hold travels with it
+            os.replace(tmp + ".aux.xml", self.dst + ".aux.xml")
+        elif os.path.exists(self.dst + ".aux.xml"):
+            os.remove(self.dst + ".aux.xml")  # statistics of the file being replaced would be wrong
+        os.replace(tmp, self.dst)
+        self._temps.clear()
+
+    def _cleanup(self) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+        for path in self._temps:
+            _remove(path)
+        self._temps.clear()

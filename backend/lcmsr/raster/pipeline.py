@@ -1,0 +1,482 @@
+"""Stream a georeferenced raster through an LCMSR model: read -> SR -> blend -> write.
+
+Three threads overlap: a reader fills a small bounded queue with tiles, the
+calling thread runs the model in batches and blends, a writer writes finished
+strips.  Memory is bounded by one row band of tiles (see
+:class:`~lcmsr.raster.tiling.RowBandBlender`), never by the raster size.  Only
+the calling thread talks to ``progress`` (QGIS objects must not be touched off
+their thread).
+
+Seamless and deterministic: the diffusion noise of every tile is cut from one
+noise field over the whole raster's latent grid, generated in fixed blocks
+seeded by ``(seed, draw, block row, block column)``.  A pixel therefore gets the
+same noise whatever the tile size, and tiles agree with a single big tile up to
+the networks' finite receptive field, which the blend ramps hide.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..progress import Progress
+from . import io
+from .tiling import RowBandBlender, plan_tiles
+
+PRECISIONS = ("fp32", "bf16")
+OUTPUT_TYPES = ("input", "float32")
+NOISE_BLOCK = 32          # latent pixels per noise block
+FILL_ITERATIONS = 8       # nodata holes are filled from valid neighbours this many pixels deep
+_QUEUE_TILES = 2          # reader look-ahead, in batches
+
+
+@dataclass
+class SROptions:
+    bands: list[int] | None = None   # 1-based input bands in model order; None = all (alpha excluded)
+    tile: int = 256                  # LR pixels per tile side
+    overlap: int = 32                # LR pixels shared by neighbouring tiles
+    batch: int = 8
+    device: str = "auto"
+    precision: str = "fp32"          # "fp32" | "bf16" (bf16 autocast on CUDA only)
+    steps: int = 1
+    sampler: str = "consistency"
+    seed: int = 0
+    output_type: str = "input"       # "input" (the input's data type) | "float32"
+    cog: bool = False
+
+    def validate(self) -> None:
+        if self.tile < 8:
+            raise ValueError(f"tile must be at least 8 LR pixels, got {self.tile}")
+        if not 0 <= self.overlap < self.tile // 2:
+            raise ValueError(f"overlap must be in [0, tile/2), got overlap={self.overlap} with tile={self.tile}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1, got {self.batch}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output type must be one of {', '.join(OUTPUT_TYPES)}, got '{self.output_type}'")
+
+
+@dataclass
+class SRResult:
+    path: str
+    device: str
+    precision: str
+    seconds: float
+    tiles: int            # tiles run through the model
+    skipped_tiles: int    # tiles that were entirely nodata
+    width: int            # output size in pixels
+    height: int
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Recording(Progress):
+    """Forwards to the caller's progress and keeps the warnings for the result."""
+
+    def __init__(self, parent: Progress):
+        self.parent, self.warnings = parent, []
+
+    def report(self, fraction, message=""):
+        self.parent.report(fraction, message)
+
+    def info(self, message):
+        self.parent.info(message)
+
+    def warn(self, message):
+        self.warnings.append(message)
+        self.parent.warn(message)
+
+    def cancelled(self):
+        return self.parent.cancelled()
+
+
+class _TileTooLarge(Exception):
+    """A single tile does not fit in GPU memory: the job restarts with smaller tiles."""
+
+
+_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, _OOM) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+# ---------------------------------------------------------------- noise
+
+def _block_seed(seed: int, draw: int, by: int, bx: int) -> int:
+    state = np.random.SeedSequence([seed % 2**63, draw, by, bx]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def position_noise(seed: int, top: int, left: int, h: int, w: int, channels: int, draw: int = 0) -> torch.Tensor:
+    """[channels, h, w] standard normal noise cut at (top, left) from one raster-wide latent field.
+
+    The field is made of NOISE_BLOCK-square blocks each drawn from its own
+    seeded CPU generator, so any window of it is reproducible on any device.
+    """
+    out = torch.empty(channels, h, w)
+    b = NOISE_BLOCK
+    for by in range(top // b, (top + h - 1) // b + 1):
+        for bx in range(left // b, (left + w - 1) // b + 1):
+            g = torch.Generator().manual_seed(_block_seed(seed, draw, by, bx))
+            block = torch.randn(channels, b, b, generator=g)
+            y0, y1 = max(top, by * b), min(top + h, (by + 1) * b)
+            x0, x1 = max(left, bx * b), min(left + w, (bx + 1) * b)
+            out[:, y0 - top:y1 - top, x0 - left:x1 - left] = block[:, y0 - by * b:y1 - by * b,
+                                                                   x0 - bx * b:x1 - bx * b]
+    return out
+
+
+# ---------------------------------------------------------------- nodata fill
+
+def fill_invalid(values: np.ndarray, valid: np.ndarray, neutral: np.ndarray) -> None:
+    """In place: invalid pixels take the mean of valid neighbours, grown FILL_ITERATIONS pixels deep,
+    and the band's valid mean beyond that, so nodata values never reach the network."""
+    for c in range(values.shape[0]):
+        ok = valid[c]
+        if ok.all():
+            continue
+        v = values[c]
+        if not ok.any():
+            v[:] = neutral[c]
+            continue
+        known = ok.astype(np.float32)
+        acc = np.where(ok, v, 0).astype(np.float32)
+        for _ in range(FILL_ITERATIONS):
+            missing = known == 0
+            if not missing.any():
+                break
+            s, n = _box3(acc * known), _box3(known)
+            grow = missing & (n > 0)
+            acc[grow] = s[grow] / n[grow]
+            known[grow] = 1
+        rest = known == 0
+        acc[rest] = v[ok].mean(dtype=np.float64)
+        v[~ok] = acc[~ok]
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    p = np.pad(a, 1)
+    h, w = a.shape
+    return sum(p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+
+
+# ---------------------------------------------------------------- threads
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class _Reader(threading.Thread):
+    """Reads tiles in plan order, fills nodata, pads to the tile size; owns its own GDAL handle."""
+
+    def __init__(self, path, bands, plan, neutral, out: queue.Queue, stop: threading.Event):
+        super().__init__(name="lcmsr-reader", daemon=True)
+        self.path, self.bands, self.plan, self.neutral, self.out, self.stop = path, bands, plan, neutral, out, stop
+
+    def run(self):
+        reader = None
+        try:
+            reader = io.WindowReader(self.path, self.bands)
+            for tile in self.plan.tiles:
+                if self.stop.is_set():
+                    return
+                values, valid = reader.read(tile.x, tile.y, tile.read_w, tile.read_h)
+                skip = not valid.any()
+                data = None
+                if not skip:
+                    fill_invalid(values, valid, self.neutral)
+                    pad = ((0, 0), (0, tile.h - tile.read_h), (0, tile.w - tile.read_w))
+                    # Replicate padding past the raster edge, as the model pads internally.
+                    data = np.pad(values, pad, mode="edge") if any(p[1] for p in pad) else values
+                if not _put(self.out, (tile, data, valid), self.stop):
+                    return
+            _put(self.out, _END, self.stop)
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            _put(self.out, _Failure(exc), self.stop)
+        finally:
+            if reader is not None:
+                reader.close()
+
+
+class _Writer(threading.Thread):
+    """Converts finished strips to the output type and writes them; owns the output dataset meanwhile."""
+
+    def __init__(self, writer: io.RasterWriter, spec: io.OutputSpec, inbox: queue.Queue):
+        super().__init__(name="lcmsr-writer", daemon=True)
+        self.writer, self.spec, self.inbox = writer, spec, inbox
+        self.error: BaseException | None = None
+
+    def run(self):
+        while True:
+            item = self.inbox.get()
+            if item is _END:
+                return
+            if self.error is not None:
+                continue  # keep draining so the producer never blocks
+            try:
+                data, mask = io.finish_block(item.value, item.valid, self.spec)
+                self.writer.write_rows(item.y, data, mask)
+            except BaseException as exc:
+                self.error = exc
+
+
+# ---------------------------------------------------------------- the job
+
+def _load_model(model_or_path, device: torch.device):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from ..weights import load_model  # torch-only; imported late so a missing file is a clear error
+
+        return load_model(os.fspath(model_or_path), device=str(device))
+    model = model_or_path
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+        model.eval()
+    return model
+
+
+def _alignment(model, tile: int) -> int:
+    """LR alignment of tile origins: the model's LR multiple, and whatever makes the tile's
+    latent offset an integer (latent pixels per LR pixel = scale/8)."""
+    align = int(getattr(model, "lr_multiple", 1) or 1)
+    if hasattr(model, "latent_shape"):
+        t = -(-tile // align) * align
+        ratio = Fraction(model.latent_shape(t, t)[1], t)
+        align = align * ratio.denominator // math.gcd(align, ratio.denominator)
+    return align
+
+
+class _Job:
+    def __init__(self, src, dst, model, info, spec, options, device, precision, progress):
+        self.src, self.dst, self.model, self.info, self.spec = src, dst, model, info, spec
+        self.o, self.device, self.precision, self.progress = options, device, precision, progress
+        self.scale = int(model.info.scale)
+        self.norm = model.info.normalization
+        self.batch = options.batch
+        self.tiles_run = 0
+        self.skipped = 0
+        self.draws = 0
+        if options.sampler != "condnet" and hasattr(model, "latent_shape"):
+            draws = getattr(model, "noise_draws", None)
+            self.draws = int(draws(options.steps, options.sampler)) if callable(draws) else 1
+
+    # -- model ------------------------------------------------------------------
+    def _noise(self, tiles) -> torch.Tensor | None:
+        if self.draws == 0:
+            return None
+        t = tiles[0]
+        c, lh, lw = self.model.latent_shape(t.h, t.w)
+        per_draw = []
+        for d in range(self.draws):
+            per_draw.append(torch.stack([
+                position_noise(self.o.seed, tile.y * lh // t.h, tile.x * lw // t.w, lh, lw, c, draw=d)
+                for tile in tiles]))
+        # One draw fixes x_T ([B, c, h, w]); several fix every draw of a multi-step sampler ([draws, B, ...]).
+        noise = per_draw[0] if self.draws == 1 else torch.stack(per_draw)
+        return noise.to(self.device)
+
+    def _sr(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
+        """Run one batch; on GPU out-of-memory halve the batch, and give up on the tile size at batch 1."""
+        try:
+            return self._sr_batch(tiles, data)
+        except BaseException as exc:
+            if not _is_oom(exc):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # Outside the except block: the traceback (and the tensors its frames hold) is gone by now.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(tiles) == 1:
+            raise _TileTooLarge(message)
+        half = len(tiles) // 2
+        if self.batch > half:
+            self.batch = max(1, half)
+            self.progress.warn(f"out of GPU memory ({message}): batch reduced to {self.batch} tile(s)")
+        return self._sr(tiles[:half], data[:half]) + self._sr(tiles[half:], data[half:])
+
+    def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
+        x = self.norm.forward(torch.from_numpy(np.stack(data))).to(self.device)
+        noise = self._noise(tiles)
+        # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
+        g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.precision == "bf16"
+                    else torch.autocast(device_type=self.device.type, enabled=False))
+        with torch.no_grad(), autocast:
+            y = self.model.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
+        y = self.norm.inverse(y.float().cpu()).numpy()
+        return [y[i] for i in range(len(tiles))]
+
+    # -- streaming ----------------------------------------------------------------
+    def run(self, tile: int) -> None:
+        o, p = self.o, self.progress
+        plan = plan_tiles(self.info.width, self.info.height, tile, o.overlap, _alignment(self.model, tile))
+        total = len(plan.tiles)
+        p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "
+               f"(multiples of {plan.align}), batch {self.batch}")
+        self.tiles_run = self.skipped = 0
+        blender = RowBandBlender(plan, len(self.info.bands), self.scale)
+        neutral = np.array([(lo + hi) / 2 for lo, hi in zip(self.norm.lo, self.norm.hi)], np.float32)
+        stop = threading.Event()
+        tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
+        strips_q: queue.Queue = queue.Queue(maxsize=1)
+        reader = _Reader(self.src, self.info.bands, plan, neutral, tiles_q, stop)
+        with io.AtomicRaster(self.dst, self.spec, p, cog=o.cog) as out:
+            writer = _Writer(out, self.spec, strips_q)
+            reader.start()
+            writer.start()
+            try:
+                pending, done = [], 0
+
+                def flush():
+                    nonlocal pending, done
+                    todo = [(t, d) for t, d, _ in pending if d is not None]
+                    outs = iter(self._sr([t for t, _ in todo], [d for _, d in todo]) if todo else [])
+                    for t, d, valid in pending:
+                        hr = next(outs) if d is not None else None
+                        for strip in blender.add(t, hr, valid):
+                            self._send(strips_q, strip, writer)
+                    self.tiles_run += len(todo)
+                    self.skipped += len(pending) - len(todo)
+                    done += len(pending)
+                    pending = []
+                    p.report(done / total, f"tile {done}/{total}")
+
+                while True:
+                    p.check()
+                    try:
+                        item = tiles_q.get(timeout=0.1)
+                    except queue.Empty:
+                        if writer.error is not None:
+                            raise writer.error
+                        continue
+                    if item is _END:
+                        break
+                    if isinstance(item, _Failure):
+                        raise item.exc
+                    pending.append(item)
+                    if sum(d is not None for _, d, _ in pending) >= self.batch:
+                        flush()
+                flush()
+                _put(strips_q, _END, threading.Event())
+                writer.join()
+                if writer.error is not None:
+                    raise writer.error
+            finally:
+                stop.set()
+                reader.join()
+                if writer.is_alive():
+                    writer.error = writer.error or RuntimeError("aborted")
+                    while writer.is_alive():
+                        try:
+                            strips_q.put(_END, timeout=0.1)
+                        except queue.Full:
+                            pass
+                        writer.join(timeout=0.1)
+
+    def _send(self, q: queue.Queue, strip, writer: _Writer) -> None:
+        while True:
+            if writer.error is not None:
+                raise writer.error
+            self.progress.check()
+            try:
+                q.put(strip, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+def superresolve(src, dst, model_or_path, options: SROptions | None = None,
+                 progress: Progress | None = None) -> SRResult:
+    """Super-resolve raster ``src`` into the GeoTIFF ``dst`` with a model (or a model file path).
+
+    The output keeps the input's CRS, metadata, band descriptions, colour
+    interpretation and nodata; its geotransform is the input's with pixel size
+    and rotation divided by the model's scale.  Raises :class:`io.RasterError`
+    (bad input or options), :class:`io.RasterWriteError` (output could not be
+    written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
+    is left as it was.
+    """
+    start = time.perf_counter()
+    options = options or SROptions()
+    options.validate()
+    progress = _Recording(progress or Progress())
+    src, dst = os.fspath(src), os.fspath(dst)
+
+    ds = io.open_raster(src)
+    bands = io.select_bands(ds, options.bands, src)
+    info = io.describe(ds, src, bands)
+    alpha = [b for b in range(1, ds.RasterCount + 1) if b not in bands
+             and ds.GetRasterBand(b).GetColorInterpretation() == io.gdal.GCI_AlphaBand]
+    ds = None
+    if options.bands is None and alpha:
+        progress.info(f"band {alpha[0]} of {src} is an alpha band: it marks nodata and is not super-resolved")
+
+    choice = resolve_device(options.device)
+    device = choice.device
+    precision = options.precision
+    if precision == "bf16" and device.type != "cuda":
+        progress.warn("bf16 runs only on CUDA: using fp32 on the CPU")
+        precision = "fp32"
+    progress.info(f"device {device} ({choice.reason}), precision {precision}")
+
+    model = _load_model(model_or_path, device)
+    io.check_band_count(bands, int(model.info.bands), src, info.band_count)
+    scale = int(model.info.scale)
+    src_type = io.gdal.GetDataTypeName(info.data_type)
+    model_type = getattr(model.info, "data_type", None)
+    if model_type and model_type != src_type:
+        norm = model.info.normalization
+        progress.warn(f"the model was trained on {model_type} data (values {min(norm.lo):g} to {max(norm.hi):g}) "
+                      f"but {src} is {src_type}: results may be poor if its values lie elsewhere")
+    for message in io.source_warnings(info):
+        progress.warn(message)
+
+    out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
+    spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
+    io.check_destination(dst, src, spec.estimated_bytes(), progress, cog=options.cog)
+
+    job = _Job(src, dst, model, info, spec, options, device, precision, progress)
+    tile = options.tile
+    while True:
+        try:
+            job.run(tile)
+            break
+        except _TileTooLarge as exc:
+            smaller = tile // 2
+            if smaller < max(16, 2 * options.overlap + 1):
+                raise RuntimeError(f"out of GPU memory even with one tile of {tile} LR pixels: "
+                                     f"use --device cpu, or a smaller --overlap ({options.overlap})") from None
+            progress.warn(f"out of GPU memory with one tile of {tile} LR pixels ({exc}): "
+                          f"restarting with tiles of {smaller}")
+            tile = smaller
+    seconds = time.perf_counter() - start
+    progress.report(1.0, "done")
+    progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
+                  f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}")
+    return SRResult(path=os.path.abspath(dst), device=str(device), precision=precision, seconds=seconds,
+                    tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
+                    warnings=list(progress.warnings))

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Peak memory of the raster pipeline must not grow with the raster: 1k^2 vs 8k^2 output.
+
+Runs `superresolve` with a fast stand-in model (fixed sharpening + bicubic, the
+same contract as LCMSR.sr) in a fresh process per size and prints each peak RSS,
+the RSS before the job (imports), and the ratio of the job's increments.
+
+    .venv/bin/python scripts/bench_raster_memory.py                 # 1024 and 8192 output pixels
+    .venv/bin/python scripts/bench_raster_memory.py --sizes 1024 8192x1024 8192   # WxH: height independence
+
+Memory is bounded by one row band of tiles (tile rows x raster width), so the
+job's increment follows the raster *width*, never its height.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = REPO / "tests" / "backend"
+
+
+def make_input(path: Path, lr_w: int, lr_h: int, bands: int = 3) -> None:
+    """A textured Byte GeoTIFF written in row bands, so making it costs the parent little memory."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), lr_w, lr_h, bands, gdal.GDT_Byte,
+                                              options=["TILED=YES", "COMPRESS=DEFLATE"])
+    ds.SetGeoTransform((500000.0, 4.0, 0.0, 4100000.0, 0.0, -4.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32611)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    for y in range(0, lr_h, 256):
+        h = min(256, lr_h - y)
+        yy, xx = np.mgrid[y:y + h, 0:lr_w].astype(np.float32)
+        for b in range(bands):
+            f = 128 + 60 * np.sin(xx / (7 + b) + yy / 11) + 20 * rng.standard_normal((h, lr_w))
+            ds.GetRasterBand(b + 1).WriteArray(np.clip(f, 0, 255).astype(np.uint8), 0, y)
+    ds = None
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(STANDIN))
+    from test_raster_standin import StandInModel
+
+    from lcmsr.raster.pipeline import SROptions, superresolve
+
+    model = StandInModel(scale=args.scale)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    res = superresolve(args.input, args.output, model,
+                       SROptions(tile=args.tile, overlap=args.overlap, batch=args.batch, device="cpu"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"before_kib": before, "peak_kib": peak, "seconds": time.perf_counter() - start,
+                      "width": res.width, "height": res.height, "tiles": res.tiles}))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=["1024", "8192"],
+                   help="output sizes in HR pixels: N (square) or WxH")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--output", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lcmsr-bench-") as tmp:
+        for size in args.sizes:
+            w, _, h = size.lower().partition("x")
+            w, h = int(w), int(h or w)
+            src, dst = Path(tmp) / f"in{size}.tif", Path(tmp) / f"out{size}.tif"
+            make_input(src, w // args.scale, h // args.scale)
+            proc = subprocess.run([sys.executable, __file__, "--child", "--input", str(src), "--output", str(dst),
+                                   "--scale", str(args.scale), "--tile", str(args.tile),
+                                   "--overlap", str(args.overlap), "--batch", str(args.batch)],
+                                  capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                return 1
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["size"] = size
+            r["pixels"] = w * h
+            r["output_mib"] = dst.stat().st_size / 2**20
+            results.append(r)
+            print(f"{r['width']}x{r['height']} output ({r['tiles']} tiles, {r['output_mib']:.0f} MiB file): "
+                  f"peak RSS {r['peak_kib'] / 1024:.0f} MiB (imports {r['before_kib'] / 1024:.0f} MiB, "
+                  f"job +{(r['peak_kib'] - r['before_kib']) / 1024:.0f} MiB), {r['seconds']:.1f} s", flush=True)
+            src.unlink()
+            dst.unlink()
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        pixels = b["pixels"] / a["pixels"]
+        print(f"peak RSS ratio {b['size']} / {a['size']}: {b['peak_kib'] / a['peak_kib']:.2f} "
+              f"(job increment ratio {(b['peak_kib'] - b['before_kib']) / max(1, a['peak_kib'] - a['before_kib']):.2f}"
+              f") for {pixels:.0f}x the pixels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Training patches: random HR windows from arrays or rasters, their LR, augmentation, normalisation.
+
+Sources are numpy arrays ``(C, H, W)`` (or ``(H, W)``) or paths of anything GDAL
+reads (GeoTIFF, PNG, JPEG ...).  GDAL is imported only inside :class:`RasterSource`
+so that array training works on machines without it (the CUDA servers).
+
+Everything random goes through one ``numpy.random.Generator`` whose state is a
+JSON-able dict (:meth:`PatchSampler.state_dict`), so a resumed run draws exactly
+the patches an uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..normalization import Normalization
+from ..ops import downsample_bicubic
+
+# numpy dtype -> GDAL data-type name (what ModelInfo.data_type records).
+_GDAL_NAMES = {
+    np.dtype(np.uint8): "Byte", np.dtype(np.int8): "Int8", np.dtype(np.uint16): "UInt16",
+    np.dtype(np.int16): "Int16", np.dtype(np.uint32): "UInt32", np.dtype(np.int32): "Int32",
+    np.dtype(np.float32): "Float32", np.dtype(np.float64): "Float64",
+}
+_INTEGER_RANGES = {"Byte": (0, 255), "Int8": (-128, 127), "UInt16": (0, 65535), "Int16": (-32768, 32767),
+                   "UInt32": (0, 2**32 - 1), "Int32": (-2**31, 2**31 - 1)}
+
+HR_MULTIPLE = 64  # paper/small configs: latent grid HR/8, halved 3 more times in the denoiser
+
+
+class Source:
+    """One image to draw patches from.  Subclasses implement :meth:`read`."""
+
+    name: str
+    width: int
+    height: int
+    count: int            # bands in the source
+    data_type: str        # GDAL name
+    band_names: list[str]
+    default_bands: list[int]  # 1-based; excludes an alpha band
+
+    def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Window -> (float32 ``[C, h, w]`` raw values, bool ``[h, w]`` valid mask)."""
+        raise NotImplementedError
+
+    def check_bands(self, bands: Sequence[int]) -> None:
+        for b in bands:
+            if not 1 <= b <= self.count:
+                raise ValueError(f"{self.name}: band {b} does not exist (the source has {self.count} band(s), "
+                                 f"numbered from 1)")
+
+    def close(self) -> None:
+        pass
+
+
+class ArraySource(Source):
+    """An in-memory ``(C, H, W)`` array; ``nodata`` marks pixels where every band has that value."""
+
+    def __init__(self, array: np.ndarray, name: str = "array", nodata: float | None = None):
+        a = np.asarray(array)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3:
+            raise ValueError(f"{name}: expected an array of shape (C, H, W) or (H, W), got {a.shape}")
+        if a.dtype not in _GDAL_NAMES:
+            raise ValueError(f"{name}: unsupported array data type {a.dtype}")
+        self.array, self.name, self.nodata = a, name, nodata
+        self.count, self.height, self.width = a.shape
+        self.data_type = _GDAL_NAMES[a.dtype]
+        self.band_names = [f"band {i + 1}" for i in range(self.count)]
+        self.default_bands = list(range(1, self.count + 1))
+
+    def read(self, x, y, w, h, bands):
+        data = self.array[[b - 1 for b in bands], y:y + h, x:x + w].astype(np.float32)
+        invalid = np.zeros((h, w), bool)
+        if self.nodata is not None:
+            invalid = np.all(data == np.float32(self.nodata), axis=0)
+        return data, _finite(data, ~invalid)
+
+
+class RasterSource(Source):
+    """A file read window by window through GDAL (imported here, lazily)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from osgeo import gdal  # only raster sources need GDAL
+
+        self.name = os.fspath(path)
+        if not os.path.exists(self.name):
+            raise FileNotFoundError(f"training source {self.name} does not exist")
+        try:
+            ds = gdal.Open(self.name, gdal.GA_ReadOnly)
+        except RuntimeError as exc:  # when some other module enabled gdal.UseExceptions()
+            raise ValueError(f"GDAL cannot open {self.name}: {exc}") from None
+        if ds is None:
+            raise ValueError(f"GDAL cannot open {self.name}: {gdal.GetLastErrorMsg() or 'unknown format'}")
+        if ds.RasterCount == 0:
+            raise ValueError(f"{self.name} has no raster bands")
+        self._gdal, self._ds = gdal, ds
+        self.width, self.height, self.count = ds.RasterXSize, ds.RasterYSize, ds.RasterCount
+        self.data_type = gdal.GetDataTypeName(ds.GetRasterBand(1).DataType)
+        self.band_names, self.default_bands = [], []
+        for i in range(1, self.count + 1):
+            band = ds.GetRasterBand(i)
+            interp = band.GetColorInterpretation()
+            desc = band.GetDescription() or gdal.GetColorInterpretationName(interp)
+            self.band_names.append(desc if desc and desc != "Undefined" else f"band {i}")
+            if interp != gdal.GCI_AlphaBand:
+                self.default_bands.append(i)
+        if not self.default_bands:
+            raise ValueError(f"{self.name}: every band is an alpha band")
+
+    def read(self, x, y, w, h, bands):
+        gdal = self._gdal
+        data = np.empty((len(bands), h, w), np.float32)
+        # A pixel is nodata only where every selected band says so (GDAL's mask band covers
+        # nodata values, alpha bands and .msk files alike); a dark pixel with one zero channel is kept.
+        invalid = np.ones((h, w), bool)
+        for k, b in enumerate(bands):
+            band = self._ds.GetRasterBand(b)
+            arr = band.ReadAsArray(x, y, w, h)
+            if arr is None:
+                raise ValueError(f"{self.name}: cannot read band {b} window x={x} y={y} {w}x{h}: "
+                                 f"{gdal.GetLastErrorMsg()}")
+            data[k] = arr
+            if band.GetMaskFlags() == gdal.GMF_ALL_VALID:
+                invalid[:] = False
+            else:
+                invalid &= band.GetMaskBand().ReadAsArray(x, y, w, h) == 0
+        return data, _finite(data, ~invalid)
+
+    def close(self) -> None:
+        self._ds = None
+
+
+def _finite(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
+
+
+def open_source(src, index: int = 0) -> Source:
+    """An array, a path, or an already opened :class:`Source`."""
+    if isinstance(src, Source):
+        return src
+    if isinstance(src, np.ndarray):
+        return ArraySource(src, name=f"array #{index}")
+    if isinstance(src, (str, os.PathLike)):
+        return RasterSource(src)
+    raise TypeError(f"training source #{index} is a {type(src).__name__}; expected a path or a numpy array")
+
+
+def describe_source(src, index: int = 0) -> str:
+    """A JSON-able description (checkpoint options, model metadata)."""
+    if isinstance(src, np.ndarray):
+        return f"<array #{index} {'x'.join(map(str, src.shape))} {src.dtype}>"
+    if isinstance(src, Source):
+        return src.name
+    return os.fspath(src)
+
+
+@dataclass
+class SourceSet:
+    """Opened sources with a common band selection and data type."""
+
+    sources: list[Source]
+    bands: list[int]          # 1-based
+    data_type: str
+    band_names: list[str]
+
+    @classmethod
+    def open(cls, items: Sequence, bands: Sequence[int] | None = None, what: str = "training") -> "SourceSet":
+        if not items:
+            raise ValueError(f"no {what} sources given")
+        sources = [open_source(s, i) for i, s in enumerate(items)]
+        if bands is None:
+            bands = sources[0].default_bands
+        bands = [int(b) for b in bands]
+        if not bands:
+            raise ValueError("the band selection is empty")
+        for s in sources:
+            s.check_bands(bands)
+        types = {s.data_type for s in sources}
+        if len(types) > 1:
+            listed = ", ".join(f"{s.data_type} ({s.name})" for s in sources)
+            raise ValueError(f"the {what} sources mix data types: {listed}; one model needs one data type")
+        return cls(sources, bands, types.pop(), [sources[0].band_names[b - 1] for b in bands])
+
+
+def compute_normalization(sset: SourceSet, rng: np.random.Generator, max_pixels: int = 262144,
+                          window: int = 64) -> Normalization:
+    """Per-band range of the training data: 0/255 for Byte, else the 1st/99th percentiles.
+
+    Percentiles come from at most ``max_pixels`` valid pixels of random windows, so a
+    10 GB raster costs the same as a small one (USERS.md: memory must not grow with size).
+    """
+    if sset.data_type == "Byte":
+        return Normalization.for_dtype("Byte", len(sset.bands))
+    per_source = max(1, max_pixels // len(sset.sources))
+    samples = []
+    for s in sset.sources:
+        w, h = min(window, s.width), min(window, s.height)
+        n_windows = max(1, min(math.ceil(per_source / (w * h)), (s.width * s.height) // (w * h)))
+        for _ in range(n_windows):
+            x, y = int(rng.integers(0, s.width - w + 1)), int(rng.integers(0, s.height - h + 1))
+            data, valid = s.read(x, y, w, h, sset.bands)
+            if valid.any():
+                samples.append(data[:, valid])
+    if not samples:
+        raise ValueError("no valid (non-nodata) pixels found in the training sources to compute the "
+                         "normalisation from: " + ", ".join(s.name for s in sset.sources))
+    return Normalization.from_percentiles(np.concatenate(samples, axis=1), 1.0, 99.0)
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/90° rotations of ``[..., H, W]`` (k in 0..7)."""
+    a = np.rot90(a, k % 4, axes=(-2, -1))
+    return a[..., ::-1] if k >= 4 else a
+
+
+def make_lr(hr_raw: torch.Tensor, scale: int, data_type: str) -> torch.Tensor:
+    """LR the way ``lcmsr degrade`` writes it: antialiased bicubic, then rounded to the data type.
+
+    Rounding matters: at inference the LR raster of an integer type is quantised, so
+    training on unquantised LR would show the model cleaner inputs than it will ever get.
+    """
+    lr = downsample_bicubic(hr_raw, scale)
+    if data_type in _INTEGER_RANGES:
+        lo, hi = _INTEGER_RANGES[data_type]
+        lr = lr.round().clamp(lo, hi)
+    return lr
+
+
+class PatchSampler:
+    """Random HR/LR patch pairs in model space.
+
+    ``normalization`` maps raw values to model space (``.forward``).  Patches with more
+    than ``max_nodata`` of their pixels nodata are redrawn; the few nodata pixels of an
+    accepted patch are filled with the patch's per-band valid mean so they carry no edge.
+    """
+
+    def __init__(self, sset: SourceSet, scale: int, patch: int, normalization, seed: int,
+                 augment: bool = True, max_nodata: float = 0.1, max_tries: int = 200,
+                 multiple: int = HR_MULTIPLE):
+        # The networks take HR sizes of `multiple` (config.hr_multiple) without padding;
+        # padded training patches would teach the model replicate-padded borders.
+        if patch <= 0 or patch % multiple or patch % scale:
+            raise ValueError(f"the HR patch size must be a positive multiple of {multiple} and of the scale "
+                             f"{scale}, got {patch}")
+        usable = [s for s in sset.sources if s.width >= patch and s.height >= patch]
+        if not usable:
+            sizes = ", ".join(f"{s.name} ({s.width}x{s.height})" for s in sset.sources)
+            raise ValueError(f"every training source is smaller than the HR patch {patch}x{patch}: {sizes}")
+        self.sset, self.sources = sset, usable
+        self.skipped = [s.name for s in sset.sources if s not in usable]
+        self.scale, self.patch, self.norm = scale, patch, normalization
+        self.augment, self.max_nodata, self.max_tries = augment, max_nodata, max_tries
+        area = np.array([(s.width - patch + 1) * (s.height - patch + 1) for s in usable], np.float64)
+        self.weights = area / area.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+    def _patch(self) -> np.ndarray:
+        p = self.patch
+        for _ in range(self.max_tries):
+            s = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))]
+            x, y = int(self.rng.integers(0, s.width - p + 1)), int(self.rng.integers(0, s.height - p + 1))
+            data, valid = s.read(x, y, p, p, self.sset.bands)
+            if 1.0 - valid.mean() > self.max_nodata:
+                continue
+            if not valid.all():
+                mean = data[:, valid].mean(axis=1)
+                data[:, ~valid] = mean[:, None]
+            if self.augment:
+                data = dihedral(data, int(self.rng.integers(0, 8)))
+            return np.ascontiguousarray(data)
+        raise ValueError(f"no {p}x{p} patch with at most {self.max_nodata:.0%} nodata found in "
+                         f"{self.max_tries} tries in: " + ", ".join(s.name for s in self.sources))
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hr ``[B, C, P, P]``, lr ``[B, C, P/s, P/s]``), float32, model space, on the CPU."""
+        hr_raw = torch.from_numpy(np.stack([self._patch() for _ in range(batch)]))
+        lr_raw = make_lr(hr_raw, self.scale, self.sset.data_type)
+        return self.norm.forward(hr_raw).float(), self.norm.forward(lr_raw).float()
+
+
+def validation_pairs(sset: SourceSet, scale: int, crop: int, normalization, max_crops: int = 4,
+                     max_nodata: float = 0.1, multiple: int = HR_MULTIPLE) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed crops (no randomness) of the validation sources: up to ``max_crops`` per source,
+    spread over the image, each ``[1, C, crop, crop]`` HR with its LR, model space."""
+    pairs = []
+    for s in sset.sources:
+        step_px = multiple * scale // math.gcd(multiple, scale)
+        c = min(crop, s.width, s.height) // step_px * step_px
+        if c == 0:
+            raise ValueError(f"validation source {s.name} ({s.width}x{s.height}) is smaller than "
+                             f"{step_px}x{step_px} pixels")
+        nx, ny = s.width // c, s.height // c
+        positions = [((i % nx) * c, (i // nx) * c) for i in range(nx * ny)]
+        step = max(1, len(positions) // max_crops)
+        taken = 0
+        for x, y in positions[::step]:
+            if taken == max_crops:
+                break
+            data, valid = s.read(x, y, c, c, sset.bands)
+            if 1.0 - valid.mean() > max_nodata:
+                continue
+            if not valid.all():
+                data[:, ~valid] = data[:, valid].mean(axis=1)[:, None]
+            hr_raw = torch.from_numpy(data)[None]
+            lr_raw = make_lr(hr_raw, scale, sset.data_type)
+            pairs.append((normalization.forward(hr_raw).float(), normalization.forward(lr_raw).float()))
+            taken += 1
+    if not pairs:
+        raise ValueError("no validation crop with valid pixels in: " + ", ".join(s.name for s in sset.sources))
+    return pairs
+

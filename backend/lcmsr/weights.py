@@ -74,8 +74,13 @@ def _read_header(path: Path) -> tuple[dict, int]:
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
+            head = f.read(9)
+            f.seek(8)
+            # A safetensors header is JSON right after the 8-byte length; only when that is absent do the
+            # pickle/zip magic bytes mean anything (the length's low byte may itself be 0x80).
+            looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+            head = head[:8]
+            if not looks_safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
                 raise ModelFileError(f"model file {path} is a PyTorch pickle/zip checkpoint; pickles are refused "
                                      "because loading one can run arbitrary code — convert it to .safetensors")
             if len(head) < 8:

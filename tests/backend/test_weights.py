@@ -193,3 +193,27 @@ def test_info_command_describes_the_file_and_the_environment(saved, capsys):
     assert "torch" in out and "device (auto)" in out
     assert main(["info", str(path.parent / "absent.safetensors")]) == 2
     assert "absent.safetensors was not found" in capsys.readouterr().err
+
+
+def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """A valid file whose header length's low byte is 0x80 (the pickle magic) must load."""
+    import json
+    import struct
+
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+    from lcmsr.weights import load_model, save_model
+
+    path = tmp_path / "m.safetensors"
+    model = build_model(tiny_config(), with_encoder=False)
+    for pad in range(256):
+        model.info.training = {"note": "x" * pad}
+        save_model(path, model)
+        raw = path.read_bytes()
+        if raw[0] == 0x80:
+            break
+    else:
+        raise AssertionError("could not produce a header length ending in 0x80")
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert json.loads(raw[8:8 + n])  # really a safetensors file
+    load_model(path)

@@ -51,6 +51,9 @@ class LcmsrPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        from .model_cache import model_cache
+
+        model_cache().clear()  # cached models may hold GPU memory; a reloaded plugin loads them afresh
 
     def open_settings(self):
         from .ui.settings_dialog import SettingsDialog

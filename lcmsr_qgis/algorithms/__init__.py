@@ -11,5 +11,11 @@ def all_algorithms():
     return algorithms
 
 
-# (module, class) — filled as algorithms land.
-_REGISTRY = []
+# (module, class) — the order of the toolbox within each group.
+_REGISTRY = [
+    ("superresolve", "SuperResolveAlgorithm"),
+    ("degrade", "DegradeAlgorithm"),
+    ("evaluate", "EvaluateAlgorithm"),
+    ("train_autoencoder", "TrainAutoencoderAlgorithm"),
+    ("train_consistency", "TrainConsistencyAlgorithm"),
+]

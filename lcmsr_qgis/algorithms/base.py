@@ -1,0 +1,129 @@
+"""What every LCMSR algorithm shares: group, icon, the backend check, error translation.
+
+No torch or lcmsr import at module level: the toolbox lists the algorithms in a
+QGIS without the backend, and ``canExecute`` says what to install.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+)
+
+from .. import environment
+from ..provider import plugin_icon
+
+SCALES = (2, 3, 4, 8)  # lcmsr.config.SCALES, repeated so that listing parameters needs no backend
+DEVICE_VALUES = ["auto", "cuda", "cpu"]
+DEVICE_LABELS = ["Auto (CUDA GPU if available, else CPU)", "CUDA GPU", "CPU"]
+CONFIG_VALUES = ["tiny", "small", "paper"]
+CONFIG_LABELS = ["tiny (tests only)", "small (CPU-friendly, shipped)", "paper (authors' x4 sizes, GPU)"]
+
+
+def device_default_index() -> int:
+    """The settings' device as an index of DEVICE_VALUES ("cuda:1" counts as CUDA)."""
+    from ..settings import Settings
+
+    device = str(Settings().device or "auto").lower()
+    return DEVICE_VALUES.index("cuda") if device.startswith("cuda") else (
+        DEVICE_VALUES.index(device) if device in DEVICE_VALUES else 0)
+
+
+def device_request(index: int) -> str:
+    """The enum's choice as a request for lcmsr.device.resolve_device; CUDA keeps the settings' GPU index."""
+    from ..settings import Settings
+
+    value = DEVICE_VALUES[index]
+    if value == "cuda":
+        configured = str(Settings().device or "").lower()
+        if configured.startswith("cuda:"):
+            return configured
+    return value
+
+
+class LcmsrAlgorithm(QgsProcessingAlgorithm):
+    """Base of the provider's algorithms; subclasses declare parameters and call the backend."""
+
+    def group(self):
+        return "Super-resolution"
+
+    def groupId(self):  # noqa: N802
+        return "superresolution"
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def icon(self):
+        return plugin_icon()
+
+    def flags(self):
+        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel
+
+    def canExecute(self):  # noqa: N802
+        ok, message = environment.backend_status()
+        return ok, ("" if ok else message)
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+    def add_device_parameter(self, name: str = "DEVICE"):
+        self.addParameter(QgsProcessingParameterEnum(name, "Device", options=DEVICE_LABELS,
+                                                    defaultValue=device_default_index()))
+
+    def add_scale_parameter(self, name: str = "SCALE", description: str = "Scale factor (2, 3, 4 or 8)"):
+        self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Integer,
+                                                      defaultValue=4, minValue=2, maxValue=8))
+
+    def scale_value(self, parameters, name, context) -> int:
+        scale = self.parameterAsInt(parameters, name, context)
+        if scale not in SCALES:
+            raise QgsProcessingException(f"{name} = {scale} is not supported: use one of "
+                                         f"{', '.join(map(str, SCALES))}")
+        return scale
+
+    @staticmethod
+    def gdal_source(layer, parameter: str) -> str:
+        """The path GDAL opens for a raster layer; other providers (WMS, …) cannot be read by the backend."""
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(f"{parameter}: the raster layer could not be loaded")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; "
+                "LCMSR reads files through GDAL — export it to a GeoTIFF first (Raster ▸ Conversion ▸ Translate)")
+        return layer.source()
+
+    @staticmethod
+    def progress(feedback):
+        from ..feedback import feedback_progress
+
+        return feedback_progress(feedback)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def backend_errors():
+        """Backend exceptions become QgsProcessingException with the backend's own sentence.
+
+        The backend's errors already name the file, band or value; a traceback in
+        the Processing log would only hide that sentence.
+        """
+        from lcmsr.progress import Cancelled
+
+        try:
+            yield
+        except QgsProcessingException:
+            raise
+        except Cancelled as exc:
+            raise QgsProcessingException(f"Cancelled: {exc}") from exc
+        except (ValueError, LookupError, OSError, RuntimeError, MemoryError) as exc:
+            raise QgsProcessingException(str(exc) or type(exc).__name__) from exc
+
+
+def remove_quietly(path: str) -> None:
+    """Delete a partial output (GDAL side files included) after a failure."""
+    for candidate in (path, path + ".aux.xml"):
+        with contextlib.suppress(OSError):
+            if candidate and os.path.isfile(candidate):
+                os.remove(candidate)

@@ -1,0 +1,156 @@
+"""`lcmsr:superresolve` — one raster through the LCMSR model, georeferenced output."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..settings import Settings
+from .base import LcmsrAlgorithm, device_request
+
+PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.raster.pipeline.PRECISIONS
+PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
+OUTPUT_TYPE_VALUES = ["input", "float32"]
+OUTPUT_TYPE_LABELS = ["Same as input", "Float32"]
+
+
+def resolve_model_path(value: str) -> str:
+    """The MODEL parameter, else the default model of the settings, else the bundled one."""
+    path = (value or "").strip() or Settings().model_for_run()
+    if not path:
+        raise QgsProcessingException(
+            "No model: choose a .safetensors file for MODEL, or set a default model in "
+            "Raster ▸ LCMSR Super-Resolution ▸ Settings and models…")
+    if not os.path.isfile(path):
+        raise QgsProcessingException(f"MODEL: model file '{path}' does not exist")
+    return path
+
+
+def output_layer_name(input_name: str, scale: int) -> str:
+    return f"{input_name} x{scale} LCMSR"
+
+
+def warn_fallback(progress, choice) -> None:
+    """A GPU that was wanted but is not usable is a warning, never silent (the pipeline logs the device)."""
+    if choice.fallback:
+        progress.warn(f"Device 'auto' fell back to the CPU — {choice.reason}")
+
+
+class SuperResolveAlgorithm(LcmsrAlgorithm):
+    INPUT = "INPUT"
+    BANDS = "BANDS"
+    MODEL = "MODEL"
+    DEVICE = "DEVICE"
+    TILE = "TILE"
+    OVERLAP = "OVERLAP"
+    BATCH = "BATCH"
+    STEPS = "STEPS"
+    SEED = "SEED"
+    PRECISION = "PRECISION"
+    OUTPUT_TYPE = "OUTPUT_TYPE"
+    OUTPUT = "OUTPUT"
+
+    def name(self):
+        return "superresolve"
+
+    def displayName(self):  # noqa: N802
+        return "Super-resolve raster"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Sharpens a raster by the model's scale factor (x2, x3, x4 or x8) with LCMSR, a latent consistency "
+            "diffusion model that needs one network evaluation per tile.<br><br>"
+            "<b>Input raster</b>: any GDAL raster with the band count the model was trained for (choose them with "
+            "<b>Bands</b>; empty = all bands but alpha). 8-bit, 16-bit and float data are read in their own value "
+            "range; nodata and masked pixels stay nodata.<br>"
+            "<b>Model</b>: an LCMSR .safetensors file; empty = the default model of the plugin settings, else the "
+            "bundled one.<br>"
+            "<b>Device</b>: Auto uses the first CUDA GPU and falls back to the CPU with a warning.<br>"
+            "<b>Tile / overlap / batch</b>: LR pixels per tile, LR pixels shared by neighbouring tiles (blended, so "
+            "no seams), tiles per network call. Smaller values use less memory.<br>"
+            "<b>Steps</b>: 1 is the method's single-step sampling; 2–4 trade time for detail.<br>"
+            "<b>Seed</b>: the same seed gives the same output.<br>"
+            "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
+            "or Float32.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        settings = Settings()
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (empty: all but alpha)", None, self.INPUT,
+                                                     optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, "Model (.safetensors; empty: the default model)", QgsProcessingParameterFile.File,
+            extension="safetensors", optional=True))
+        self.add_device_parameter(self.DEVICE)
+        advanced = [
+            QgsProcessingParameterNumber(self.TILE, "Tile size (LR pixels)", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=settings.tile, minValue=16, maxValue=8192),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (LR pixels)",
+                                         QgsProcessingParameterNumber.Integer, defaultValue=settings.overlap,
+                                         minValue=0, maxValue=4096),
+            QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=settings.batch, minValue=1, maxValue=1024),
+            QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=1, minValue=1, maxValue=4),
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=0, minValue=0),
+            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=PRECISION_LABELS,
+                                       defaultValue=_index(PRECISION_VALUES, settings.precision)),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterEnum(self.OUTPUT_TYPE, "Output data type",
+                                                     options=OUTPUT_TYPE_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        src = self.gdal_source(layer, self.INPUT)
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context))
+        dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        progress = self.progress(feedback)
+        with self.backend_errors():
+            from lcmsr.device import resolve_device
+            from lcmsr.raster.pipeline import SROptions, superresolve
+
+            from ..model_cache import model_cache
+
+            request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
+            choice = resolve_device(request)
+            warn_fallback(progress, choice)
+            progress.info(f"Model: {model_path}")
+            # Loaded on the resolved device so that "auto" and "cpu" share one cached copy.
+            model = model_cache().get(model_path, str(choice.device))
+            options = SROptions(
+                bands=bands,
+                tile=self.parameterAsInt(parameters, self.TILE, context),
+                overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+                batch=self.parameterAsInt(parameters, self.BATCH, context),
+                device=request,
+                precision=PRECISION_VALUES[self.parameterAsEnum(parameters, self.PRECISION, context)],
+                steps=self.parameterAsInt(parameters, self.STEPS, context),
+                seed=self.parameterAsInt(parameters, self.SEED, context),
+                output_type=OUTPUT_TYPE_VALUES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
+            )
+            superresolve(src, dst, model, options, progress)
+        if context.willLoadLayerOnCompletion(dst):
+            details = context.layerToLoadOnCompletionDetails(dst)
+            details.name = output_layer_name(layer.name(), model.info.scale)
+            # Processing names file outputs after the file by default; the input's name says more.
+            details.forceName = True
+        return {self.OUTPUT: dst}
+
+
+def _index(values, value, default: int = 0) -> int:
+    return values.index(value) if value in values else default

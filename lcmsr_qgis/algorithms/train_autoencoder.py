@@ -1,0 +1,32 @@
+"""`lcmsr:train_autoencoder` — stage 1: the residual encoder E and the SR decoder D."""
+from __future__ import annotations
+
+from .training import TrainingAlgorithm
+
+
+class TrainAutoencoderAlgorithm(TrainingAlgorithm):
+    STAGE_NAME = "stage 1 (autoencoder)"
+    BACKEND_FUNCTION = "train_autoencoder"
+    DEFAULT_BATCH = 8
+    PAPER_LR = 3.6e-5     # METHOD.md stage 1: Adam lr 3.6e-5 at batch 8
+    OUTPUT_DESCRIPTION = "Stage-1 autoencoder checkpoint (.safetensors)"
+
+    def name(self):
+        return "train_autoencoder"
+
+    def displayName(self):  # noqa: N802
+        return "Train LCMSR stage 1 (autoencoder)"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Stage 1 of LCMSR training: learns the residual encoder and the SR decoder that turns the LR image and "
+            "a 4-channel latent at HR/8 back into the HR image. Its output feeds stage 2 "
+            "(<i>Train LCMSR stage 2</i>).<br><br>"
+            "<b>Training rasters</b>: high-resolution rasters; LR inputs are made from them by antialiased "
+            "bicubic downsampling. <b>Validation raster</b>: a held-out raster, measured every few hundred steps "
+            "(PSNR against bicubic).<br>"
+            "<b>Bands</b>: 1-based band numbers, the same for every raster. <b>Model size</b>: <i>small</i> "
+            "trains on a CPU; <i>paper</i> needs a GPU.<br>"
+            "<b>Progress</b> shows the step, the loss and the validation PSNR. <b>Cancel</b> saves a resumable "
+            "checkpoint in the checkpoint folder: run again with <b>Resume</b> set to that folder and the same "
+            "settings to continue exactly where it stopped.")

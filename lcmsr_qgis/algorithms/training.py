@@ -1,0 +1,212 @@
+"""What the two training algorithms share: parameters, TrainOptions, progress and cancel.
+
+Stage 1 (`lcmsr:train_autoencoder`) learns the residual encoder E and the SR
+decoder D; stage 2 (`lcmsr:train_consistency`) learns CondNet and the latent
+consistency denoiser from the stage-1 checkpoint and writes the model file.
+Cancelling saves a resumable checkpoint (the backend does it); the error then
+says which folder to give as RESUME.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from .base import CONFIG_LABELS, CONFIG_VALUES, LcmsrAlgorithm, device_request
+
+
+def parse_bands(text: str, parameter: str = "BANDS") -> list[int] | None:
+    """"1,2,3" or "1 2 3" -> [1, 2, 3] (1-based, as in GDAL); empty -> None (all bands but alpha)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    bands = []
+    for item in re.split(r"[,;\s]+", text):
+        if not item:
+            continue
+        try:
+            band = int(item)
+        except ValueError:
+            raise QgsProcessingException(f"{parameter}: '{item}' is not a band number (use e.g. 1,2,3)") from None
+        if band < 1:
+            raise QgsProcessingException(f"{parameter}: band {band} does not exist (bands are numbered from 1)")
+        bands.append(band)
+    return bands
+
+
+class TrainingAlgorithm(LcmsrAlgorithm):
+    INPUTS = "INPUTS"
+    VALIDATION = "VALIDATION"
+    SCALE = "SCALE"
+    BANDS = "BANDS"
+    PATCH = "PATCH"
+    ITERATIONS = "ITERATIONS"
+    BATCH = "BATCH"
+    LEARNING_RATE = "LEARNING_RATE"
+    SEED = "SEED"
+    RESUME = "RESUME"
+    CHECKPOINT = "CHECKPOINT"
+    CONFIG = "CONFIG"
+    DEVICE = "DEVICE"
+    OUTPUT = "OUTPUT"
+    # outputs besides OUTPUT
+    STEPS = "STEPS"
+    LOSS = "LOSS"
+    VAL_PSNR = "VAL_PSNR"
+    BICUBIC_PSNR = "BICUBIC_PSNR"
+
+    STAGE_NAME = ""          # for messages
+    BACKEND_FUNCTION = ""    # lcmsr.train.train_autoencoder | train_consistency
+    FROM_STAGE1 = False      # stage 2: scale, bands and config come from the stage-1 checkpoint
+    DEFAULT_BATCH = 8
+    PAPER_LR = 0.0
+    OUTPUT_DESCRIPTION = ""
+
+    def group(self):
+        return "Training and evaluation"
+
+    def groupId(self):  # noqa: N802
+        return "training"
+
+    def add_stage_parameters(self) -> None:
+        """Stage 2 adds the stage-1 checkpoint here."""
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "Training rasters (high resolution)",
+                                                               QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
+                                                            optional=True))
+        self.add_stage_parameters()
+        if self.FROM_STAGE1:
+            # Stage 2 continues the stage-1 run: its scale, bands and model size come from that checkpoint.
+            self.addParameter(QgsProcessingParameterNumber(
+                self.SCALE, "Scale factor (empty: the stage-1 scale)", QgsProcessingParameterNumber.Integer,
+                optional=True, minValue=2, maxValue=8))
+            self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (empty: the stage-1 bands)",
+                                                           optional=True))
+        else:
+            self.add_scale_parameter(self.SCALE)
+            self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands, e.g. 1,2,3 (empty: all but alpha)",
+                                                           optional=True))
+            self.addParameter(QgsProcessingParameterEnum(self.CONFIG, "Model size", options=CONFIG_LABELS,
+                                                         defaultValue=CONFIG_VALUES.index("small")))
+        self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations",
+                                                       QgsProcessingParameterNumber.Integer, defaultValue=1000,
+                                                       minValue=1))
+        self.add_device_parameter(self.DEVICE)
+        advanced = [
+            QgsProcessingParameterNumber(self.PATCH, "HR patch size (pixels)", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=256, minValue=16, maxValue=2048),
+            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=self.DEFAULT_BATCH, minValue=1, maxValue=1024),
+            QgsProcessingParameterNumber(self.LEARNING_RATE, f"Learning rate (empty: the paper's {self.PAPER_LR:g} per batch of "
+                                         f"{self.DEFAULT_BATCH}, scaled with the batch)",
+                                         QgsProcessingParameterNumber.Double, optional=True, minValue=0.0),
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=0, minValue=0),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterFile(
+            self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", QgsProcessingParameterFile.Folder,
+            optional=True))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            self.CHECKPOINT, "Checkpoint folder (empty: <output name>_checkpoints beside the output)",
+            optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.OUTPUT_DESCRIPTION,
+                                                                "Safetensors files (*.safetensors)"))
+        self.addOutput(QgsProcessingOutputNumber(self.STEPS, "Steps trained"))
+        self.addOutput(QgsProcessingOutputNumber(self.LOSS, "Last training loss"))
+        self.addOutput(QgsProcessingOutputNumber(self.VAL_PSNR, "Validation PSNR (dB, model space)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic PSNR on the same crops (dB)"))
+
+    def stage_options(self, parameters, context) -> dict:
+        """TrainOptions fields only this stage has."""
+        return {}
+
+    def options(self, parameters, context) -> dict:
+        layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
+        if not layers:
+            raise QgsProcessingException(f"{self.INPUTS}: give at least one training raster")
+        sources = [self.gdal_source(layer, self.INPUTS) for layer in layers]
+        validation = self.parameterAsRasterLayer(parameters, self.VALIDATION, context)
+        learning_rate = 0.0 if parameters.get(self.LEARNING_RATE) in (None, "") else \
+            self.parameterAsDouble(parameters, self.LEARNING_RATE, context)
+        resume = (self.parameterAsFile(parameters, self.RESUME, context) or "").strip()
+        out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not out.lower().endswith(".safetensors"):
+            raise QgsProcessingException(f"{self.OUTPUT}: '{out}' must end in .safetensors")
+        options = dict(
+            sources=sources,
+            val_sources=[self.gdal_source(validation, self.VALIDATION)] if validation is not None else [],
+            scale=self._scale(parameters, context),
+            bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context), self.BANDS),
+            patch=self.parameterAsInt(parameters, self.PATCH, context),
+            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
+            batch=self.parameterAsInt(parameters, self.BATCH, context),
+            lr=learning_rate if learning_rate > 0 else None,
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+            checkpoint_dir=self._checkpoint_dir(parameters, context, out),
+            resume=resume or False,
+            device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)),
+            out=out,
+        )
+        if not self.FROM_STAGE1:
+            options["config"] = CONFIG_VALUES[self.parameterAsEnum(parameters, self.CONFIG, context)]
+        options.update(self.stage_options(parameters, context))
+        return options
+
+    def _checkpoint_dir(self, parameters, context, out: str) -> str:
+        # Beside the output rather than in a temporary folder: a cancelled run is resumed from here,
+        # possibly after QGIS was restarted (temporary folders are deleted on exit).
+        folder = (self.parameterAsFileOutput(parameters, self.CHECKPOINT, context) or "").strip()
+        return folder or os.path.splitext(out)[0] + "_checkpoints"
+
+    def _scale(self, parameters, context):
+        if self.FROM_STAGE1 and parameters.get(self.SCALE) in (None, ""):
+            return None
+        return self.scale_value(parameters, self.SCALE, context)
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        fields = self.options(parameters, context)
+        progress = self.progress(feedback)
+        progress.info(f"{self.STAGE_NAME}: {len(fields['sources'])} training raster(s), "
+                      f"{fields['iterations']} iterations, checkpoints in {fields['checkpoint_dir']}")
+        try:
+            with self.backend_errors():
+                import lcmsr.train
+
+                train = getattr(lcmsr.train, self.BACKEND_FUNCTION)
+                result = train(lcmsr.train.TrainOptions(**fields), progress)
+        except QgsProcessingException as exc:
+            if feedback is not None and feedback.isCanceled():
+                # The backend saved a checkpoint before stopping: say how to continue.
+                raise QgsProcessingException(
+                    f"{exc}. To continue, run again with {self.RESUME} = {fields['checkpoint_dir']}") from exc
+            raise
+        model_path = getattr(result, "model_path", None) or fields["out"]
+        progress.info(f"{self.STAGE_NAME}: {result.steps} steps in {result.seconds:.0f} s; "
+                      f"wrote {model_path}" + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))
+        return {
+            self.OUTPUT: model_path,
+            self.CHECKPOINT: fields["checkpoint_dir"],
+            self.STEPS: result.steps,
+            self.LOSS: result.loss,
+            self.VAL_PSNR: result.val_psnr,
+            self.BICUBIC_PSNR: result.bicubic_psnr,
+        }

@@ -1,0 +1,1 @@
+"""Dialogs of the plugin (pure Python Qt through qgis.PyQt)."""

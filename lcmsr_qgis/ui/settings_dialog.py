@@ -1,0 +1,341 @@
+"""Settings and models dialog: the model list (validated on adding), defaults for runs, diagnostics.
+
+Everything is stored through :class:`lcmsr_qgis.settings.Settings` (QgsSettings
+under ``lcmsr/``) when the dialog is accepted; Cancel changes nothing.  Errors
+go through ``message_box(title, text)``, a QMessageBox by default, injectable so
+that tests (and headless use) never block on a modal window.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import environment
+from ..settings import Settings, bundled_model_path
+
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+PRECISION_CHOICES = ["fp32", "bf16"]   # lcmsr.raster.pipeline.PRECISIONS
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+PATH_ROLE = Qt.UserRole
+# Training keys shown first in a model's summary, in this order (the rest follow as they are).
+_TRAINING_KEYS = [("steps", "stage-2 steps"), ("stage1_steps", "stage-1 steps"), ("val_psnr", "validation PSNR"),
+                  ("bicubic_psnr", "bicubic PSNR"), ("seconds", "training time (s)"), ("date", "date")]
+
+
+def model_summary(path: str) -> str:
+    """What a model file says about itself (header only, no tensor read); raises the loader's error."""
+    from lcmsr.weights import read_info
+
+    info = read_info(path)
+    norm = info.normalization
+    lines = [
+        f"File: {path}",
+        f"Scale: x{info.scale}",
+        f"Bands: {info.bands} ({', '.join(info.band_names)})",
+        f"Training data type: {info.data_type}",
+        "Normalisation (lo … hi per band): "
+        + "; ".join(f"{lo:g} … {hi:g}" for lo, hi in zip(norm.lo, norm.hi)),
+        f"Config: {info.config.name}",
+    ]
+    training = dict(info.training or {})
+    if not training:
+        lines.append("Training: no record (untrained or converted model)")
+    else:
+        parts = []
+        for key, label in _TRAINING_KEYS:
+            value = training.pop(key, None)
+            if value is not None:
+                parts.append(f"{label} {value:.2f}" if isinstance(value, float) else f"{label} {value}")
+        data = training.pop("data", None)
+        if data:
+            parts.append(f"{len(data)} training raster(s)")
+        lines.append("Training: " + (", ".join(parts) if parts else "recorded"))
+        for key in sorted(training):
+            value = training[key]
+            if isinstance(value, (int, float, str)) and len(str(value)) < 120:
+                lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+def _warning_box(parent):
+    def show(title: str, text: str) -> None:
+        QMessageBox.warning(parent, title, text)
+    return show
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, parent=None, message_box=None, settings: Settings | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("LCMSR — settings and models")
+        self.settings = settings or Settings()
+        self.message_box = message_box or _warning_box(self)
+        self.last_error = ""
+        self._default_model = self.settings.default_model or ""
+
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(self._models_tab(), "Models")
+        self.tabs.addTab(self._run_tab(), "Inference")
+        self.tabs.addTab(self._diagnostics_tab(), "Diagnostics")
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, parent=self)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs)
+        layout.addWidget(buttons)
+        self.resize(720, 520)
+        self._load()
+
+    # --- tabs -------------------------------------------------------------------------------
+    def _models_tab(self) -> QWidget:
+        page = QWidget(self)
+        self.model_list = QListWidget(page)
+        self.model_list.currentItemChanged.connect(self._show_current)
+        self.model_details = QPlainTextEdit(page)
+        self.model_details.setReadOnly(True)
+        self.default_label = QLabel(page)
+        self.default_label.setWordWrap(True)
+        add = QPushButton("Add…", page)
+        add.clicked.connect(self._browse_models)
+        remove = QPushButton("Remove", page)
+        remove.clicked.connect(lambda: self.remove_model(self.current_model()))
+        make_default = QPushButton("Use as default", page)
+        make_default.clicked.connect(lambda: self.set_default_model(self.current_model()))
+        row = QHBoxLayout()
+        for button in (add, remove, make_default):
+            row.addWidget(button)
+        row.addStretch(1)
+        layout = QVBoxLayout(page)
+        layout.addWidget(self.model_list, 2)
+        layout.addLayout(row)
+        layout.addWidget(self.default_label)
+        layout.addWidget(self.model_details, 3)
+        return page
+
+    def _run_tab(self) -> QWidget:
+        page = QWidget(self)
+        self.device_combo = QComboBox(page)
+        self.device_combo.setEditable(True)   # "cuda:1" picks a second GPU
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.tile_spin = self._spin(page, 16, 8192)
+        self.overlap_spin = self._spin(page, 0, 4096)
+        self.batch_spin = self._spin(page, 1, 1024)
+        self.precision_combo = QComboBox(page)
+        self.precision_combo.addItems(PRECISION_CHOICES)
+        self.python_path_edit = QLineEdit(page)
+        self.python_path_edit.setPlaceholderText("site-packages of a virtual environment with torch (optional)")
+        browse = QToolButton(page)
+        browse.setText("…")
+        browse.clicked.connect(self._browse_python_path)
+        path_row = QHBoxLayout()
+        path_row.addWidget(self.python_path_edit)
+        path_row.addWidget(browse)
+        form = QFormLayout(page)
+        form.addRow("Device (auto, cpu, cuda, cuda:N)", self.device_combo)
+        form.addRow("Tile size (LR pixels)", self.tile_spin)
+        form.addRow("Tile overlap (LR pixels)", self.overlap_spin)
+        form.addRow("Tiles per batch", self.batch_spin)
+        form.addRow("Precision", self.precision_combo)
+        form.addRow("Extra Python path", path_row)
+        note = QLabel("These are the defaults of the Processing algorithms and of "
+                      "'Super-resolve active layer'. A new extra Python path is used at once for what "
+                      "is not imported yet, fully after restarting QGIS.", page)
+        note.setWordWrap(True)
+        form.addRow(note)
+        return page
+
+    def _diagnostics_tab(self) -> QWidget:
+        page = QWidget(self)
+        self.diagnostics_view = QPlainTextEdit(page)
+        self.diagnostics_view.setReadOnly(True)
+        refresh = QPushButton("Refresh", page)
+        refresh.clicked.connect(self.refresh_diagnostics)
+        copy = QPushButton("Copy", page)
+        copy.clicked.connect(self.copy_diagnostics)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(refresh)
+        row.addWidget(copy)
+        layout = QVBoxLayout(page)
+        layout.addWidget(self.diagnostics_view)
+        layout.addLayout(row)
+        self.tabs.currentChanged.connect(self._tab_changed)
+        return page
+
+    @staticmethod
+    def _spin(parent, lo, hi) -> QSpinBox:
+        spin = QSpinBox(parent)
+        spin.setRange(lo, hi)
+        return spin
+
+    # --- state --------------------------------------------------------------------------------
+    def _load(self) -> None:
+        s = self.settings
+        for path in s.models:
+            self._append(path)
+        self.device_combo.setCurrentText(str(s.device))
+        self.tile_spin.setValue(int(s.tile))
+        self.overlap_spin.setValue(int(s.overlap))
+        self.batch_spin.setValue(int(s.batch))
+        precision = str(s.precision)
+        self.precision_combo.setCurrentIndex(PRECISION_CHOICES.index(precision)
+                                             if precision in PRECISION_CHOICES else 0)
+        self.python_path_edit.setText(str(s.extra_python_path or ""))
+        self._update_default_label()
+        if self.model_list.count():
+            self.model_list.setCurrentRow(0)
+
+    def models(self) -> list:
+        return [self.model_list.item(i).data(PATH_ROLE) for i in range(self.model_list.count())]
+
+    def current_model(self) -> str:
+        item = self.model_list.currentItem()
+        return item.data(PATH_ROLE) if item is not None else ""
+
+    @property
+    def default_model(self) -> str:
+        return self._default_model
+
+    def _append(self, path: str) -> QListWidgetItem:
+        item = QListWidgetItem(os.path.basename(path))
+        item.setData(PATH_ROLE, path)
+        item.setToolTip(path)
+        try:
+            from lcmsr.weights import read_info
+
+            info = read_info(path)
+            item.setText(f"{os.path.basename(path)} — x{info.scale}, {info.bands} band(s), {info.config.name}")
+        except Exception as exc:  # a listed file that went missing or broke since: keep it, say so
+            item.setText(f"{os.path.basename(path)} — unusable: {exc}")
+        self.model_list.addItem(item)
+        return item
+
+    def _error(self, title: str, text: str) -> None:
+        self.last_error = text
+        self.message_box(title, text)
+
+    def add_model(self, path: str) -> bool:
+        """Validate ``path`` with the backend's reader and list it; an invalid file is refused with its message."""
+        path = os.path.abspath(os.fspath(path))
+        if path in self.models():
+            self.model_list.setCurrentRow(self.models().index(path))
+            return True
+        try:
+            from lcmsr.weights import read_info
+
+            read_info(path)
+        except ImportError:
+            self._error("LCMSR backend missing", environment.backend_status()[1])
+            return False
+        except Exception as exc:  # ModelFileError, and anything else the loader raises, shown as it is
+            self._error("Not an LCMSR model", str(exc))
+            return False
+        item = self._append(path)
+        self.model_list.setCurrentItem(item)
+        return True
+
+    def remove_model(self, path: str) -> None:
+        for i in range(self.model_list.count()):
+            if self.model_list.item(i).data(PATH_ROLE) == path:
+                self.model_list.takeItem(i)
+                break
+        if path and path == self._default_model:
+            self._default_model = ""
+            self._update_default_label()
+
+    def set_default_model(self, path: str) -> None:
+        if path and path not in self.models() and not self.add_model(path):
+            return
+        self._default_model = os.path.abspath(path) if path else ""
+        self._update_default_label()
+
+    def _update_default_label(self) -> None:
+        if self._default_model:
+            text = f"Default model: {self._default_model}"
+        else:
+            bundled = bundled_model_path()
+            text = f"Default model: the bundled one ({bundled})" if bundled else \
+                "Default model: none set and none bundled — choose one with 'Use as default'"
+        self.default_label.setText(text)
+
+    def _show_current(self, current, _previous=None) -> None:
+        if current is None:
+            self.model_details.setPlainText("")
+            return
+        try:
+            self.model_details.setPlainText(model_summary(current.data(PATH_ROLE)))
+        except Exception as exc:
+            self.model_details.setPlainText(f"This model cannot be used: {exc}")
+
+    # --- diagnostics --------------------------------------------------------------------------
+    def _tab_changed(self, index: int) -> None:
+        if self.tabs.widget(index) is self.diagnostics_view.parentWidget() and \
+                not self.diagnostics_view.toPlainText():
+            self.refresh_diagnostics()
+
+    def refresh_diagnostics(self) -> str:
+        text = environment.diagnostics(self.device_combo.currentText().strip() or "auto")
+        self.diagnostics_view.setPlainText(text)
+        return text
+
+    def copy_diagnostics(self) -> str:
+        text = self.diagnostics_view.toPlainText() or self.refresh_diagnostics()
+        QApplication.clipboard().setText(text)
+        return text
+
+    # --- saving -------------------------------------------------------------------------------
+    def save(self) -> bool:
+        device = self.device_combo.currentText().strip().lower()
+        if not _DEVICE_PATTERN.match(device):
+            self._error("Invalid device", f"Device '{device}' is not one of auto, cpu, cuda or cuda:N")
+            return False
+        s = self.settings
+        s.models = self.models()
+        s.set("default_model", self._default_model)
+        s.set("device", device)
+        s.set("tile", self.tile_spin.value())
+        s.set("overlap", self.overlap_spin.value())
+        s.set("batch", self.batch_spin.value())
+        s.set("precision", self.precision_combo.currentText())
+        extra = self.python_path_edit.text().strip()
+        s.set("extra_python_path", extra)
+        environment.add_extra_python_path(extra)
+        return True
+
+    def accept(self) -> None:
+        if self.save():
+            super().accept()
+
+    # --- file pickers (interactive only) ------------------------------------------------------
+    def _browse_models(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Add LCMSR models", "", "LCMSR models (*.safetensors)")
+        for path in paths:
+            self.add_model(path)
+
+    def _browse_python_path(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Extra Python path (site-packages)",
+                                                  self.python_path_edit.text())
+        if folder:
+            self.python_path_edit.setText(folder)

@@ -1,0 +1,338 @@
+"""The Processing algorithms run the backend on real rasters and hand QGIS georeferenced, named layers."""
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
+SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
+ALGORITHMS = ["superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency"]
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self, cancel_on_progress=False):
+        super().__init__()
+        self.infos, self.warnings, self.texts = [], [], []
+        if cancel_on_progress:  # cancel as soon as the job has reported any progress: mid-run, not before it
+            self.progressChanged.connect(lambda value: self.cancel() if value > 0 else None)
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+        super().pushInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.warnings.append(warning)
+        super().pushWarning(warning)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append(text)
+        super().setProgressText(text)
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_processing):
+    from lcmsr_qgis.provider import LcmsrProvider
+
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.providerById("lcmsr") is None:
+        added = LcmsrProvider()
+        registry.addProvider(added)
+    yield registry.providerById("lcmsr")
+    if added is not None:
+        registry.removeProvider(added)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)  # the machine's cores are shared; one thread is also the fastest here
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+    from lcmsr.weights import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny_x4.safetensors"
+    save_model(path, build_model(tiny_config(scale=4, bands=3)))
+    return str(path)
+
+
+def make_raster(path, width=24, height=20, bands=3, origin=(500000.0, 4600000.0), pixel=2.0, seed=0):
+    import numpy as np
+    from osgeo import gdal, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, bands, gdal.GDT_Byte)
+    ds.SetGeoTransform((origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(seed)
+    for b in range(1, bands + 1):
+        ds.GetRasterBand(b).WriteArray(rng.integers(0, 256, (height, width), dtype=np.uint8))
+    ds = None
+    return str(path)
+
+
+def raster_facts(path_or_layer) -> dict:
+    """Plain values of a raster layer: no QGIS object may outlive the test (a layer destroyed after
+    QgsApplication.exitQgis, e.g. kept alive by a pytest.raises traceback, crashes the interpreter)."""
+    layer = path_or_layer if isinstance(path_or_layer, QgsRasterLayer) else QgsRasterLayer(str(path_or_layer), "r")
+    extent = layer.extent()
+    return {"valid": layer.isValid(), "extent": (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(),
+                                                 extent.yMaximum()),
+            "size": (layer.width(), layer.height()), "crs": layer.crs().authid(), "bands": layer.bandCount()}
+
+
+def run(algorithm, parameters, feedback=None, context=None):
+    import processing
+
+    return processing.run(f"lcmsr:{algorithm}", parameters, feedback=feedback or RecordingFeedback(),
+                          context=context)
+
+
+def fast(parameters):
+    """Small tiles keep the tiny model's runs well under a second on one core."""
+    return dict({"TILE": 64, "OVERLAP": 8, "BATCH": 4, "DEVICE": 2}, **parameters)
+
+
+def test_every_algorithm_is_listed_with_help_and_icon(provider):
+    ids = sorted(a.name() for a in provider.algorithms())
+    assert ids == sorted(ALGORITHMS)
+    for alg in provider.algorithms():
+        assert alg.displayName() and alg.group() and alg.groupId()
+        assert len(alg.shortHelpString()) > 100, alg.name()
+        assert not alg.icon().isNull()
+        assert alg.flags() & alg.FlagCanCancel
+        assert alg.createInstance() is not alg and alg.createInstance().name() == alg.name()
+    sr = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    keys = [p.name() for p in sr.parameterDefinitions()]
+    for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "STEPS", "SEED", "OUTPUT_TYPE",
+                "OUTPUT"):
+        assert key in keys and getattr(type(sr), key) == key
+    steps = sr.parameterDefinition("STEPS")
+    assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 4, 1)
+
+
+def test_algorithm_modules_do_not_import_torch_or_lcmsr_at_module_level():
+    import ast
+
+    folder = REPO / "lcmsr_qgis" / "algorithms"
+    for path in list(folder.glob("*.py")) + [REPO / "lcmsr_qgis" / "feedback.py", REPO / "lcmsr_qgis" / "tasks.py",
+                                             REPO / "lcmsr_qgis" / "model_cache.py"]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only; imports inside functions run when an algorithm runs
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] in ("torch", "lcmsr")], f"{path.name}: {names}"
+
+
+def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    for alg in provider.algorithms():
+        ok, message = alg.canExecute()
+        assert not ok and "torch" in message and "pip install" in message
+
+
+def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provider, tiny_model, tmp_path,
+                                                                         qgis_new_project):
+    import processing
+
+    out = tmp_path / "sr.tif"
+    feedback = RecordingFeedback()
+    processing.runAndLoadResults("lcmsr:superresolve",
+                                 fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OUTPUT": str(out)}),
+                                 feedback=feedback)
+    names = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
+    assert names.count("neon_lr x4 LCMSR") == 1, names
+    (layer,) = QgsProject.instance().mapLayersByName("neon_lr x4 LCMSR")
+    assert os.path.samefile(layer.source(), out)
+    got, source = raster_facts(layer), raster_facts(SAMPLE_LR)
+    del layer
+    assert got["valid"] and got["extent"] == pytest.approx(source["extent"])
+    assert got["size"] == (4 * source["size"][0], 4 * source["size"][1])
+    assert got["crs"] == source["crs"] == "EPSG:32612" and got["bands"] == 3
+    QgsProject.instance().removeAllMapLayers()
+    # The log says which device and precision ran.
+    assert any("device cpu" in line and "precision fp32" in line for line in feedback.infos), feedback.infos
+
+
+def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path):
+    from lcmsr_qgis.model_cache import model_cache
+
+    model_cache().clear()
+    before = model_cache().loads
+    inputs = [make_raster(tmp_path / f"in{i}.tif", seed=i, origin=(500000.0 + 100 * i, 4600000.0))
+              for i in range(3)]
+    for i, path in enumerate(inputs):
+        result = run("superresolve", fast({"INPUT": path, "MODEL": tiny_model, "OUTPUT": str(tmp_path / f"o{i}.tif")}))
+        got = raster_facts(result["OUTPUT"])
+        assert got["valid"] and got["extent"] == pytest.approx(raster_facts(path)["extent"])
+        assert got["size"] == (96, 80)
+    assert model_cache().loads - before == 1
+
+
+def test_model_cache_loads_once_across_threads_and_reloads_a_changed_file(tmp_path):
+    from lcmsr_qgis.model_cache import ModelCache
+
+    calls = []
+
+    def slow_loader(path, device):
+        calls.append((path, device))
+        time.sleep(0.05)  # long enough that the threads below overlap inside the load
+        return object()
+
+    model_file = tmp_path / "m.safetensors"
+    model_file.write_bytes(b"one")
+    cache = ModelCache(loader=slow_loader)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(str(model_file), "cpu"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and cache.loads == 1 and all(g is got[0] for g in got)
+    assert cache.get(str(model_file), "cuda:0") is not got[0]  # another device is another copy
+    os.utime(model_file, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cache.get(str(model_file), "cpu") is not got[0]  # a replaced file is read again
+    assert cache.loads == 3 and len(cache) == 2
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        cache.get(str(tmp_path / "missing.safetensors"), "cpu")
+
+
+def test_superresolve_bands_and_errors_name_the_problem(provider, tiny_model, tmp_path):
+    four = make_raster(tmp_path / "four.tif", bands=4)
+    result = run("superresolve", fast({"INPUT": four, "BANDS": [3, 2, 1], "MODEL": tiny_model, "OUTPUT_TYPE": 1,
+                                       "OUTPUT": str(tmp_path / "bands.tif")}))
+    from osgeo import gdal
+
+    ds = gdal.Open(result["OUTPUT"])
+    assert ds.RasterCount == 3 and ds.GetRasterBand(1).DataType == gdal.GDT_Float32
+    ds = None
+    with pytest.raises(QgsProcessingException, match="band"):
+        run("superresolve", fast({"INPUT": four, "BANDS": [1, 2], "MODEL": tiny_model,
+                                  "OUTPUT": str(tmp_path / "two.tif")}))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 4)
+    with pytest.raises(QgsProcessingException, match="broken.safetensors"):
+        run("superresolve", fast({"INPUT": four, "MODEL": str(broken), "OUTPUT": str(tmp_path / "x.tif")}))
+    assert not (tmp_path / "two.tif").exists() and not (tmp_path / "x.tif").exists()
+
+
+def test_superresolve_cancel_leaves_no_output(provider, tiny_model, tmp_path):
+    out = tmp_path / "cancelled.tif"
+    feedback = RecordingFeedback(cancel_on_progress=True)
+    with pytest.raises(QgsProcessingException, match="[Cc]ancel"):
+        run("superresolve", {"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "TILE": 16, "OVERLAP": 2, "BATCH": 1,
+                             "DEVICE": 2, "OUTPUT": str(out)}, feedback=feedback)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_degrade_makes_the_lr_raster_over_the_same_extent(provider, tmp_path):
+    result = run("degrade", {"INPUT": str(SAMPLE_HR), "SCALE": 4, "OUTPUT": str(tmp_path / "lr.tif")})
+    got, hr = raster_facts(result["OUTPUT"]), raster_facts(SAMPLE_HR)
+    assert got["valid"] and got["extent"] == pytest.approx(hr["extent"])
+    assert got["size"] == (hr["size"][0] // 4, hr["size"][1] // 4)
+    with pytest.raises(QgsProcessingException, match="SCALE = 5"):
+        run("degrade", {"INPUT": str(SAMPLE_HR), "SCALE": 5, "OUTPUT": str(tmp_path / "lr5.tif")})
+
+
+def _lpips_weights_present() -> bool:
+    from lcmsr.metrics.fetch_weights import weights_dir
+
+    return (weights_dir() / "lpips_alex.safetensors").exists()
+
+
+def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
+    sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "sr.tif")}))
+    html = tmp_path / "report.html"
+    given = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "SR": sr["OUTPUT"], "SCALE": 4, "DEVICE": 2,
+                             "OUTPUT_HTML": str(html)})
+    assert 5.0 < given["PSNR"] < 60.0 and -1.0 < given["SSIM"] <= 1.0
+    if _lpips_weights_present():
+        assert 0.0 <= given["LPIPS_VALUE"] <= 2.0
+    else:
+        assert given["LPIPS_VALUE"] is None
+    text = html.read_text(encoding="utf-8")
+    assert "psnr" in text and f"{given['PSNR']:.4f}" in text
+    # With a model: degrade the reference, super-resolve it, score — the same numbers as doing it by hand.
+    modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
+                                "OUTPUT_HTML": str(tmp_path / "model.html")})
+    assert modelled["LPIPS_VALUE"] is None and os.path.exists(modelled["SR_RASTER"])
+    from lcmsr.metrics.evaluate import evaluate_rasters
+
+    by_hand = evaluate_rasters(modelled["SR_RASTER"], str(SAMPLE_HR), 4, lpips=False)
+    assert modelled["PSNR"] == pytest.approx(by_hand["psnr"]) and modelled["SSIM"] == pytest.approx(by_hand["ssim"])
+    with pytest.raises(QgsProcessingException, match="MODEL"):
+        run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": str(tmp_path / "nope.safetensors"), "LPIPS": False,
+                         "OUTPUT_HTML": str(tmp_path / "x.html")})
+
+
+def _train_parameters(tmp_path, name, **extra):
+    return dict({"INPUTS": [str(SAMPLE_HR)], "VALIDATION": str(SAMPLE_HR), "SCALE": 4, "PATCH": 32, "BATCH": 2,
+                 "ITERATIONS": 2, "DEVICE": 2, "CHECKPOINT": str(tmp_path / f"{name}_ck"),
+                 "OUTPUT": str(tmp_path / f"{name}.safetensors")}, **extra)
+
+
+def test_train_both_stages_cancel_resume_and_use_the_model(provider, tmp_path):
+    pytest.importorskip("torch").set_num_threads(1)
+    params = _train_parameters(tmp_path, "stage1", CONFIG=0)
+    del params["CHECKPOINT"]  # the default: beside the output
+    feedback = RecordingFeedback()
+    stage1 = run("train_autoencoder", params, feedback=feedback)
+    assert stage1["STEPS"] == 2 and stage1["LOSS"] is not None and os.path.exists(stage1["OUTPUT"])
+    assert stage1["CHECKPOINT"] == str(tmp_path / "stage1_checkpoints")
+    assert list(Path(stage1["CHECKPOINT"]).glob("step-*.json")), stage1["CHECKPOINT"]
+    assert any(text.startswith("step 1/2 loss") for text in feedback.texts), feedback.texts
+    assert any("val PSNR" in line for line in feedback.infos), feedback.infos
+    # Cancel during stage 2: the backend saves a checkpoint and the error says how to resume.
+    params = _train_parameters(tmp_path, "model", AUTOENCODER=stage1["OUTPUT"], ITERATIONS=3)
+    params.pop("SCALE")
+    feedback = RecordingFeedback(cancel_on_progress=True)
+    with pytest.raises(QgsProcessingException, match="RESUME") as caught:
+        run("train_consistency", params, feedback=feedback)
+    assert str(tmp_path / "model_ck") in str(caught.value)
+    assert list((tmp_path / "model_ck").glob("step-*.json")) and not (tmp_path / "model.safetensors").exists()
+    done = run("train_consistency", dict(params, RESUME=str(tmp_path / "model_ck")))
+    assert done["STEPS"] == 3 and done["VAL_PSNR"] is not None
+    from lcmsr.weights import read_info
+
+    info = read_info(done["OUTPUT"])
+    assert (info.scale, info.bands, info.config.name) == (4, 3, "tiny")
+    sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": done["OUTPUT"], "OUTPUT": str(tmp_path / "sr.tif")}))
+    assert raster_facts(sr["OUTPUT"])["valid"]
+
+
+def test_training_parameters_are_checked_before_the_backend_runs(provider, tmp_path):
+    with pytest.raises(QgsProcessingException, match="'x' is not a band number"):
+        run("train_autoencoder", _train_parameters(tmp_path, "bad", BANDS="1,x"))
+    with pytest.raises(QgsProcessingException, match="must end in .safetensors"):
+        run("train_autoencoder", _train_parameters(tmp_path, "bad", OUTPUT=str(tmp_path / "m.pt")))
+    assert not (tmp_path / "bad_ck").exists() or not list((tmp_path / "bad_ck").iterdir())
+
+
+def test_every_algorithm_dialog_builds_a_widget_for_each_parameter(provider, qgis_iface, monkeypatch):
+    import processing
+
+    # pytest-qgis's stand-in iface lacks browserModel(), which the Processing dialog asks for.
+    monkeypatch.setattr(type(qgis_iface), "browserModel", lambda self: None, raising=False)
+    for name in ALGORITHMS:
+        dialog = processing.createAlgorithmDialog(f"lcmsr:{name}", {})
+        try:
+            wrapped = set(dialog.mainWidget().wrappers)
+            expected = {p.name() for p in dialog.algorithm().parameterDefinitions()}
+            assert expected <= wrapped, (name, expected - wrapped)
+        finally:
+            dialog.deleteLater()
+            del dialog
+    QgsApplication.processEvents()

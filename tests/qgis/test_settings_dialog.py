@@ -1,0 +1,157 @@
+"""The settings dialog, headless: models are validated and persisted, errors are shown, the default is used."""
+import pytest
+from qgis.core import QgsApplication, QgsProcessingFeedback, QgsSettings
+
+from lcmsr_qgis.settings import PREFIX, Settings
+
+
+class Recorder:
+    """Stands in for QMessageBox: records instead of blocking on a modal window."""
+
+    def __init__(self):
+        self.shown = []
+
+    def __call__(self, title, text):
+        self.shown.append((title, text))
+
+
+class InfoFeedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.infos = []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+
+
+@pytest.fixture(autouse=True)
+def clean_settings():
+    def clear():
+        s = QgsSettings()
+        for key in s.allKeys():
+            if key.startswith(PREFIX):
+                s.remove(key)
+    clear()
+    yield
+    clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+    from lcmsr.weights import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny_x2.safetensors"
+    save_model(path, build_model(tiny_config(scale=2, bands=3)))
+    return str(path)
+
+
+@pytest.fixture()
+def dialog(qgis_app, qgis_parent):
+    from lcmsr_qgis.ui.settings_dialog import SettingsDialog
+
+    boxes = Recorder()
+    dlg = SettingsDialog(qgis_parent, message_box=boxes)
+    dlg.boxes = boxes
+    yield dlg
+    dlg.deleteLater()
+    QgsApplication.processEvents()
+
+
+def test_adding_a_valid_model_shows_what_it_is_and_persists_on_ok(dialog, tiny_model):
+    assert dialog.add_model(tiny_model)
+    assert dialog.boxes.shown == []
+    summary = dialog.model_details.toPlainText()
+    for expected in ("Scale: x2", "Bands: 3", "Config: tiny", "Normalisation", "0 … 255", "Training:"):
+        assert expected in summary, summary
+    assert "x2, 3 band(s), tiny" in dialog.model_list.item(0).text()
+    dialog.set_default_model(tiny_model)
+    dialog.tile_spin.setValue(128)
+    dialog.device_combo.setCurrentText("cpu")
+    dialog.precision_combo.setCurrentText("bf16")
+    dialog.accept()
+    s = Settings()
+    assert s.models == [tiny_model] and s.default_model == tiny_model
+    assert (s.tile, s.device, s.precision) == (128, "cpu", "bf16")
+    assert s.model_for_run() == tiny_model
+
+
+def test_cancel_keeps_the_stored_settings(dialog, tiny_model):
+    dialog.add_model(tiny_model)
+    dialog.tile_spin.setValue(64)
+    dialog.reject()
+    assert Settings().models == [] and Settings().tile == 256
+
+
+def test_a_broken_file_is_refused_with_the_loaders_message(dialog, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"PK\x03\x04 this is a zip/pickle checkpoint")
+    assert not dialog.add_model(str(broken))
+    assert dialog.model_list.count() == 0
+    (title, text), = dialog.boxes.shown
+    assert "broken.safetensors" in text and "pickle" in text
+    assert not dialog.add_model(str(tmp_path / "absent.safetensors"))
+    assert "absent.safetensors" in dialog.boxes.shown[-1][1] and "not found" in dialog.boxes.shown[-1][1]
+    dialog.accept()
+    assert Settings().models == []
+
+
+def test_remove_model_and_an_invalid_device_is_not_saved(dialog, tiny_model):
+    dialog.add_model(tiny_model)
+    dialog.set_default_model(tiny_model)
+    dialog.remove_model(tiny_model)
+    assert dialog.models() == [] and dialog.default_model == ""
+    dialog.device_combo.setCurrentText("gpu0")
+    dialog.accept()
+    assert "gpu0" in dialog.last_error and dialog.result() == 0
+    assert Settings().device == "auto"
+
+
+def test_diagnostics_copy_puts_the_report_on_the_clipboard(dialog):
+    from qgis.PyQt.QtWidgets import QApplication
+
+    text = dialog.copy_diagnostics()
+    assert "torch:" in text and "Device for 'auto'" in text and "QGIS:" in text
+    assert QApplication.clipboard().text() == text == dialog.diagnostics_view.toPlainText()
+
+
+def test_the_default_model_is_used_by_the_algorithm(dialog, tiny_model, tmp_path, qgis_processing):
+    import processing
+    from lcmsr_qgis.provider import LcmsrProvider
+
+    dialog.add_model(tiny_model)
+    dialog.set_default_model(tiny_model)
+    dialog.accept()
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.providerById("lcmsr") is None:
+        added = LcmsrProvider()
+        registry.addProvider(added)
+    try:
+        feedback = InfoFeedback()
+        result = processing.run("lcmsr:superresolve", {"INPUT": _small_raster(tmp_path / "lr.tif"), "TILE": 32, "OVERLAP": 4, "DEVICE": 2,
+                                                       "OUTPUT": str(tmp_path / "sr.tif")}, feedback=feedback)
+    finally:
+        if added is not None:
+            registry.removeProvider(added)
+    assert f"Model: {tiny_model}" in feedback.infos
+    from osgeo import gdal
+
+    ds = gdal.Open(result["OUTPUT"])
+    assert (ds.RasterXSize, ds.RasterYSize) == (2 * 24, 2 * 20)  # the x2 default model, not the bundled x4
+
+
+def _small_raster(path):
+    import numpy as np
+    from osgeo import gdal
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 24, 20, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((1000.0, 1.0, 0.0, 2000.0, 0.0, -1.0))
+    for b in range(1, 4):
+        ds.GetRasterBand(b).WriteArray(np.random.default_rng(b).integers(0, 256, (20, 24), dtype=np.uint8))
+    ds = None
+    return str(path)

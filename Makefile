@@ -52,7 +52,7 @@ demo: setup
 	bash scripts/demo.sh
 
 bench: setup
-	$(PY) scripts/bench_cpu.py --out $(BUILD)/bench
+	$(PY) scripts/bench.py --device cpu --out $(BUILD)/bench
 
 clean:
 	rm -rf $(BUILD) dist

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Recipe of the shipped model (resources/models/): x4, 3-band 8-bit RGB, small config, trained on the
+# NEON 0.1 m training tile (minus the demo sample's window) with the project's own training CLI.
+# Resumable: rerun it and each stage continues from its newest checkpoint.
+# Usage: scripts/train_default.sh [AE_STEPS] [LCM_STEPS]      (DEVICE=cuda for a GPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AE_STEPS=${1:-3000}
+LCM_STEPS=${2:-3000}
+DEVICE=${DEVICE:-auto}
+PY=${PY:-.venv/bin/python}
+W=build/default
+mkdir -p "$W" resources/models
+[ -f data/manifest.json ] || $PY scripts/fetch_data.py --out data
+# The training tile without the demo sample's window (data/manifest.json: excluded_windows), as four VRTs.
+$PY - <<'PYEOF'
+import json
+from osgeo import gdal
+gdal.UseExceptions()
+m = json.load(open("data/manifest.json"))
+entry = next(f for f in m["files"] if f["path"] == "train/2019_YELL_2_528000_4978000_image_crop2.tif")
+win = entry["excluded_windows"][0]
+src = "data/" + entry["path"]
+ds = gdal.Open(src)
+W, H = ds.RasterXSize, ds.RasterYSize
+x0, y0, w, h = win["x"], win["y"], win["width"], win["height"]
+pieces = {"top": (0, 0, W, y0), "bottom": (0, y0 + h, W, H - y0 - h),
+          "left": (0, y0, x0, h), "right": (x0 + w, y0, W - x0 - w, h)}
+for name, box in pieces.items():
+    gdal.Translate(f"build/default/yell_{name}.vrt", gdal.Open(src), srcWin=list(box), format="VRT")
+PYEOF
+TRAIN="$W/yell_top.vrt $W/yell_bottom.vrt $W/yell_left.vrt $W/yell_right.vrt"
+VAL=$(ls data/val/*)
+$PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patch 128 --batch 8 \
+  --iterations "$AE_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/ae" --checkpoint-every 250 \
+  --val-every 500 --log-every 50 --resume --quiet --out "$W/autoencoder"
+$PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safetensors" --patch 128 --batch 8 \
+  --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 250 \
+  --val-every 500 --log-every 50 --resume --quiet --out resources/models/lcmsr_x4_rgb_small.safetensors

@@ -23,10 +23,10 @@ def seeded_model(config, seed: int = 0, with_encoder: bool = True):
 
     torch.manual_seed(seed)
     model = build_model(config, with_encoder=with_encoder).eval()
-    # The UNet's output layers start at zero (LDM practice); give them weights so a
-    # test can tell one denoiser output from another.
+    # The UNet's output layers and the decoder's tail start at zero (so an untrained model is
+    # bicubic); give them weights so a test can tell one output from another.
     with torch.no_grad():
-        for p in model.denoiser.parameters():
+        for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     return model

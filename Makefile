@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench data robustness clean dev-plugin
+.PHONY: setup test test-fast package demo bench data robustness screenshots model clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -53,6 +53,14 @@ demo: setup
 
 bench: setup
 	$(PY) scripts/bench.py --device cpu --out $(BUILD)/bench
+
+# Photographs of the real QGIS desktop (plugin installed from the zip) for the README.
+screenshots: setup
+	bash scripts/screenshot.sh
+
+# Retrain the shipped model (resumable; DEVICE=cuda on a GPU machine).
+model: setup data
+	bash scripts/train_default.sh
 
 clean:
 	rm -rf $(BUILD) dist

@@ -25,11 +25,18 @@ def add_extra_python_path(path: str | None) -> None:
 
 
 def _python_executable() -> str:
-    exe = sys.executable or "python3"
-    # Inside QGIS sys.executable is the qgis binary; the matching interpreter is the Python of the same prefix.
-    if os.path.basename(exe).startswith("qgis"):
-        exe = os.path.join(sys.exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
-    return exe
+    """The interpreter QGIS embeds, so an install hint targets the right Python.
+
+    Inside QGIS ``sys.executable`` is the qgis binary or whatever ``python3`` comes first on PATH
+    (pyenv, conda: seen under the Debian desktop), not necessarily the embedded interpreter; the
+    interpreter of ``sys.exec_prefix`` is.
+    """
+    exe = sys.executable or ""
+    prefixed = os.path.join(sys.exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
+    in_prefix = exe and os.path.realpath(exe).startswith(os.path.realpath(sys.exec_prefix) + os.sep)
+    if os.path.exists(prefixed) and (not in_prefix or os.path.basename(exe).startswith("qgis")):
+        return prefixed
+    return exe or prefixed
 
 
 def backend_status() -> tuple[bool, str]:

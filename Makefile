@@ -54,6 +54,10 @@ demo: setup
 bench: setup
 	$(PY) scripts/bench.py --device cpu --out $(BUILD)/bench
 
+# Fault injection and fuzzing (<= 10 min); a quick subset runs inside `make test` (tests/robustness/).
+robustness: setup
+	$(PY) scripts/robustness.py --out docs/RELIABILITY.md
+
 # Photographs of the real QGIS desktop (plugin installed from the zip) for the README.
 screenshots: setup
 	bash scripts/screenshot.sh

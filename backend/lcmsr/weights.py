@@ -4,9 +4,15 @@ Tensors: ``decoder.*``, ``condnet.*``, ``denoiser.*`` (the EMA weights) and
 ``latent_scale``; metadata key ``lcmsr`` = JSON of :class:`~lcmsr.model.ModelInfo`.
 Nothing here unpickles: a model file is data, never code.  Every problem raises
 :class:`ModelFileError` with one sentence naming the file and what is wrong.
+
+Integrity: metadata key ``lcmsr_sha256`` holds a SHA-256 over the ``lcmsr`` JSON and
+every tensor (name, dtype, shape, bytes), so a bit flipped by a disk, a download or a
+copy is refused instead of silently changing the weights.  Files written before the
+checksum existed (no such key) still load.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -19,6 +25,10 @@ from .model import FORMAT_VERSION, LCMSR, ModelInfo
 
 SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 METADATA_KEY = "lcmsr"
+DIGEST_KEY = "lcmsr_sha256"
+# Metadata a file without the checksum may carry ("format" is the safetensors convention); any other
+# key there is most likely the checksum's own key damaged, so the file is refused rather than trusted.
+_LEGACY_METADATA_KEYS = {METADATA_KEY, "format"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 SAVED_PREFIXES = ("decoder.", "condnet.", "denoiser.")
 _SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
@@ -37,6 +47,16 @@ def _inference_state(model: LCMSR) -> dict[str, torch.Tensor]:
     return state
 
 
+def content_digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the model description and every tensor, independent of the file layout."""
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_model(path, model: LCMSR, info: ModelInfo | None = None) -> Path:
     """Write the inference model atomically (temp file in the same folder, then ``os.replace``)."""
     from safetensors.torch import save_file
@@ -52,7 +72,8 @@ def save_model(path, model: LCMSR, info: ModelInfo | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        meta_json = json.dumps(meta)
+        save_file(tensors, tmp, metadata={METADATA_KEY: meta_json, DIGEST_KEY: content_digest(meta_json, tensors)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,7 +120,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise ModelFileError(f"model file {path} is not a safetensors file: its header is garbled") from None
     data_len = size - 8 - n
     for name, entry in header.items():
@@ -107,7 +128,8 @@ def _read_header(path: Path) -> tuple[dict, int]:
             continue
         try:
             start, end = entry["data_offsets"]
-            ok = entry["dtype"] in _SAFETENSORS_DTYPES and 0 <= start <= end
+            ok = entry["dtype"] in _SAFETENSORS_DTYPES and 0 <= start <= end and isinstance(entry["shape"], list) \
+                and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -121,12 +143,20 @@ def _read_header(path: Path) -> tuple[dict, int]:
 
 def _info_from_header(path: Path, header: dict) -> ModelInfo:
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ModelFileError(f"model file {path} is not a valid safetensors file: its metadata is not a "
+                             "table of strings")
     if METADATA_KEY not in meta:
         raise ModelFileError(f"model file {path} is a safetensors file but not an LCMSR model: it has no "
                              f"'{METADATA_KEY}' metadata")
+    if DIGEST_KEY not in meta:
+        unknown = sorted(set(meta) - _LEGACY_METADATA_KEYS)
+        if unknown:
+            raise ModelFileError(f"model file {path} is damaged: it has the unknown metadata key "
+                                 f"'{unknown[0]}' and no '{DIGEST_KEY}' checksum")
     try:
         data = json.loads(meta[METADATA_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ModelFileError(f"model file {path} has garbled '{METADATA_KEY}' metadata (not JSON)") from None
     if not isinstance(data, dict):
         raise ModelFileError(f"model file {path} has garbled '{METADATA_KEY}' metadata (not a JSON object)")
@@ -137,7 +167,7 @@ def _info_from_header(path: Path, header: dict) -> ModelInfo:
                              f"supports format version {supported}")
     try:
         return ModelInfo.from_dict(data)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
         raise ModelFileError(f"model file {path} has an invalid model description: {exc}") from None
 
 
@@ -146,6 +176,12 @@ def read_info(path) -> ModelInfo:
     path = Path(path)
     header, _ = _read_header(path)
     return _info_from_header(path, header)
+
+
+def check_model(path) -> ModelInfo:
+    """Everything :func:`load_model` checks (tensors, shapes, values, checksum), for dialogs that
+    accept a model file: a file that passes here also loads for a run."""
+    return load_model(path, device="cpu").info
 
 
 def load_model(path, device="cpu") -> LCMSR:
@@ -170,7 +206,7 @@ def load_model(path, device="cpu") -> LCMSR:
         if found != tuple(tensor.shape):
             raise ModelFileError(f"model file {path} has tensor '{name}' of shape {list(found)}, expected "
                                  f"{list(tensor.shape)}")
-    state = {}
+    state, stored = {}, {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in expected:
@@ -178,10 +214,15 @@ def load_model(path, device="cpu") -> LCMSR:
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     raise ModelFileError(f"model file {path} has non-finite values (NaN or inf) in "
                                          f"tensor '{name}'")
+                stored[name] = t
                 state[name] = t.float()
     except ModelFileError:
         raise
     except Exception as exc:  # safetensors' own errors (SafetensorError) for anything we did not catch
         raise ModelFileError(f"model file {path} cannot be read as safetensors: {exc}") from None
+    digest = header["__metadata__"].get(DIGEST_KEY)
+    if digest is not None and digest != content_digest(header["__metadata__"][METADATA_KEY], stored):
+        raise ModelFileError(f"model file {path} is damaged: its contents do not match the checksum written "
+                             "with it (a corrupted copy or download?)")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

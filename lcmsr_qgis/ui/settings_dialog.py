@@ -243,9 +243,11 @@ class SettingsDialog(QDialog):
             self.model_list.setCurrentRow(self.models().index(path))
             return True
         try:
-            from lcmsr.weights import read_info
+            # The full check (tensors, shapes, checksum), not just the header: a file accepted here
+            # must not fail later in a run.
+            from lcmsr.weights import check_model
 
-            read_info(path)
+            check_model(path)
         except ImportError:
             self._error("LCMSR backend missing", environment.backend_status()[1])
             return False

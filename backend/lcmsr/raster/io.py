@@ -12,10 +12,12 @@ opened read-only.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +107,10 @@ def _call(what: str, fn, *args, error=RasterError, code: bool = False, **kwargs)
             raise error(f"{what}: {exc}") from None
     failed = (result not in (None, 0)) if code else result is None
     if log.messages or failed:
+        # Drop the bound GDAL method before raising: the traceback would keep its band, and so the
+        # dataset, alive past the caller's clean-up, and GDAL would report the failed close on
+        # stderr at exit, after the one-line error.
+        fn = args = kwargs = result = None  # noqa: F841
         raise error(f"{what}: {_reason(log.messages or [gdal.GetLastErrorMsg() or 'GDAL gave no reason'])}")
     return result
 
@@ -519,6 +525,10 @@ def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progre
         raise PermissionError(f"the output folder {folder} is not writable")
     if os.path.isdir(dst_abs):
         raise RasterError(f"the output {dst} is a folder: give a file name such as {os.path.join(dst, 'sr.tif')}")
+    if os.path.lexists(dst_abs) and not os.access(dst_abs, os.W_OK):
+        # The rename would replace it (the folder is writable), but read-only says: keep this file.
+        raise PermissionError(f"the output {dst} exists and is read-only: choose another output file or make "
+                              "it writable")
     ext = os.path.splitext(dst_abs)[1].lower()
     if ext not in (".tif", ".tiff"):
         progress.warn(f"the output is always a GeoTIFF; {os.path.basename(dst)} has the extension '{ext}'")
@@ -558,6 +568,21 @@ def _verify(path: str, spec: OutputSpec, what: str) -> None:
     ds = None
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process: alive, not ours to judge
+    return True
+
+
+# Temp names carry a short tag of the host, so that a folder shared over the network is never swept
+# of files that processes on another machine are still writing.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
 class AtomicRaster:
     """``with AtomicRaster(dst, spec) as writer:`` — a GeoTIFF under a temporary name, renamed on success.
 
@@ -574,15 +599,38 @@ class AtomicRaster:
 
     def _temp_name(self) -> str:
         # Not mkstemp: its 0600 mode would stick to the output; GDAL creates the file with the umask.
+        # The host and process id in the name let a later run remove what a killed one left behind.
         folder, name = os.path.split(self.dst)
         while True:
-            path = os.path.join(folder, f".{name}.partial-{secrets.token_hex(4)}")
+            path = os.path.join(folder, f".{name}.partial-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}")
             if not os.path.exists(path):
                 break
         self._temps.append(path)
         return path
 
+    def _sweep_stale(self) -> None:
+        """Remove temporary files of this destination left by processes of this host that no longer
+        exist (kill -9, power loss): they can never be finished, and nobody else would delete them."""
+        folder, name = os.path.split(self.dst)
+        prefix = f".{name}.partial-{_HOST_TAG}-"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return
+        for entry in entries:
+            if not entry.startswith(prefix):
+                continue
+            pid_text = entry[len(prefix):].split("-", 1)[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+                continue
+            try:
+                os.remove(os.path.join(folder, entry))
+                self.progress.info(f"removed {entry}, left in {folder} by an interrupted run")
+            except OSError:
+                pass  # best effort: another run may be sweeping it at the same moment
+
     def __enter__(self) -> RasterWriter:
+        self._sweep_stale()
         tmp = self._temp_name()
         try:
             self.writer = RasterWriter(tmp, self.spec, what=f"the output {self.dst}")

@@ -8,17 +8,23 @@ Sections: model-only throughput (output megapixels/s) of the shipped (small) and
 config, fp32 and bf16, per batch size, with FLOPs counted by torch.utils.flop_counter and the
 fraction of a measured matmul peak; one step vs the 50-step DDIM baseline (and DDPM-1000,
 extrapolated from its per-step time) end to end on the same model in the same run; batch-1
-latency of a 256x256 output tile; the 1024x1024 output time of the shipped model; and, when
-GDAL is present, end-to-end GeoTIFF throughput (read, SR, blend, write) against model-only.
-Random weights: speed does not depend on their values.
+latency of a 256x256 output tile; the 1024x1024 output time of the shipped model; what each
+optimisation of lcmsr.inference buys (plain eager fp32 -> channels_last -> bf16 -> torch.compile
+-> CUDA graphs, as ratios in this run); and, when GDAL is present, end-to-end GeoTIFF throughput
+(read, SR, blend, write) against model-only on the same tiles, and peak host (and GPU) memory
+for 1024^2 vs 8192^2 outputs (scripts/bench_raster_memory.py, one fresh process per size).
+Random weights: speed does not depend on their values.  --compile adds torch.compile on the CPU
+(minutes of compiling on a small machine); on CUDA it is always measured.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backend"))
 
 from lcmsr.config import named_config  # noqa: E402
+from lcmsr.inference import Inference, InferenceOptions  # noqa: E402
 from lcmsr.model import build_model  # noqa: E402
 
 
@@ -107,15 +114,72 @@ def steps_vs_ddim(device, precision, lr_size, config_name="small"):
     return out
 
 
-def end_to_end(device, precision, out_size, tile):
-    """SR of a GeoTIFF whose output is out_size^2 (needs GDAL) against the model-only rate, same tiles."""
+def optimisations(device, batch, lr_size, with_compile):
+    """Model-only MP/s of the shipped config through lcmsr.inference, one optimisation added at a time."""
+    torch.manual_seed(0)
+    model = build_model(named_config("small"), with_encoder=False).to(device).eval()
+    lr = torch.rand(batch, 3, lr_size, lr_size, device=device) * 2 - 1
+    noise = torch.randn((batch,) + model.latent_shape(lr_size, lr_size), device=device)
+    steps = [("eager fp32", None), ("+channels_last", InferenceOptions(channels_last=True)),
+             ("+bf16", InferenceOptions(channels_last=True, precision="bf16"))]
+    if with_compile:
+        steps.append(("+compile", InferenceOptions(channels_last=True, precision="bf16", compile=True)))
+    if device.type == "cuda":
+        steps.append(("+CUDA graphs", InferenceOptions(channels_last=True, precision="bf16", compile=with_compile,
+                                                       cuda_graphs=True)))
+    # Inference converts the weights it is given to channels_last in place: the plain path gets its own copy.
+    plain = copy.deepcopy(model)
+    fns = []
+    for name, opts in steps:
+        if opts is None:
+            fns.append((name, lambda: plain.sr(lr, noise=noise)))  # the plain path every ratio is against
+            continue
+        runner = Inference(model, device, opts)
+        fns.append((name, lambda r=runner: r.sr(lr, noise=noise)))
+    # On the CPU: one thread and this process's CPU time, so that other jobs on a shared machine
+    # (which steal wall time, not CPU time) do not decide the ratios.  On CUDA: wall time, synchronised.
+    cpu = device.type == "cpu"
+    threads = torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(1)
+    clock = time.process_time if cpu else time.perf_counter
+    try:
+        first = {}
+        for name, fn in fns:  # first call: compilation, graph capture, oneDNN/cuDNN warm-up
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            first[name] = time.perf_counter() - start
+        # Interleaved repetitions and medians: load drifts between variants otherwise.
+        times = {name: [] for name, _ in fns}
+        for _ in range(7):
+            for name, fn in fns:
+                start = clock()
+                fn()
+                sync(device)
+                times[name].append(clock() - start)
+    finally:
+        torch.set_num_threads(threads)
+    rows, ref = [], None
+    for name, _ in fns:
+        sec = sorted(times[name])[len(times[name]) // 2]
+        mp = batch * (lr_size * 4) ** 2 / 1e6 / sec
+        ref = ref or mp
+        rows.append({"step": name, "seconds": sec, "mp_per_s": mp, "speedup": mp / ref,
+                     "first_call_seconds": first[name]})
+    return rows
+
+
+def end_to_end(device, precision, out_size, tile, batch=4, overlap=16):
+    """SR of a GeoTIFF whose output is out_size^2 (needs GDAL) against model-only on the same tiles."""
     try:
         from osgeo import gdal
     except ImportError:
         return None
     import numpy as np
 
-    from lcmsr.raster.pipeline import SROptions, superresolve
+    from lcmsr.raster.pipeline import SROptions, _alignment, superresolve
+    from lcmsr.raster.tiling import plan_tiles
     from lcmsr.weights import save_model
 
     gdal.UseExceptions()
@@ -133,11 +197,47 @@ def end_to_end(device, precision, out_size, tile):
         for b in range(3):
             ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 256, (lr_size, lr_size), dtype=np.uint8))
         ds = None
-        opts = SROptions(tile=tile, overlap=16, batch=4, device=str(device), precision=precision)
+        opts = SROptions(tile=tile, overlap=overlap, batch=batch, device=str(device), precision=precision)
         start = time.perf_counter()
         superresolve(src, os.path.join(tmp, "sr.tif"), path, opts)
         seconds = time.perf_counter() - start
-    return {"out_size": out_size, "tile": tile, "seconds": seconds, "mp_per_s": out_size**2 / 1e6 / seconds}
+    # Model-only on exactly the tiles the pipeline ran: same tile size (aligned), batch and precision.
+    model = build_model(named_config("small"), with_encoder=False).to(device).eval()
+    plan = plan_tiles(lr_size, lr_size, tile, overlap, _alignment(model, tile))
+    runner = Inference(model, device, InferenceOptions(precision=precision))
+    x = torch.rand(batch, 3, plan.tile_h, plan.tile_w) * 2 - 1
+    noise = torch.randn((batch,) + model.latent_shape(plan.tile_h, plan.tile_w))
+    per_batch = timed(lambda: runner.sr(x, noise=noise), device)
+    model_seconds = per_batch * len(plan.tiles) / batch
+    mp = out_size ** 2 / 1e6
+    return {"out_size": out_size, "tile": tile, "tiles": len(plan.tiles), "batch": batch, "seconds": seconds,
+            "mp_per_s": mp / seconds, "model_only_seconds_same_tiles": model_seconds,
+            "model_only_mp_per_s": mp / model_seconds, "fraction_of_model_only": model_seconds / seconds}
+
+
+def peak_memory(device, precision):
+    """Peak host RSS (and GPU memory) for 1024^2 vs 8192^2 outputs, one fresh process each (needs GDAL)."""
+    try:
+        from osgeo import gdal  # noqa: F401
+    except ImportError:
+        return None
+    gpu = device.type == "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {}
+        for tile in ([256] if gpu else [256, 128]):
+            cmd = [sys.executable, str(REPO / "scripts" / "bench_raster_memory.py"), "--sizes", "1024", "8192",
+                   "--tile", str(tile), "--batch", "4", "--json", os.path.join(tmp, "m.json"),
+                   "--model", "small" if gpu else "standin", "--device", str(device), "--precision", precision]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                return {"error": proc.stderr[-2000:]}
+            runs = json.loads(Path(tmp, "m.json").read_text())["runs"]
+            a, b = runs
+            out[f"tile{tile}"] = {
+                "model": "small" if gpu else "standin", "tiles": [a["tiles"], b["tiles"]],
+                "peak_rss_mib": [a["peak_kib"] / 1024, b["peak_kib"] / 1024], "ratio": b["peak_kib"] / a["peak_kib"],
+                "gpu_peak_mib": [a.get("gpu_peak_mib"), b.get("gpu_peak_mib")]}
+        return out
 
 
 def main(argv=None):
@@ -145,6 +245,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(REPO / "build" / "bench"))
     p.add_argument("--quick", action="store_true", help="fewer cases (CI smoke run)")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile on the CPU (slow to compile)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     gpu = device.type == "cuda"
@@ -169,12 +270,10 @@ def main(argv=None):
     results["latency_256_tile_batch1"] = {pr: model_only("small", device, pr, 1, 64)["seconds"] for pr in precisions}
     results["shipped_1024_output_seconds"] = model_only("small", device, "fp32", 1, 256)["seconds"]
     results["steps"] = steps_vs_ddim(device, "fp32", 64)
+    results["optimisations"] = optimisations(device, 8 if gpu else 2, 64, gpu or a.compile)
     results["end_to_end"] = None if a.quick else end_to_end(device, "bf16" if gpu else "fp32",
                                                               8192 if gpu else 1024, 128 if not gpu else 256)
-    if results["end_to_end"]:
-        ref = model_only("small", device, "bf16" if gpu else "fp32", 4, 128 if not gpu else 256)
-        results["end_to_end"]["model_only_mp_per_s"] = ref["mp_per_s"]
-        results["end_to_end"]["fraction_of_model_only"] = results["end_to_end"]["mp_per_s"] / ref["mp_per_s"]
+    results["peak_memory"] = None if a.quick else peak_memory(device, "bf16" if gpu else "fp32")
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,10 +292,25 @@ def main(argv=None):
     print("batch-1 latency of a 256x256 output tile: " + ", ".join(
         f"{k} {v * 1e3:.0f} ms" for k, v in results["latency_256_tile_batch1"].items()))
     print(f"shipped model, 1024x1024 output: {results['shipped_1024_output_seconds']:.2f} s")
+    print("optimisations (small config, 256x256 output tiles" + (", 1 thread, CPU time" if not gpu else "")
+          + "): " + " | ".join(
+        f"{r['step']} {r['mp_per_s']:.3f} MP/s ({r['speedup']:.2f}x)" for r in results["optimisations"]))
     if results["end_to_end"]:
         e = results["end_to_end"]
-        print(f"end-to-end GeoTIFF {e['out_size']}^2 output: {e['mp_per_s']:.3f} MP/s = "
-              f"{100 * e['fraction_of_model_only']:.0f}% of model-only ({e['model_only_mp_per_s']:.3f} MP/s)")
+        print(f"end-to-end GeoTIFF {e['out_size']}^2 output ({e['tiles']} tiles of {e['tile']} LR, batch "
+              f"{e['batch']}): {e['mp_per_s']:.3f} MP/s = {100 * e['fraction_of_model_only']:.0f}% of model-only "
+              f"on the same tiles ({e['model_only_mp_per_s']:.3f} MP/s)")
+    else:
+        print("end-to-end GeoTIFF: skipped (no GDAL, or --quick)")
+    for key, m in (results["peak_memory"] or {}).items():
+        if "error" in m:
+            print(f"peak memory ({key}): failed: {m['error'][-300:]}")
+            continue
+        gpu_text = (f", GPU {m['gpu_peak_mib'][0]:.0f} -> {m['gpu_peak_mib'][1]:.0f} MiB"
+                    if m["gpu_peak_mib"][0] is not None else "")
+        print(f"peak memory, {m['model']} model, {key} ({m['tiles'][0]} vs {m['tiles'][1]} tiles): host RSS "
+              f"{m['peak_rss_mib'][0]:.0f} MiB (1024^2) -> {m['peak_rss_mib'][1]:.0f} MiB (8192^2), "
+              f"ratio {m['ratio']:.2f}{gpu_text}")
     print(f"JSON: {out / f'bench_{device.type}.json'}")
     return 0
 

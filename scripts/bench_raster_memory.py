@@ -8,8 +8,11 @@ the RSS before the job (imports), and the ratio of the job's increments.
     .venv/bin/python scripts/bench_raster_memory.py                 # 1024 and 8192 output pixels
     .venv/bin/python scripts/bench_raster_memory.py --sizes 1024 8192x1024 8192   # WxH: height independence
 
-Memory is bounded by one row band of tiles (tile rows x raster width), so the
-job's increment follows the raster *width*, never its height.
+Memory is bounded by the blocks under about one tile of the current stripe
+(lcmsr.raster.tiling.BlockBlender) plus one batch of tiles in flight, so the
+job's increment follows neither the raster's width nor its height.  A 1024^2
+output at --tile 256 (scale 4) is a single tile, i.e. a batch of one; use
+--tile 128 to compare runs that both fill whole batches.
 """
 from __future__ import annotations
 
@@ -51,20 +54,34 @@ def make_input(path: Path, lr_w: int, lr_h: int, bands: int = 3) -> None:
 def child(args) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     sys.path.insert(0, str(STANDIN))
+    sys.path.insert(0, str(REPO / "backend"))
     from test_raster_standin import StandInModel
 
+    from lcmsr.raster import pipeline
     from lcmsr.raster.pipeline import SROptions, superresolve
 
-    model = StandInModel(scale=args.scale)
+    if args.stripe:
+        pipeline.STRIPE_HR = args.stripe
+    if args.model == "standin":
+        model = StandInModel(scale=args.scale)
+    else:
+        from lcmsr.config import named_config
+        from lcmsr.model import build_model
+
+        torch.manual_seed(0)
+        model = build_model(named_config(args.model, scale=args.scale), with_encoder=False).eval()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     res = superresolve(args.input, args.output, model,
-                       SROptions(tile=args.tile, overlap=args.overlap, batch=args.batch, device="cpu"))
+                       SROptions(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
+                                 precision=args.precision))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and args.device != "cpu" else None
     print(json.dumps({"before_kib": before, "peak_kib": peak, "seconds": time.perf_counter() - start,
-                      "width": res.width, "height": res.height, "tiles": res.tiles}))
+                      "width": res.width, "height": res.height, "tiles": res.tiles, "gpu_peak_mib": gpu}))
 
 
 def main() -> int:
@@ -75,6 +92,12 @@ def main() -> int:
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--stripe", type=int, default=0,
+                   help="stripe width in HR pixels (default: lcmsr.raster.pipeline.STRIPE_HR)")
+    p.add_argument("--model", default="standin", help="standin (fast fixed operator) or a config name: small, paper")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
@@ -91,7 +114,9 @@ def main() -> int:
             make_input(src, w // args.scale, h // args.scale)
             proc = subprocess.run([sys.executable, __file__, "--child", "--input", str(src), "--output", str(dst),
                                    "--scale", str(args.scale), "--tile", str(args.tile),
-                                   "--overlap", str(args.overlap), "--batch", str(args.batch)],
+                                   "--overlap", str(args.overlap), "--batch", str(args.batch),
+                                   "--stripe", str(args.stripe), "--model", args.model, "--device", args.device,
+                                   "--precision", args.precision],
                                   capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
@@ -103,9 +128,15 @@ def main() -> int:
             results.append(r)
             print(f"{r['width']}x{r['height']} output ({r['tiles']} tiles, {r['output_mib']:.0f} MiB file): "
                   f"peak RSS {r['peak_kib'] / 1024:.0f} MiB (imports {r['before_kib'] / 1024:.0f} MiB, "
-                  f"job +{(r['peak_kib'] - r['before_kib']) / 1024:.0f} MiB), {r['seconds']:.1f} s", flush=True)
+                  f"job +{(r['peak_kib'] - r['before_kib']) / 1024:.0f} MiB)"
+                  + (f", GPU peak {r['gpu_peak_mib']:.0f} MiB" if r.get("gpu_peak_mib") is not None else "")
+                  + f", {r['seconds']:.1f} s", flush=True)
             src.unlink()
             dst.unlink()
+    if args.json:
+        keys = ("scale", "tile", "overlap", "batch", "model", "device", "precision", "stripe")
+        Path(args.json).write_text(json.dumps({"options": {k: getattr(args, k) for k in keys}, "runs": results},
+                                              indent=2))
     if len(results) >= 2:
         a, b = results[0], results[-1]
         pixels = b["pixels"] / a["pixels"]

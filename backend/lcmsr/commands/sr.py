@@ -47,7 +47,12 @@ def register(subparsers) -> None:
     p.add_argument("--output-type", default="input", choices=("input", "float32"),
                    help="data type of OUT: the input's (rounded, clipped) or float32")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF with overviews")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (first call compiles; falls back to eager, saying so)")
+    p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each tile shape as a CUDA graph")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = ("Several processes or GPUs: torchrun --nproc_per_node=N -m lcmsr sr IN OUT --model M ... "
+                "shards the tiles (output identical to one process).")
     p.set_defaults(func=run)
 
 
@@ -61,14 +66,24 @@ def run(args) -> int:
         if "osgeo" in str(exc) or "gdal" in str(exc).lower():
             raise CliError(f"'lcmsr sr' needs GDAL's Python bindings (osgeo), which are not installed: {exc}") from None
         raise
+    from ..distributed_sr import superresolve_distributed, world_from_env
+
     options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
-                        seed=args.seed, output_type=args.output_type, cog=args.cog)
-    progress = TqdmProgress(desc="sr", disable=True if args.quiet else None)
+                        seed=args.seed, output_type=args.output_type, cog=args.cog,
+                        compile=args.compile, cuda_graphs=args.cuda_graphs)
+    # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
+    world = world_from_env()
+    progress = TqdmProgress(desc="sr", disable=True if args.quiet or (world and world.rank) else None)
     try:
-        result = superresolve(args.input, args.output, args.model, options, progress)
+        if world is None:
+            result = superresolve(args.input, args.output, args.model, options, progress)
+        else:
+            result = superresolve_distributed(args.input, args.output, args.model, options, progress, world)
     finally:
         progress.close()
+    if result is None:
+        return 0
     print(f"{result.path}: {result.width}x{result.height}, {result.tiles} tile(s) "
           f"({result.skipped_tiles} skipped as nodata), {result.device} {result.precision}, "
           f"{result.seconds:.1f} s")

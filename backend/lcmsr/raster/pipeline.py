@@ -1,11 +1,19 @@
 """Stream a georeferenced raster through an LCMSR model: read -> SR -> blend -> write.
 
 Three threads overlap: a reader fills a small bounded queue with tiles, the
-calling thread runs the model in batches and blends, a writer writes finished
-strips.  Memory is bounded by one row band of tiles (see
-:class:`~lcmsr.raster.tiling.RowBandBlender`), never by the raster size.  Only
-the calling thread talks to ``progress`` (QGIS objects must not be touched off
-their thread).
+calling thread runs the model in batches (through :class:`lcmsr.inference.Inference`)
+and blends, a writer writes finished blocks.  Memory does not depend on the
+raster's size in either direction (see :class:`~lcmsr.raster.tiling.BlockBlender`):
+tiles run in vertical stripes, output blocks are written as soon as complete,
+blocks waiting for the next stripe are spilled to a scratch folder beside the
+output, and the reader reopens its input per tile row so GDAL's block cache
+holds one row of input tiles (the global GDAL_CACHEMAX is left alone: QGIS
+shares it).  Only the calling thread talks to ``progress`` (QGIS objects must
+not be touched off their thread).
+
+``exchange`` (see :mod:`lcmsr.distributed_sr`) shards the batches of one job
+over several processes: every process forms the same batches from the same
+tile order, computes the ones it owns, and rank 0 blends and writes.
 
 Seamless and deterministic: the diffusion noise of every tile is cut from one
 noise field over the whole raster's latent grid, generated in fixed blocks
@@ -27,15 +35,21 @@ import numpy as np
 import torch
 
 from ..device import resolve_device
+from ..inference import Inference, InferenceOptions
 from ..progress import Progress
 from . import io
-from .tiling import RowBandBlender, plan_tiles
+from .tiling import BlockBlender, plan_tiles, stripe_columns
 
 PRECISIONS = ("fp32", "bf16")
 OUTPUT_TYPES = ("input", "float32")
 NOISE_BLOCK = 32          # latent pixels per noise block
 FILL_ITERATIONS = 8       # nodata holes are filled from valid neighbours this many pixels deep
 _QUEUE_TILES = 2          # reader look-ahead, in batches
+# Stripe width in HR pixels: rasters at most this wide are one stripe written in full-width strips;
+# wider ones run in stripes of about this width, written in GeoTIFF-tile-aligned blocks.
+STRIPE_HR = 2048
+_STRIP_ROWS = 64          # strip height of one-stripe rasters (RasterWriter regroups to whole tile rows)
+_QUEUE_BLOCKS = 8
 
 
 @dataclass
@@ -45,12 +59,17 @@ class SROptions:
     overlap: int = 32                # LR pixels shared by neighbouring tiles
     batch: int = 8
     device: str = "auto"
-    precision: str = "fp32"          # "fp32" | "bf16" (bf16 autocast on CUDA only)
+    precision: str = "fp32"          # "fp32" | "bf16" (bf16 autocast on CUDA; on the CPU with cpu_bf16)
     steps: int = 1
     sampler: str = "consistency"
     seed: int = 0
     output_type: str = "input"       # "input" (the input's data type) | "float32"
     cog: bool = False
+    # Speed options (lcmsr.inference): results equal fp32 eager up to float (channels_last) or bf16 rounding.
+    channels_last: bool | None = None  # None: yes (measured faster on CPU and CUDA)
+    compile: bool = False              # torch.compile, eager fallback (said) where it fails
+    cuda_graphs: bool = False          # CUDA: replay each tile shape as a CUDA graph
+    cpu_bf16: bool = False             # let precision="bf16" run on the CPU (AVX512-BF16/AMX CPUs gain ~2x)
 
     def validate(self) -> None:
         if self.tile < 8:
@@ -192,19 +211,23 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 class _Reader(threading.Thread):
-    """Reads tiles in plan order, fills nodata, pads to the tile size; owns its own GDAL handle."""
+    """Reads tiles in the given order, fills nodata, pads to the tile size; owns its own GDAL handle,
+    reopened for every tile row so that GDAL's block cache never holds more than one row of input."""
 
-    def __init__(self, path, bands, plan, neutral, out: queue.Queue, stop: threading.Event):
+    def __init__(self, path, bands, tiles, neutral, out: queue.Queue, stop: threading.Event):
         super().__init__(name="lcmsr-reader", daemon=True)
-        self.path, self.bands, self.plan, self.neutral, self.out, self.stop = path, bands, plan, neutral, out, stop
+        self.path, self.bands, self.tiles, self.neutral, self.out, self.stop = path, bands, tiles, neutral, out, stop
 
     def run(self):
-        reader = None
+        reader, row = None, None
         try:
-            reader = io.WindowReader(self.path, self.bands)
-            for tile in self.plan.tiles:
+            for tile in self.tiles:
                 if self.stop.is_set():
                     return
+                if reader is None or tile.row != row:
+                    if reader is not None:
+                        reader.close()
+                    reader, row = io.WindowReader(self.path, self.bands), tile.row
                 values, valid = reader.read(tile.x, tile.y, tile.read_w, tile.read_h)
                 skip = not valid.any()
                 data = None
@@ -224,7 +247,12 @@ class _Reader(threading.Thread):
 
 
 class _Writer(threading.Thread):
-    """Converts finished strips to the output type and writes them; owns the output dataset meanwhile."""
+    """Converts finished blocks to the output type and writes them; owns the output dataset meanwhile.
+
+    Full-width blocks (a one-stripe raster) go through ``write_rows``, which
+    regroups them into whole GeoTIFF tile rows; other blocks are aligned to the
+    GeoTIFF tiles already, so each tile is compressed and written exactly once.
+    """
 
     def __init__(self, writer: io.RasterWriter, spec: io.OutputSpec, inbox: queue.Queue):
         super().__init__(name="lcmsr-writer", daemon=True)
@@ -240,7 +268,10 @@ class _Writer(threading.Thread):
                 continue  # keep draining so the producer never blocks
             try:
                 data, mask = io.finish_block(item.value, item.valid, self.spec)
-                self.writer.write_rows(item.y, data, mask)
+                if item.x == 0 and data.shape[2] == self.spec.width:
+                    self.writer.write_rows(item.y, data, mask)
+                else:
+                    self.writer.write(item.x, item.y, data, mask)
             except BaseException as exc:
                 self.error = exc
 
@@ -271,18 +302,26 @@ def _alignment(model, tile: int) -> int:
 
 
 class _Job:
-    def __init__(self, src, dst, model, info, spec, options, device, precision, progress):
+    def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None):
         self.src, self.dst, self.model, self.info, self.spec = src, dst, model, info, spec
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
+        self.exchange = exchange
         self.scale = int(model.info.scale)
         self.norm = model.info.normalization
         self.batch = options.batch
         self.tiles_run = 0
         self.skipped = 0
         self.draws = 0
+        self.blender_stats: dict = {}
         if options.sampler != "condnet" and hasattr(model, "latent_shape"):
             draws = getattr(model, "noise_draws", None)
             self.draws = int(draws(options.steps, options.sampler)) if callable(draws) else 1
+        self.runner = Inference(model, device, InferenceOptions(
+            precision=precision, channels_last=options.channels_last, compile=options.compile,
+            cuda_graphs=options.cuda_graphs), progress)
+        lo = np.asarray(self.norm.lo, np.float64)[:, None, None]
+        span = np.asarray(self.norm.hi, np.float64)[:, None, None] - lo
+        self._lo, self._span = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(span, dtype=torch.float32)
 
     # -- model ------------------------------------------------------------------
     def _noise(self, tiles) -> torch.Tensor | None:
@@ -296,8 +335,7 @@ class _Job:
                 position_noise(self.o.seed, tile.y * lh // t.h, tile.x * lw // t.w, lh, lw, c, draw=d)
                 for tile in tiles]))
         # One draw fixes x_T ([B, c, h, w]); several fix every draw of a multi-step sampler ([draws, B, ...]).
-        noise = per_draw[0] if self.draws == 1 else torch.stack(per_draw)
-        return noise.to(self.device)
+        return per_draw[0] if self.draws == 1 else torch.stack(per_draw)
 
     def _sr(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
         """Run one batch; on GPU out-of-memory halve the batch, and give up on the tile size at batch 1."""
@@ -319,98 +357,151 @@ class _Job:
         return self._sr(tiles[:half], data[:half]) + self._sr(tiles[half:], data[half:])
 
     def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
-        x = self.norm.forward(torch.from_numpy(np.stack(data))).to(self.device)
+        x = self.norm.forward(torch.from_numpy(np.stack(data)))
         noise = self._noise(tiles)
         # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
         g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.precision == "bf16"
-                    else torch.autocast(device_type=self.device.type, enabled=False))
-        with torch.no_grad(), autocast:
-            y = self.model.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
-        y = self.norm.inverse(y.float().cpu()).numpy()
+        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
+        del x
+        y = y.cpu()
+        # Normalization.inverse, in place (any strides): the same operations in the same order, no new buffer.
+        y.add_(1).mul_(0.5).mul_(self._span).add_(self._lo)
+        y = y.numpy()
         return [y[i] for i in range(len(tiles))]
 
+    def _compute(self, index: int, tiles, data) -> list[np.ndarray]:
+        if self.exchange is not None and self.exchange.owner(index) != self.exchange.rank:
+            s = self.scale
+            shape = (len(tiles), len(self.info.bands), tiles[0].h * s, tiles[0].w * s)
+            y = self.exchange.recv(index, shape)
+            return [y[i] for i in range(len(tiles))]
+        return self._sr(tiles, data)
+
     # -- streaming ----------------------------------------------------------------
+    def _plan(self, tile: int):
+        o = self.o
+        plan = plan_tiles(self.info.width, self.info.height, tile, o.overlap, _alignment(self.model, tile))
+        s = self.scale
+        if plan.width * s <= STRIPE_HR:
+            stripe_cols, block = plan.cols, (_STRIP_ROWS, plan.width * s)
+        else:
+            stripe_cols, block = stripe_columns(plan, s, STRIPE_HR), io.BLOCK
+        return plan, stripe_cols, block
+
+    def _batches(self, tiles_q: queue.Queue, writer=None):
+        """Groups of consecutive tiles holding ``self.batch`` tiles to run (skipped tiles ride along).
+
+        Every process of a sharded job forms the same groups, so batch ``i`` is the same everywhere.
+        """
+        pending = []
+        while True:
+            self.progress.check()
+            try:
+                item = tiles_q.get(timeout=0.1)
+            except queue.Empty:
+                if writer is not None and writer.error is not None:
+                    raise writer.error
+                continue
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise item.exc
+            pending.append(item)
+            if sum(d is not None for _, d, _ in pending) >= self.batch:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
     def run(self, tile: int) -> None:
         o, p = self.o, self.progress
-        plan = plan_tiles(self.info.width, self.info.height, tile, o.overlap, _alignment(self.model, tile))
+        plan, stripe_cols, block = self._plan(tile)
         total = len(plan.tiles)
         p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "
-               f"(multiples of {plan.align}), batch {self.batch}")
+               f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
         self.tiles_run = self.skipped = 0
-        blender = RowBandBlender(plan, len(self.info.bands), self.scale)
+        blender = BlockBlender(plan, len(self.info.bands), self.scale, block=block, stripe_cols=stripe_cols,
+                               spill_dir=os.path.dirname(os.path.abspath(self.dst)))
         neutral = np.array([(lo + hi) / 2 for lo, hi in zip(self.norm.lo, self.norm.hi)], np.float32)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
-        strips_q: queue.Queue = queue.Queue(maxsize=1)
-        reader = _Reader(self.src, self.info.bands, plan, neutral, tiles_q, stop)
-        with io.AtomicRaster(self.dst, self.spec, p, cog=o.cog) as out:
-            writer = _Writer(out, self.spec, strips_q)
-            reader.start()
-            writer.start()
-            try:
-                pending, done = [], 0
+        blocks_q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
+        reader = _Reader(self.src, self.info.bands, blender.order, neutral, tiles_q, stop)
+        try:
+            with io.AtomicRaster(self.dst, self.spec, p, cog=o.cog) as out:
+                writer = _Writer(out, self.spec, blocks_q)
+                reader.start()
+                writer.start()
+                try:
+                    done = 0
+                    for index, pending in enumerate(self._batches(tiles_q, writer)):
+                        todo = [(t, d) for t, d, _ in pending if d is not None]
+                        outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
+                                    if todo else [])
+                        for t, d, valid in pending:
+                            hr = next(outs) if d is not None else None
+                            for b in blender.add(t, hr, valid):
+                                self._send(blocks_q, b, writer)
+                        del outs
+                        self.tiles_run += len(todo)
+                        self.skipped += len(pending) - len(todo)
+                        done += len(pending)
+                        p.report(done / total, f"tile {done}/{total}")
+                    _put(blocks_q, _END, threading.Event())
+                    writer.join()
+                    if writer.error is not None:
+                        raise writer.error
+                finally:
+                    stop.set()
+                    reader.join()
+                    if writer.is_alive():
+                        writer.error = writer.error or RuntimeError("aborted")
+                        while writer.is_alive():
+                            try:
+                                blocks_q.put(_END, timeout=0.1)
+                            except queue.Full:
+                                pass
+                            writer.join(timeout=0.1)
+        finally:
+            self.blender_stats = {"peak_open_blocks": blender.peak_open, "spilled_blocks": blender.spilled_blocks,
+                                  "stripe_cols": stripe_cols}
+            blender.close()
 
-                def flush():
-                    nonlocal pending, done
-                    todo = [(t, d) for t, d, _ in pending if d is not None]
-                    outs = iter(self._sr([t for t, _ in todo], [d for _, d in todo]) if todo else [])
-                    for t, d, valid in pending:
-                        hr = next(outs) if d is not None else None
-                        for strip in blender.add(t, hr, valid):
-                            self._send(strips_q, strip, writer)
-                    self.tiles_run += len(todo)
-                    self.skipped += len(pending) - len(todo)
-                    done += len(pending)
-                    pending = []
-                    p.report(done / total, f"tile {done}/{total}")
+    def serve(self, tile: int) -> None:
+        """A non-zero rank of a sharded job: read the same tiles, run the batches it owns, send them."""
+        plan, stripe_cols, _ = self._plan(tile)
+        order = BlockBlender(plan, len(self.info.bands), self.scale, stripe_cols=stripe_cols).order
+        neutral = np.array([(lo + hi) / 2 for lo, hi in zip(self.norm.lo, self.norm.hi)], np.float32)
+        stop = threading.Event()
+        tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
+        reader = _Reader(self.src, self.info.bands, order, neutral, tiles_q, stop)
+        reader.start()
+        try:
+            for index, pending in enumerate(self._batches(tiles_q)):
+                todo = [(t, d) for t, d, _ in pending if d is not None]
+                if not todo or self.exchange.owner(index) != self.exchange.rank:
+                    continue
+                outs = self._sr([t for t, _ in todo], [d for _, d in todo])
+                self.tiles_run += len(todo)
+                self.exchange.send(index, np.stack(outs))
+        finally:
+            stop.set()
+            reader.join()
 
-                while True:
-                    p.check()
-                    try:
-                        item = tiles_q.get(timeout=0.1)
-                    except queue.Empty:
-                        if writer.error is not None:
-                            raise writer.error
-                        continue
-                    if item is _END:
-                        break
-                    if isinstance(item, _Failure):
-                        raise item.exc
-                    pending.append(item)
-                    if sum(d is not None for _, d, _ in pending) >= self.batch:
-                        flush()
-                flush()
-                _put(strips_q, _END, threading.Event())
-                writer.join()
-                if writer.error is not None:
-                    raise writer.error
-            finally:
-                stop.set()
-                reader.join()
-                if writer.is_alive():
-                    writer.error = writer.error or RuntimeError("aborted")
-                    while writer.is_alive():
-                        try:
-                            strips_q.put(_END, timeout=0.1)
-                        except queue.Full:
-                            pass
-                        writer.join(timeout=0.1)
-
-    def _send(self, q: queue.Queue, strip, writer: _Writer) -> None:
+    def _send(self, q: queue.Queue, item, writer: _Writer) -> None:
         while True:
             if writer.error is not None:
                 raise writer.error
             self.progress.check()
             try:
-                q.put(strip, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
 
 
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
-                 progress: Progress | None = None) -> SRResult:
+                 progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
     """Super-resolve raster ``src`` into the GeoTIFF ``dst`` with a model (or a model file path).
 
     The output keeps the input's CRS, metadata, band descriptions, colour
@@ -419,6 +510,10 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     (bad input or options), :class:`io.RasterWriteError` (output could not be
     written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
     is left as it was.
+
+    ``exchange`` and ``device`` are for :mod:`lcmsr.distributed_sr` (one
+    process of a sharded job, on its own device); on ranks other than 0 nothing
+    is written and the result only counts the tiles that rank computed.
     """
     start = time.perf_counter()
     options = options or SROptions()
@@ -435,13 +530,17 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     if options.bands is None and alpha:
         progress.info(f"band {alpha[0]} of {src} is an alpha band: it marks nodata and is not super-resolved")
 
-    choice = resolve_device(options.device)
-    device = choice.device
+    if device is None:
+        choice = resolve_device(options.device)
+        device, reason = choice.device, choice.reason
+    else:
+        device, reason = torch.device(device), "chosen for this process of a sharded job"
     precision = options.precision
-    if precision == "bf16" and device.type != "cuda":
-        progress.warn("bf16 runs only on CUDA: using fp32 on the CPU")
+    if precision == "bf16" and device.type != "cuda" and not options.cpu_bf16:
+        progress.warn("bf16 runs only on CUDA unless cpu_bf16 is set: using fp32 on the CPU")
         precision = "fp32"
-    progress.info(f"device {device} ({choice.reason}), precision {precision}")
+    progress.info(f"device {device} ({reason}), precision {precision}")
+    worker = exchange is not None and exchange.rank != 0
 
     model = _load_model(model_or_path, device)
     io.check_band_count(bands, int(model.info.bands), src, info.band_count)
@@ -457,15 +556,22 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
 
     out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
     spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
-    io.check_destination(dst, src, spec.estimated_bytes(), progress, cog=options.cog)
+    if not worker:
+        io.check_destination(dst, src, spec.estimated_bytes(), progress, cog=options.cog)
 
-    job = _Job(src, dst, model, info, spec, options, device, precision, progress)
+    job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange)
     tile = options.tile
     while True:
         try:
-            job.run(tile)
+            if worker:
+                job.serve(tile)
+            else:
+                job.run(tile)
             break
         except _TileTooLarge as exc:
+            if exchange is not None:
+                raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "
+                                   f"restart with a smaller --tile or --batch") from None
             smaller = tile // 2
             if smaller < max(16, 2 * options.overlap + 1):
                 raise RuntimeError(f"out of GPU memory even with one tile of {tile} LR pixels: "
@@ -474,6 +580,9 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                           f"restarting with tiles of {smaller}")
             tile = smaller
     seconds = time.perf_counter() - start
+    if worker:
+        return SRResult(path="", device=str(device), precision=precision, seconds=seconds, tiles=job.tiles_run,
+                        skipped_tiles=0, width=spec.width, height=spec.height, warnings=list(progress.warnings))
     progress.report(1.0, "done")
     progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
                   f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}")

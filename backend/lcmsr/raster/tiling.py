@@ -2,16 +2,29 @@
 
 Tiles overlap by a margin; each tile's output is multiplied by a smooth weight
 window (a raised-cosine ramp over the overlap, never zero) and the weighted sums
-are divided by the summed weights.  Only the HR rows still reachable by a tile
-are held in memory: once every tile of a tile row is added, the rows above the
-next tile row are final and handed out as a strip, so memory is bounded by
-(tile rows x raster width), not by the raster size.
+are divided by the summed weights.
+
+:class:`BlockBlender` (what the pipeline uses) bounds memory in both
+directions: the output is cut into fixed square blocks, tiles run in vertical
+stripes of a few tile columns (top to bottom inside a stripe), and a block is
+handed out as soon as the last tile touching it was added.  In any order of a
+2-D grid the frontier between done and not-done tiles is as long as the grid is
+wide or high, so no order alone keeps it bounded: blocks on a stripe's right
+edge, which wait for the next stripe, are spilled to a scratch folder on disk
+and read back when that stripe reaches them.  In memory: the blocks under about
+one tile of the current stripe.  :class:`RowBandBlender` (row-major, one row
+band of the whole width) is the simpler predecessor, kept for its callers.
 
 Pure numpy: no GDAL, no torch.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import shutil
+import socket
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -207,3 +220,212 @@ class RowBandBlender:
         self._valid[:, max(keep, 0) // s:] = False
         self._top = new_top
         return strip
+
+
+# ---------------------------------------------------------------- bounded in both directions
+
+@dataclass
+class Block:
+    """A finished output block: HR pixels ``[y, y + h) x [x, x + w)``."""
+    x: int
+    y: int
+    value: np.ndarray   # [C, h, w] float32, the blended result (0 where weight is 0)
+    valid: np.ndarray   # [C, h, w] bool, nearest-upsampled LR validity (False where no tile ran)
+
+
+def stripe_order(plan: TilePlan, stripe_cols: int) -> tuple[Tile, ...]:
+    """Tiles in stripes of ``stripe_cols`` tile columns, each stripe top to bottom, rows left to right."""
+    if stripe_cols < 1:
+        raise ValueError(f"a stripe needs at least one tile column, got {stripe_cols}")
+    return tuple(sorted(plan.tiles, key=lambda t: (t.col // stripe_cols, t.row, t.col)))
+
+
+def stripe_columns(plan: TilePlan, scale: int, stripe_hr: int) -> int:
+    """Tile columns per stripe so that a stripe is about ``stripe_hr`` HR pixels wide (at least one)."""
+    stride_hr = max(1, (plan.tile_w - plan.overlap) * scale)
+    return max(1, round(stripe_hr / stride_hr))
+
+
+def _scratch_prefix() -> str:
+    # The host in the name: a folder shared over the network is never swept of another machine's work.
+    host = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+    return f".lcmsr-blend-{host}-"
+
+
+def _sweep_stale_scratch(folder: str | None) -> None:
+    """Remove scratch folders of this host's processes that no longer exist (kill -9, power loss)."""
+    folder = folder or tempfile.gettempdir()
+    prefix = _scratch_prefix()
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's): not ours to judge
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        except OSError:
+            continue
+
+
+class _Acc:
+    __slots__ = ("sum", "wsum", "valid")
+
+    def __init__(self, bands: int, h: int, w: int):
+        self.sum = np.zeros((bands, h, w), np.float32)
+        self.wsum = np.zeros((h, w), np.float32)
+        self.valid = np.zeros((bands, h, w), bool)
+
+
+class BlockBlender:
+    """Weighted blend into fixed output blocks (``block`` = side or (height, width)), each handed out
+    as soon as complete.
+
+    Tiles must be added in ``self.order`` (see :func:`stripe_order`).  ``hr`` is
+    ``None`` for a skipped tile (all nodata): no weight, but its validity is
+    recorded.  Blocks of the output's right/bottom edge are cut to the raster.
+    ``spill_dir`` is where a scratch folder for blocks waiting on the next stripe
+    is made (the output's folder: a RAM-backed /tmp would defeat the purpose);
+    :meth:`close` removes it, and the next run in that folder removes one left
+    by a killed process.  The sums do not depend on the stripe width or the
+    block size; only the order in which a pixel's overlapping tiles are added
+    does (float rounding, ~1e-7 relative).
+    """
+
+    def __init__(self, plan: TilePlan, bands: int, scale: int, block: int | tuple[int, int] = 256,
+                 stripe_cols: int | None = None, spill_dir: str | None = None):
+        bh, bw = (block, block) if isinstance(block, int) else block
+        if bh < 1 or bw < 1:
+            raise ValueError(f"block size must be positive, got {block}")
+        self.plan, self.bands, self.scale, self.block_h, self.block_w = plan, bands, scale, bh, bw
+        self.out_w, self.out_h = plan.width * scale, plan.height * scale
+        self.stripe_cols = stripe_cols or max(1, plan.cols)
+        self.order = stripe_order(plan, self.stripe_cols)
+        self._pos = 0
+        # For every block, the positions (in self.order) of the tiles that touch it, in order.
+        self._touches: dict[tuple[int, int], list[int]] = {}
+        for pos, t in enumerate(self.order):
+            for key in self._blocks_of(t):
+                self._touches.setdefault(key, []).append(pos)
+        self._cursor = {key: 0 for key in self._touches}
+        self._open: dict[tuple[int, int], _Acc] = {}
+        self._spilled: set[tuple[int, int]] = set()
+        self._spill_parent = spill_dir
+        self._spill_dir: str | None = None
+        self.peak_open = 0      # most blocks held in memory at once (for tests and benchmarks)
+        self.spilled_blocks = 0  # blocks written to the scratch folder
+
+    # -- geometry ---------------------------------------------------------------
+    def _hr_rect(self, t: Tile) -> tuple[int, int, int, int]:
+        s = self.scale
+        return t.y * s, min((t.y + t.h) * s, self.out_h), t.x * s, min((t.x + t.w) * s, self.out_w)
+
+    def _blocks_of(self, t: Tile):
+        y0, y1, x0, x1 = self._hr_rect(t)
+        bh, bw = self.block_h, self.block_w
+        return [(by, bx) for by in range(y0 // bh, (y1 - 1) // bh + 1) for bx in range(x0 // bw, (x1 - 1) // bw + 1)]
+
+    def _block_rect(self, key) -> tuple[int, int, int, int]:
+        by, bx = key
+        bh, bw = self.block_h, self.block_w
+        return by * bh, min((by + 1) * bh, self.out_h), bx * bw, min((bx + 1) * bw, self.out_w)
+
+    def _stripe(self, pos: int) -> int:
+        return self.order[pos].col // self.stripe_cols
+
+    # -- blending ---------------------------------------------------------------
+    def add(self, tile: Tile, hr: np.ndarray | None, valid: np.ndarray) -> list[Block]:
+        """Add one tile's HR output ``[C, h*s, w*s]`` and LR validity ``[C, read_h, read_w]``."""
+        if self._pos >= len(self.order) or tile.index != self.order[self._pos].index:
+            expected = self.order[self._pos].index if self._pos < len(self.order) else None
+            raise ValueError(f"tile {tile.index} added out of order (expected {expected})")
+        s = self.scale
+        if hr is not None and hr.shape != (self.bands, tile.h * s, tile.w * s):
+            raise ValueError(f"tile {tile.index}: model output {tuple(hr.shape)} is not "
+                             f"{(self.bands, tile.h * s, tile.w * s)}")
+        ty0, ty1, tx0, tx1 = self._hr_rect(tile)
+        weights = blend_window(tile, self.plan.overlap * s, s) if hr is not None else None
+        done = []
+        for key in self._blocks_of(tile):
+            acc = self._take(key)
+            by0, by1, bx0, bx1 = self._block_rect(key)
+            y0, y1, x0, x1 = max(ty0, by0), min(ty1, by1), max(tx0, bx0), min(tx1, bx1)
+            dst = (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
+            src = (slice(y0 - ty0, y1 - ty0), slice(x0 - tx0, x1 - tx0))
+            if hr is not None:
+                w = weights[src]
+                acc.sum[(slice(None),) + dst] += hr[(slice(None),) + src] * w
+                acc.wsum[dst] += w
+            # HR pixel (Y, X) lies in LR pixel (Y // s, X // s): nearest upsampling of the validity.
+            ry = np.arange(y0, y1) // s - tile.y
+            rx = np.arange(x0, x1) // s - tile.x
+            acc.valid[(slice(None),) + dst] |= valid[:, ry[:, None], rx[None, :]]
+            self._cursor[key] += 1
+            if self._cursor[key] == len(self._touches[key]):
+                done.append(self._finish(key))
+        self._pos += 1
+        self.peak_open = max(self.peak_open, len(self._open))
+        if self._pos < len(self.order) and self.order[self._pos].row != tile.row:
+            self._spill_waiting()
+        return done
+
+    def _take(self, key) -> _Acc:
+        acc = self._open.get(key)
+        if acc is not None:
+            return acc
+        if key in self._spilled:
+            path = self._spill_path(key)
+            with np.load(path) as z:
+                acc = _Acc.__new__(_Acc)
+                acc.sum, acc.wsum, acc.valid = z["sum"], z["wsum"], z["valid"]
+            os.remove(path)
+            self._spilled.discard(key)
+        else:
+            y0, y1, x0, x1 = self._block_rect(key)
+            acc = _Acc(self.bands, y1 - y0, x1 - x0)
+        self._open[key] = acc
+        return acc
+
+    def _finish(self, key) -> Block:
+        acc = self._open.pop(key)
+        covered = acc.wsum > 0
+        value = acc.sum
+        value /= np.where(covered, acc.wsum, 1)[None]
+        value[:, ~covered] = 0
+        acc.valid &= covered[None]
+        y0, _, x0, _ = self._block_rect(key)
+        return Block(x0, y0, value, acc.valid)
+
+    # -- spilling -----------------------------------------------------------------
+    def _spill_waiting(self) -> None:
+        """A tile row is done: open blocks whose next tile lies in another stripe than the coming one
+        would wait a whole stripe in memory, so they go to disk until then."""
+        coming = self._stripe(self._pos)
+        for key in [k for k in self._open if self._stripe(self._touches[k][self._cursor[k]]) != coming]:
+            self._spill(key)
+
+    def _spill(self, key) -> None:
+        if self._spill_dir is None:
+            _sweep_stale_scratch(self._spill_parent)
+            self._spill_dir = tempfile.mkdtemp(prefix=f"{_scratch_prefix()}{os.getpid()}-", dir=self._spill_parent)
+        acc = self._open.pop(key)
+        with open(self._spill_path(key), "wb") as f:
+            np.savez(f, sum=acc.sum, wsum=acc.wsum, valid=acc.valid)
+        self._spilled.add(key)
+        self.spilled_blocks += 1
+
+    def _spill_path(self, key) -> str:
+        return os.path.join(self._spill_dir, f"{key[0]}_{key[1]}.npz")
+
+    def close(self) -> None:
+        """Remove the scratch folder (also after an error or a cancel)."""
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
+        self._open.clear()
+        self._spilled.clear()

@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     _common(p1, "autoencoder")
     p1.add_argument("--out", default=None, help="also write the finished autoencoder here (X.safetensors + X.json)")
     p1.add_argument("--no-lpips", action="store_true", help="L1 only, no perceptual loss")
+    p1.add_argument("--lpips-weight", type=float, default=1.0,
+                    help="weight of LPIPS against L1 (paper: 1.0; lower favours PSNR over perceptual sharpness)")
     p1.add_argument("--gan-start", type=int, default=None, metavar="STEP",
                     help="switch the PatchGAN discriminator on at this step (default: off)")
     p1.set_defaults(func=run_autoencoder)
@@ -83,7 +85,8 @@ def options_from_args(args):
         keep_checkpoints=args.keep_checkpoints, val_every=args.val_every, log_every=args.log_every,
         resume=args.resume_from or args.resume, device=args.device, precision=args.precision, config=args.config,
         overrides=overrides, out=args.out, stage1=getattr(args, "stage1", None),
-        lpips=not getattr(args, "no_lpips", False), gan_start=getattr(args, "gan_start", None))
+        lpips=not getattr(args, "no_lpips", False), lpips_weight=getattr(args, "lpips_weight", 1.0),
+        gan_start=getattr(args, "gan_start", None))
 
 
 def _merge_free(a: dict, b: dict) -> dict:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT_DIR:-$REPO/out/demo}
-MODEL=$(ls "$REPO"/resources/models/*.safetensors 2>/dev/null | head -1 || true)
+MODEL=${MODEL:-$(ls "$REPO"/resources/models/*.safetensors 2>/dev/null | head -1 || true)}
 LR=$REPO/resources/sample/neon_lr.tif
 HR=$REPO/resources/sample/neon_hr.tif
 [ -n "$MODEL" ] || { echo "demo: no model in resources/models/" >&2; exit 2; }
@@ -14,7 +14,7 @@ SITE=$("$REPO/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths(
 export QT_QPA_PLATFORM=offscreen
 export QGIS_CUSTOM_CONFIG_PATH=$REPO/build/qgis-profile QGIS_PLUGINPATH=$REPO/build/dev-plugins
 export PYTHONPATH=$SITE:$REPO/backend
-/usr/bin/qgis_process.bin plugins enable lcmsr_qgis > /dev/null
+/usr/bin/qgis_process.bin plugins enable lcmsr_qgis > /dev/null 2>&1 || true   # non-zero when already enabled
 rm -f "$OUT/neon_sr.tif"
 start=$(date +%s%N)
 /usr/bin/qgis_process.bin run lcmsr:superresolve -- INPUT="$LR" MODEL="$MODEL" OUTPUT="$OUT/neon_sr.tif"

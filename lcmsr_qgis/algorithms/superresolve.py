@@ -19,6 +19,9 @@ from .base import LcmsrAlgorithm, device_request
 
 PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.raster.pipeline.PRECISIONS
 PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
+SAMPLER_VALUES = ["consistency", "condnet", "ddim"]
+SAMPLER_LABELS = ["Consistency (the method: 1-4 steps)", "CondNet regression latent (no diffusion)",
+                  "DDIM baseline (STEPS = K denoiser calls)"]
 OUTPUT_TYPE_VALUES = ["input", "float32"]
 OUTPUT_TYPE_LABELS = ["Same as input", "Float32"]
 
@@ -54,6 +57,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     OVERLAP = "OVERLAP"
     BATCH = "BATCH"
     STEPS = "STEPS"
+    SAMPLER = "SAMPLER"
     SEED = "SEED"
     PRECISION = "PRECISION"
     OUTPUT_TYPE = "OUTPUT_TYPE"
@@ -77,7 +81,9 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "<b>Device</b>: Auto uses the first CUDA GPU and falls back to the CPU with a warning.<br>"
             "<b>Tile / overlap / batch</b>: LR pixels per tile, LR pixels shared by neighbouring tiles (blended, so "
             "no seams), tiles per network call. Smaller values use less memory.<br>"
-            "<b>Steps</b>: 1 is the method's single-step sampling; 2–4 trade time for detail.<br>"
+            "<b>Steps / sampler</b>: 1 consistency step is the method's single-step sampling; 2–4 trade time for "
+            "detail. 'CondNet regression' decodes the conditioning network's latent without diffusion (smoother, "
+            "often higher PSNR); 'DDIM' is the multi-step baseline the single step is measured against.<br>"
             "<b>Seed</b>: the same seed gives the same output.<br>"
             "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
             "or Float32.")
@@ -100,7 +106,8 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Integer,
                                          defaultValue=settings.batch, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Integer,
-                                         defaultValue=1, minValue=1, maxValue=4),
+                                         defaultValue=1, minValue=1, maxValue=1000),
+            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=SAMPLER_LABELS, defaultValue=0),
             QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
                                          defaultValue=0, minValue=0),
             QgsProcessingParameterEnum(self.PRECISION, "Precision", options=PRECISION_LABELS,
@@ -140,6 +147,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 device=request,
                 precision=PRECISION_VALUES[self.parameterAsEnum(parameters, self.PRECISION, context)],
                 steps=self.parameterAsInt(parameters, self.STEPS, context),
+                sampler=SAMPLER_VALUES[self.parameterAsEnum(parameters, self.SAMPLER, context)],
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 output_type=OUTPUT_TYPE_VALUES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
             )

@@ -121,7 +121,7 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
                 "OUTPUT"):
         assert key in keys and getattr(type(sr), key) == key
     steps = sr.parameterDefinition("STEPS")
-    assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 4, 1)
+    assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 1000, 1)  # consistency takes 1-4 (checked by the backend), DDIM K
 
 
 def test_algorithm_modules_do_not_import_torch_or_lcmsr_at_module_level():
@@ -336,3 +336,38 @@ def test_every_algorithm_dialog_builds_a_widget_for_each_parameter(provider, qgi
             dialog.deleteLater()
             del dialog
     QgsApplication.processEvents()
+
+
+def test_sampler_choice_reaches_the_backend(provider, tmp_path):
+    """CondNet regression and the DDIM baseline run through the same algorithm; consistency
+    sampling refuses more than 4 steps with a message, leaving no file."""
+    import numpy as np
+    import torch
+    from osgeo import gdal
+
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+    from lcmsr.weights import save_model
+
+    torch.manual_seed(1)
+    model = build_model(tiny_config(scale=4, bands=3), with_encoder=False)
+    with torch.no_grad():  # an untrained model is bicubic whatever the sampler: give its zero layers weights
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    tiny_model = str(tmp_path / "random.safetensors")
+    save_model(tiny_model, model)
+
+    src = make_raster(tmp_path / "in.tif")
+    outputs = {}
+    for sampler, steps in ((0, 1), (1, 1), (2, 3)):
+        out = tmp_path / f"s{sampler}.tif"
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "SAMPLER": sampler, "STEPS": steps,
+                                  "OUTPUT_TYPE": 1, "OUTPUT": str(out)}))
+        ds = gdal.Open(str(out))
+        outputs[sampler] = ds.ReadAsArray()
+        ds = None
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
+    with pytest.raises(QgsProcessingException, match="1 to 4 steps"):
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "STEPS": 9, "OUTPUT": str(tmp_path / "x.tif")}))
+    assert not (tmp_path / "x.tif").exists()

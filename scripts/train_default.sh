@@ -5,8 +5,8 @@
 # Usage: scripts/train_default.sh [AE_STEPS] [LCM_STEPS]      (DEVICE=cuda for a GPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AE_STEPS=${1:-3000}
-LCM_STEPS=${2:-3000}
+AE_STEPS=${1:-2000}
+LCM_STEPS=${2:-2000}
 DEVICE=${DEVICE:-auto}
 PY=${PY:-.venv/bin/python}
 W=build/default
@@ -32,8 +32,8 @@ PYEOF
 TRAIN="$W/yell_top.vrt $W/yell_bottom.vrt $W/yell_left.vrt $W/yell_right.vrt"
 VAL=$(ls data/val/*)
 $PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patch 128 --batch 8 \
-  --iterations "$AE_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/ae" --checkpoint-every 250 \
-  --val-every 500 --log-every 50 --resume --quiet --out "$W/autoencoder"
+  --iterations "$AE_STEPS" --lr 3e-4 --device "$DEVICE" --checkpoint-dir "$W/ae" --checkpoint-every 100 \
+  --val-every 200 --log-every 50 --resume --quiet --lpips-weight 0.1 --out "$W/autoencoder"
 $PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safetensors" --patch 128 --batch 8 \
-  --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 250 \
-  --val-every 500 --log-every 50 --resume --quiet --out resources/models/lcmsr_x4_rgb_small.safetensors
+  --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 100 \
+  --val-every 200 --log-every 50 --resume --quiet --out resources/models/lcmsr_x4_rgb_small.safetensors

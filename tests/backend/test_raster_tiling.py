@@ -34,7 +34,16 @@ def test_small_raster_is_one_padded_tile():
 
 def test_overlap_too_large_for_tile_is_refused():
     with pytest.raises(ValueError, match="overlap"):
-        plan_tiles(500, 500, tile=32, overlap=8, align=16)  # overlap rounds up to 16 = half the tile
+        plan_tiles(500, 500, tile=32, overlap=16, align=1)
+
+
+def test_valid_tile_and_overlap_that_rounding_pushes_apart_grow_the_tile():
+    """tile 32 / overlap 8 are valid; aligned to 16 the overlap becomes 16 = half the tile.
+    The tile grows to keep the blend (QGIS allows tiles this small)."""
+    plan = plan_tiles(500, 500, tile=32, overlap=8, align=16)
+    assert plan.overlap == 16 and plan.tile_w == 48 and plan.tile_h == 48
+    plan = plan_tiles(500, 500, tile=16, overlap=4, align=16)
+    assert plan.overlap == 16 and plan.tile_w == 48
 
 
 def test_blend_window_is_positive_smooth_and_flat_on_the_raster_border():

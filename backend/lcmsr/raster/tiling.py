@@ -97,17 +97,21 @@ def plan_tiles(width: int, height: int, tile: int = 256, overlap: int = 32, alig
 
     ``tile`` and ``overlap`` are rounded up to multiples of ``align`` (the model's
     LR multiple, so no tile is padded inside the model and position-seeded noise
-    lines up).  A raster smaller than a tile gets one tile, padded to ``align``.
+    lines up); if that leaves the overlap at half the tile or more, the tile grows
+    to fit it.  A raster smaller than a tile gets one tile, padded to ``align``.
     """
     if width < 1 or height < 1:
         raise ValueError(f"raster of {width}x{height} pixels has nothing to tile")
     if tile < 1 or overlap < 0 or align < 1:
         raise ValueError(f"invalid tiling: tile={tile}, overlap={overlap}, align={align}")
+    if 2 * overlap >= tile:
+        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
     tile = _ceil_to(tile, align)
     overlap = _ceil_to(overlap, align)
     if 2 * overlap >= tile:
-        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile} "
-                         f"(after rounding both to multiples of {align})")
+        # Valid values that rounding pushed apart (tile 16, overlap 4 with a model aligned to 16):
+        # grow the tile rather than refuse or drop the blend that keeps tiles seamless.
+        tile = _ceil_to(2 * overlap + 1, align)
     stride = tile - overlap
     tw = min(tile, _ceil_to(width, align))
     th = min(tile, _ceil_to(height, align))

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "lcmsr_qgis"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
+SKIP_NAME_ENDINGS = (".aux.xml",)  # GDAL/QGIS side files written next to rasters that were opened
 
 
 def version() -> str:
@@ -27,7 +28,7 @@ def walk(src: Path):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
         for name in sorted(files):
             path = Path(root) / name
-            if path.suffix not in SKIP_SUFFIXES:
+            if path.suffix not in SKIP_SUFFIXES and not name.endswith(SKIP_NAME_ENDINGS):
                 yield path
 
 

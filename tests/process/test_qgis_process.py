@@ -41,7 +41,7 @@ def test_package_zip_installs_and_loads(tmp_path):
         for required in ("lcmsr_qgis/metadata.txt", "lcmsr_qgis/icon.svg", "lcmsr_qgis/LICENSE",
                          "lcmsr_qgis/__init__.py", "lcmsr_qgis/ext/lcmsr/__init__.py"):
             assert required in names, required
-        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".aux.xml"))]
         plugins = tmp_path / "plugins"
         zf.extractall(plugins)
     # A fresh profile and the zip's plugin folder, with torch from the venv but NOT the checkout's backend:

@@ -36,6 +36,9 @@ class DecoderConfig:
     distill_rate: float = 0.25
     cca_reduction: int = 16          # contrast-aware channel attention bottleneck
     norm_groups: int = 32
+    # How latent features (at HR/8) reach the LR grid: "nearest" as in the paper, or "bilinear", which
+    # avoids the 8-pixel blocks an imperfect latent leaves in the output (seen with the CPU-trained model).
+    latent_resize: str = "nearest"
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The networks and the LCMSR bundle: shapes at every scale and band count, the paper's sizes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -200,3 +201,26 @@ def test_untrained_decoder_is_exactly_bicubic():
     lr = torch.rand(1, 3, 16, 16) * 2 - 1
     z = torch.randn(1, 4, 8, 8)
     assert torch.equal(model.decoder(lr, z), upsample_bicubic(lr, 4))
+
+
+def test_latent_resize_option_changes_how_latent_features_reach_the_lr_grid():
+    import pytest
+    import torch
+
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+
+    cfg = tiny_config(scale=4)
+    bilinear = cfg.replace(decoder=dataclasses.replace(cfg.decoder, latent_resize="bilinear"))
+    torch.manual_seed(0)
+    a = build_model(cfg).decoder
+    torch.manual_seed(0)
+    b = build_model(bilinear).decoder
+    z = torch.randn(1, 4, 4, 4)
+    fa, fb = a.latent_features(z, (16, 16))[0], b.latent_features(z, (16, 16))[0]
+    # nearest: constant 4x4 blocks of LR pixels per latent cell; bilinear: smooth across cells
+    assert torch.equal(fa[..., 0:4, 0:4], fa[..., 0:1, 0:1].expand_as(fa[..., 0:4, 0:4]))
+    assert not torch.equal(fb[..., 0:4, 0:4], fb[..., 0:1, 0:1].expand_as(fb[..., 0:4, 0:4]))
+    assert type(cfg).from_dict(bilinear.to_dict()).decoder.latent_resize == "bilinear"
+    with pytest.raises(ValueError, match="latent_resize"):
+        build_model(cfg.replace(decoder=dataclasses.replace(cfg.decoder, latent_resize="cubic")))

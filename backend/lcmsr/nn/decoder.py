@@ -31,6 +31,9 @@ class SRDecoder(nn.Module):
     def __init__(self, bands: int, scale: int, latent_channels: int, cfg: DecoderConfig):
         super().__init__()
         self.scale = scale
+        if cfg.latent_resize not in ("nearest", "bilinear"):
+            raise ValueError(f"decoder.latent_resize must be 'nearest' or 'bilinear', got '{cfg.latent_resize}'")
+        self.latent_resize = cfg.latent_resize
         g = cfg.norm_groups
         self.latent_in = conv3x3(latent_channels, cfg.latent_width)
         self.latent_mid = nn.Sequential(*[ResBlock(cfg.latent_width, cfg.latent_width, groups=g)
@@ -65,7 +68,11 @@ class SRDecoder(nn.Module):
         feats = []
         for level, transfer in zip(self.latent_levels, self.transfers):
             h = level(h)
-            feats.append(F.interpolate(transfer(h), size=size, mode="nearest"))
+            f = transfer(h)
+            if self.latent_resize == "nearest":
+                feats.append(F.interpolate(f, size=size, mode="nearest"))
+            else:
+                feats.append(F.interpolate(f, size=size, mode="bilinear", align_corners=False))
         return feats
 
     def forward(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

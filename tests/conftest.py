@@ -2,11 +2,8 @@
 import json
 import os
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "build" / "qgis-profile"
@@ -46,8 +43,3 @@ def qgis_process_json(args, **kwargs) -> dict:
     proc = run_qgis_process([*args[:1], "--json", *args[1:]], **kwargs)
     text = proc.stdout
     return json.loads(text[text.index("{"):])
-
-
-@pytest.fixture(scope="session")
-def repo() -> Path:
-    return REPO

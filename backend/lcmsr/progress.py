@@ -37,19 +37,6 @@ class Progress:
             raise Cancelled("cancelled by the user")
 
 
-NullProgress = Progress
-
-
-class PrintProgress(Progress):
-    """Plain text to stderr (servers, logs)."""
-
-    def info(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    def warn(self, message: str) -> None:
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
-
-
 class TqdmProgress(Progress):
     """A tqdm bar over [0, 100] %; messages go through ``tqdm.write`` so the bar stays intact."""
 

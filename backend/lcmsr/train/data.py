@@ -10,6 +10,7 @@ the patches an uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
+import abc
 import math
 import os
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ _INTEGER_RANGES = {"Byte": (0, 255), "Int8": (-128, 127), "UInt16": (0, 65535), 
 HR_MULTIPLE = 64  # paper/small configs: latent grid HR/8, halved 3 more times in the denoiser
 
 
-class Source:
+class Source(abc.ABC):
     """One image to draw patches from.  Subclasses implement :meth:`read`."""
 
     name: str
@@ -44,9 +45,9 @@ class Source:
     band_names: list[str]
     default_bands: list[int]  # 1-based; excludes an alpha band
 
+    @abc.abstractmethod
     def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Window -> (float32 ``[C, h, w]`` raw values, bool ``[h, w]`` valid mask)."""
-        raise NotImplementedError
 
     def check_bands(self, bands: Sequence[int]) -> None:
         for b in bands:

@@ -15,6 +15,7 @@ same hardware.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -143,8 +144,8 @@ def parse_override(text: str) -> dict:
     return out
 
 
-class Stage:
-    """One training stage: networks, optimisers and one optimisation step."""
+class Stage(abc.ABC):
+    """One training stage: networks, optimisers and one optimisation step (stage1/stage2 implement it)."""
 
     name = "stage"
     export_final: str | None = None   # also write the final checkpoint here (stage 1's --out)
@@ -156,8 +157,9 @@ class Stage:
         self.generators: dict[str, torch.Generator] = {}
 
     # --- set by the loop before training -----------------------------------------------------
+    @abc.abstractmethod
     def setup(self, config: ModelConfig, normalization: Normalization, sset: SourceSet) -> None:
-        raise NotImplementedError
+        """Build the networks and optimisers on ``self.device``."""
 
     def autocast(self):
         if self.bf16:
@@ -179,20 +181,21 @@ class Stage:
         return value
 
     # --- the stage's work ---------------------------------------------------------------------
+    @abc.abstractmethod
     def train_step(self, hr: torch.Tensor, lr: torch.Tensor, step: int) -> tuple[float, dict]:
-        raise NotImplementedError
+        """One optimisation step on a model-space batch: (loss, logged values)."""
 
-    @torch.no_grad()
+    @abc.abstractmethod
     def sr(self, lr: torch.Tensor, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """What validation measures (model space)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors: weights, optimiser and EMA states; JSON-able state) of this stage."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def restore(self, tensors: dict[str, torch.Tensor], state: dict, where: str) -> None:
-        raise NotImplementedError
+        """Load what :meth:`checkpoint` wrote; ``where`` names the file in error messages."""
 
     def finish(self, run: "Run") -> None:
         """After the last step (all ranks); rank 0 writes the stage's product."""

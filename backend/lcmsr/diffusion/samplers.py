@@ -8,6 +8,7 @@ and the single step differ only in how they walk the timesteps.  Each call of
 """
 from __future__ import annotations
 
+import abc
 from typing import Callable
 
 import torch
@@ -79,9 +80,9 @@ class ConsistencySampler(_Sampler):
         return z
 
 
-class DDIMSampler(_Sampler):
-    """Deterministic DDIM (eta = 0) on K evenly spaced timesteps: K denoiser calls."""
-    name = "ddim"
+class _AncestralWalk(_Sampler, abc.ABC):
+    """Shared walk of the multi-step baselines: predict x0 at each timestep, then move x_t to the
+    next (smaller) timestep with :meth:`_step`; the last prediction is the result."""
 
     def sample(self, predict_x0: Predictor, shape, *, noise=None, generator=None, device="cpu",
                dtype=torch.float32) -> torch.Tensor:
@@ -95,12 +96,24 @@ class DDIMSampler(_Sampler):
                 break
             a_t = self.schedule.abar(tt, x)
             a_prev = self.schedule.abar(torch.full((shape[0],), ts[i + 1], dtype=torch.long), x)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            x = self._step(i, x, x0, a_t, a_prev, noise, generator)
         return x0
 
+    @abc.abstractmethod
+    def _step(self, i, x, x0, a_t, a_prev, noise, generator) -> torch.Tensor:
+        """x at the next timestep, from x_t, the predicted x0 and the two cumulative alphas."""
 
-class DDPMSampler(_Sampler):
+
+class DDIMSampler(_AncestralWalk):
+    """Deterministic DDIM (eta = 0) on K evenly spaced timesteps: K denoiser calls."""
+    name = "ddim"
+
+    def _step(self, i, x, x0, a_t, a_prev, noise, generator):
+        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
+class DDPMSampler(_AncestralWalk):
     """Ancestral DDPM on K evenly spaced timesteps (posterior q(x_prev | x_t, x0)): K calls."""
     name = "ddpm"
 
@@ -108,23 +121,11 @@ class DDPMSampler(_Sampler):
     def noise_draws(self) -> int:
         return self.steps
 
-    def sample(self, predict_x0: Predictor, shape, *, noise=None, generator=None, device="cpu",
-               dtype=torch.float32) -> torch.Tensor:
-        ts = self.timesteps()
-        x = self._x_T(shape, noise, generator, device, dtype)
-        x0 = x
-        for i, t in enumerate(ts):
-            tt = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
-            x0 = predict_x0(x, tt)
-            if i + 1 == len(ts):
-                break
-            a_t = self.schedule.abar(tt, x)
-            a_prev = self.schedule.abar(torch.full((shape[0],), ts[i + 1], dtype=torch.long), x)
-            beta = 1 - a_t / a_prev
-            mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
-            var = beta * (1 - a_prev) / (1 - a_t)
-            x = mean + var.clamp_min(0).sqrt() * self._noise(i + 1, x, noise, generator)
-        return x0
+    def _step(self, i, x, x0, a_t, a_prev, noise, generator):
+        beta = 1 - a_t / a_prev
+        mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x
+        var = beta * (1 - a_prev) / (1 - a_t)
+        return mean + var.clamp_min(0).sqrt() * self._noise(i + 1, x, noise, generator)
 
 
 SAMPLERS = {"consistency": ConsistencySampler, "ddim": DDIMSampler, "ddpm": DDPMSampler}

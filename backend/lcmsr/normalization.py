@@ -60,9 +60,16 @@ class Normalization:
             x = x.astype(np.float32)
         return (x - lo) / span * 2 - 1
 
-    def inverse(self, y):
-        """Model space -> raw values (not rounded or clipped: the caller knows the output type)."""
+    def inverse(self, y, inplace: bool = False):
+        """Model space -> raw values (not rounded or clipped: the caller knows the output type).
+
+        ``inplace=True`` overwrites a float tensor ``y`` (same operations, same order, no new buffer:
+        the raster pipeline de-normalises every batch this way)."""
         lo, span = self._params(y)
+        if inplace:
+            if not (isinstance(y, torch.Tensor) and y.dtype.is_floating_point):
+                raise TypeError("inplace inverse needs a floating-point torch tensor")
+            return y.add_(1).mul_(0.5).mul_(span).add_(lo)
         return (y + 1) * 0.5 * span + lo
 
     __call__ = forward

@@ -224,3 +224,14 @@ def test_latent_resize_option_changes_how_latent_features_reach_the_lr_grid():
     assert type(cfg).from_dict(bilinear.to_dict()).decoder.latent_resize == "bilinear"
     with pytest.raises(ValueError, match="latent_resize"):
         build_model(cfg.replace(decoder=dataclasses.replace(cfg.decoder, latent_resize="cubic")))
+
+
+def test_normalization_inverse_in_place_equals_the_copying_inverse():
+    norm = Normalization([0.0, 100.0, -5.0], [255.0, 4000.0, 5.0])
+    y = torch.randn(2, 3, 5, 7)
+    expected = norm.inverse(y)
+    buf = y.clone()
+    out = norm.inverse(buf, inplace=True)
+    assert out.data_ptr() == buf.data_ptr() and torch.equal(out, expected)
+    with pytest.raises(TypeError):
+        norm.inverse(np.zeros((3, 2, 2), np.float32), inplace=True)

@@ -319,9 +319,6 @@ class _Job:
         self.runner = Inference(model, device, InferenceOptions(
             precision=precision, channels_last=options.channels_last, compile=options.compile,
             cuda_graphs=options.cuda_graphs), progress)
-        lo = np.asarray(self.norm.lo, np.float64)[:, None, None]
-        span = np.asarray(self.norm.hi, np.float64)[:, None, None] - lo
-        self._lo, self._span = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(span, dtype=torch.float32)
 
     # -- model ------------------------------------------------------------------
     def _noise(self, tiles) -> torch.Tensor | None:
@@ -363,10 +360,7 @@ class _Job:
         g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
         y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
         del x
-        y = y.cpu()
-        # Normalization.inverse, in place (any strides): the same operations in the same order, no new buffer.
-        y.add_(1).mul_(0.5).mul_(self._span).add_(self._lo)
-        y = y.numpy()
+        y = self.norm.inverse(y.float().cpu(), inplace=True).numpy()
         return [y[i] for i in range(len(tiles))]
 
     def _compute(self, index: int, tiles, data) -> list[np.ndarray]:

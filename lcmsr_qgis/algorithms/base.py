@@ -46,14 +46,19 @@ def device_request(index: int) -> str:
     return value
 
 
+TRAINING_GROUP = ("Training and evaluation", "training")
+
+
 class LcmsrAlgorithm(QgsProcessingAlgorithm):
     """Base of the provider's algorithms; subclasses declare parameters and call the backend."""
 
+    GROUP, GROUP_ID = "Super-resolution", "superresolution"
+
     def group(self):
-        return "Super-resolution"
+        return self.GROUP
 
     def groupId(self):  # noqa: N802
-        return "superresolution"
+        return self.GROUP_ID
 
     def createInstance(self):  # noqa: N802
         return type(self)()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer
 
-from .base import LcmsrAlgorithm
+from .base import TRAINING_GROUP, LcmsrAlgorithm
 
 
 class DegradeAlgorithm(LcmsrAlgorithm):
@@ -17,11 +17,7 @@ class DegradeAlgorithm(LcmsrAlgorithm):
     def displayName(self):  # noqa: N802
         return "Degrade raster (make LR from HR)"
 
-    def group(self):
-        return "Training and evaluation"
-
-    def groupId(self):  # noqa: N802
-        return "training"
+    GROUP, GROUP_ID = TRAINING_GROUP
 
     def shortHelpString(self):  # noqa: N802
         return (

@@ -20,7 +20,7 @@ from qgis.core import (
 )
 
 from ..settings import Settings
-from .base import LcmsrAlgorithm, device_request
+from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
 from .superresolve import warn_fallback
 
 
@@ -45,11 +45,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
     def displayName(self):  # noqa: N802
         return "Evaluate super-resolution (PSNR, SSIM, LPIPS)"
 
-    def group(self):
-        return "Training and evaluation"
-
-    def groupId(self):  # noqa: N802
-        return "training"
+    GROUP, GROUP_ID = TRAINING_GROUP
 
     def shortHelpString(self):  # noqa: N802
         return (

@@ -26,7 +26,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import CONFIG_LABELS, CONFIG_VALUES, LcmsrAlgorithm, device_request
+from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
 
 
 def parse_bands(text: str, parameter: str = "BANDS") -> list[int] | None:
@@ -76,11 +76,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
     PAPER_LR = 0.0
     OUTPUT_DESCRIPTION = ""
 
-    def group(self):
-        return "Training and evaluation"
-
-    def groupId(self):  # noqa: N802
-        return "training"
+    GROUP, GROUP_ID = TRAINING_GROUP
 
     def add_stage_parameters(self) -> None:
         """Stage 2 adds the stage-1 checkpoint here."""

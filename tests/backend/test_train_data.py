@@ -7,16 +7,9 @@ import torch
 
 from lcmsr.normalization import Normalization
 from lcmsr.train import checkpoint as ckpt
+from _train_helpers import texture
 from lcmsr.train.data import (ArraySource, PatchSampler, SourceSet, compute_normalization, dihedral, make_lr,
                               validation_pairs)
-
-
-def texture(h, w, seed=0, dtype=np.uint8, bands=3):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([128 + 60 * np.sin(x / 3.0 + c) * np.cos(y / 5.0) + 20 * rng.standard_normal((h, w))
-                    for c in range(bands)])
-    return np.clip(img, 0, 255).astype(dtype)
 
 
 def byte_norm(bands=3):

@@ -4,18 +4,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
+from _train_helpers import write_texture_tif
 from lcmsr.train import checkpoint as ckpt
-
-
-def texture(h, w, seed=0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([128 + 60 * np.sin(x / 3.0 + c) * np.cos(y / 5.0) + 20 * rng.standard_normal((h, w))
-                    for c in range(3)])
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def torchrun(*args, cwd):
@@ -27,12 +19,8 @@ def torchrun(*args, cwd):
 
 @pytest.mark.slow
 def test_two_process_gloo_training_writes_checkpoints_and_model(tmp_path):
-    gdal = pytest.importorskip("osgeo.gdal")
-    path = str(tmp_path / "train.tif")
-    ds = gdal.GetDriverByName("GTiff").Create(path, 96, 96, 3, gdal.GDT_Byte)
-    for i, band in enumerate(texture(96, 96)):
-        ds.GetRasterBand(i + 1).WriteArray(band)
-    ds = None
+    pytest.importorskip("osgeo.gdal")
+    path = write_texture_tif(tmp_path / "train.tif")
     common = ["--config", "tiny", "--patch", "32", "--batch", "2", "--device", "cpu", "--lr", "1e-3",
               "--quiet", "--checkpoint-every", "2"]
     p = torchrun("train-autoencoder", path, *common, "--iterations", "4", "--no-lpips", "--gan-start", "2",

@@ -12,17 +12,10 @@ import torch
 from lcmsr.progress import Cancelled, Progress
 from lcmsr.train import TrainingDiverged, TrainOptions, train_autoencoder, train_consistency
 from lcmsr.train import checkpoint as ckpt
+from _train_helpers import texture, write_texture_tif
 from lcmsr.weights import load_model
 
 torch.set_num_threads(1)
-
-
-def texture(h, w, seed=0, noise=20.0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([128 + 60 * np.sin(x / 3.0 + c) * np.cos(y / 5.0) + noise * rng.standard_normal((h, w))
-                    for c in range(3)])
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 SOURCES = [texture(96, 96, 0), texture(64, 112, 1)]
@@ -162,14 +155,10 @@ def test_resume_refuses_another_run_and_unfinished_stage1(tmp_path):
 
 
 def test_cli_trains_both_stages(tmp_path):
-    gdal = pytest.importorskip("osgeo.gdal")
+    pytest.importorskip("osgeo.gdal")
     from lcmsr.cli import main
 
-    path = str(tmp_path / "train.tif")
-    ds = gdal.GetDriverByName("GTiff").Create(path, 96, 96, 3, gdal.GDT_Byte)
-    for i, band in enumerate(texture(96, 96)):
-        ds.GetRasterBand(i + 1).WriteArray(band)
-    ds = None
+    path = write_texture_tif(tmp_path / "train.tif")
     common = ["--config", "tiny", "--patch", "32", "--iterations", "3", "--batch", "2", "--device", "cpu",
               "--lr", "1e-3", "--quiet"]
     assert main(["train-autoencoder", path, *common, "--no-lpips", "--checkpoint-dir", str(tmp_path / "ae")]) == 0

@@ -1,7 +1,7 @@
 """``lcmsr degrade IN OUT --scale 4``: the LR raster of an HR raster (for LR/HR pairs)."""
 from __future__ import annotations
 
-from .sr import _bands
+from ._args import bands as _bands
 
 
 def register(subparsers) -> None:

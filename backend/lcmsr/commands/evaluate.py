@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._args import bands as _bands
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="PSNR / SSIM / LPIPS / FID of SR against HR",
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--sr", required=True, help="SR raster, or folder of SR images")
     p.add_argument("--hr", required=True, help="HR raster, or folder of HR images with the same file names")
     p.add_argument("--scale", type=int, default=4, help="SR factor = border crop in pixels for PSNR/SSIM (default 4)")
-    p.add_argument("--bands", default=None, help="1-based bands to compare, e.g. 1,2,3 (default: all)")
+    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to compare, e.g. 1,2,3 (default: all)")
     p.add_argument("--data-range", type=float, default=None,
                    help="peak value range (default: 255 for 8-bit, else the HR min-max range)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -28,15 +30,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--html", default=None, help="write a small HTML report to this file")
     p.set_defaults(func=run)
-
-
-def _parse_bands(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--bands must be comma-separated band numbers like 1,2,3, got {text!r}") from None
 
 
 def _pairs(sr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
@@ -97,7 +90,7 @@ def run(args) -> int:
     from lcmsr.metrics.evaluate import METRIC_KEYS, write_html_report
 
     device = resolve_device(args.device).device
-    bands = _parse_bands(args.bands)
+    bands = args.bands
     sr, hr = Path(args.sr), Path(args.hr)
     for p, what in ((sr, "--sr"), (hr, "--hr")):
         if not p.exists():

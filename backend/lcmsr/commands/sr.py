@@ -1,27 +1,8 @@
 """``lcmsr sr IN OUT --model M``: super-resolve an image or a georeferenced raster."""
 from __future__ import annotations
 
-import argparse
-
-
-def _bands(text: str) -> list[int]:
-    try:
-        bands = [int(b) for b in text.replace(" ", "").split(",") if b]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bands takes 1-based band numbers like 3,2,1, got '{text}'") from None
-    if not bands or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"--bands takes 1-based band numbers like 3,2,1, got '{text}'")
-    return bands
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+from ._args import bands as _bands
+from ._args import positive as _positive
 
 
 def register(subparsers) -> None:

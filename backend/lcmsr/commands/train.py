@@ -7,15 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _bands(text: str) -> list[int]:
-    try:
-        bands = [int(b) for b in text.replace(" ", "").split(",") if b]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bands takes 1-based band numbers like 1,2,3, got '{text}'") from None
-    if not bands or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"--bands takes 1-based band numbers like 1,2,3, got '{text}'")
-    return bands
+from ._args import bands as _bands
 
 
 def _common(p: argparse.ArgumentParser, stage: str) -> None:

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Recipe of the shipped model (resources/models/): x4, 3-band 8-bit RGB, small config, trained on the
 # NEON 0.1 m training tile (minus the demo sample's window) with the project's own training CLI.
-# Resumable: rerun it and each stage continues from its newest checkpoint.
-# Usage: scripts/train_default.sh [AE_STEPS] [LCM_STEPS]      (DEVICE=cuda for a GPU)
+# Three stages: 1 the residual autoencoder, 2 CondNet + consistency denoiser, 3 the decoder aligned with
+# the one-step sampler (resources/models/MODEL_CARD.md says why).  Resumable: rerun it and each stage
+# continues from its newest checkpoint.
+# Usage: scripts/train_default.sh [AE_STEPS] [LCM_STEPS] [DEC_STEPS]      (DEVICE=cuda for a GPU,
+#        WORK=<dir> for another work folder than build/default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AE_STEPS=${1:-2000}
-LCM_STEPS=${2:-2000}
+AE_STEPS=${1:-1300}
+LCM_STEPS=${2:-1200}
+DEC_STEPS=${3:-1500}
 DEVICE=${DEVICE:-auto}
 PY=${PY:-.venv/bin/python}
-W=build/default
-mkdir -p "$W" resources/models
+W=${WORK:-build/default}
+OUT=${OUT:-resources/models/lcmsr_x4_rgb_small.safetensors}
+mkdir -p "$W" "$(dirname "$OUT")"
 [ -f data/manifest.json ] || $PY scripts/fetch_data.py --out data
 # The training tile without the demo sample's window (data/manifest.json: excluded_windows), as four VRTs.
-$PY - <<'PYEOF'
+W="$W" $PY - <<'PYEOF'
 import json
+import os
 from osgeo import gdal
 gdal.UseExceptions()
 m = json.load(open("data/manifest.json"))
@@ -27,13 +33,16 @@ x0, y0, w, h = win["x"], win["y"], win["width"], win["height"]
 pieces = {"top": (0, 0, W, y0), "bottom": (0, y0 + h, W, H - y0 - h),
           "left": (0, y0, x0, h), "right": (x0 + w, y0, W - x0 - w, h)}
 for name, box in pieces.items():
-    gdal.Translate(f"build/default/yell_{name}.vrt", gdal.Open(src), srcWin=list(box), format="VRT")
+    gdal.Translate(os.path.join(os.environ["W"], f"yell_{name}.vrt"), gdal.Open(src), srcWin=list(box), format="VRT")
 PYEOF
 TRAIN="$W/yell_top.vrt $W/yell_bottom.vrt $W/yell_left.vrt $W/yell_right.vrt"
 VAL=$(ls data/val/*)
 $PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patch 128 --batch 8 \
   --iterations "$AE_STEPS" --lr 3e-4 --device "$DEVICE" --checkpoint-dir "$W/ae" --checkpoint-every 100 \
-  --val-every 200 --log-every 50 --resume --quiet --lpips-weight 0.1 --out "$W/autoencoder"
+  --val-every 200 --log-every 50 --resume --quiet --pixel-loss l2 --lpips-weight 0.05 --out "$W/autoencoder"
 $PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safetensors" --patch 128 --batch 8 \
   --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 100 \
-  --val-every 200 --log-every 50 --resume --quiet --out resources/models/lcmsr_x4_rgb_small.safetensors
+  --val-every 200 --log-every 50 --resume --quiet --set consistency.x0_weight=1.0 --out "$W/consistency.safetensors"
+$PY -m lcmsr train-decoder $TRAIN --val $VAL --model "$W/consistency.safetensors" --patch 128 --batch 8 \
+  --iterations "$DEC_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/dec" --checkpoint-every 100 \
+  --val-every 250 --log-every 50 --resume --quiet --pixel-loss l2 --lpips-weight 0.1 --out "$OUT"

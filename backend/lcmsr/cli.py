@@ -19,7 +19,7 @@ from . import __version__
 COMMANDS = [
     "sr",            # super-resolve an image or a georeferenced raster
     "degrade",       # make the LR raster of an HR raster (LR/HR pairs)
-    "train",         # train-autoencoder, train-consistency
+    "train",         # train-autoencoder, train-consistency, train-decoder
     "evaluate",      # eval: PSNR / SSIM / LPIPS / FID
     "info",          # info MODEL, diagnostics
 ]

@@ -78,6 +78,10 @@ class ConsistencyConfig:
     ema_decay: float = 0.9999
     kd_weight: float = 1.0
     kl_weight: float = 1e-6
+    # Weight of an auxiliary x0 regression MSE(f_θ(x_t2, t2), z) next to the CT term (CTM's denoising
+    # regulariser; not in the paper, which is x0_weight = 0).  It teaches the one-step map the posterior
+    # mean from the first steps, where CT alone has to bootstrap t = T-1 from t = 0 through the EMA target.
+    x0_weight: float = 0.0
 
 
 @dataclass
@@ -114,6 +118,8 @@ class ModelConfig:
         if self.consistency.timestep_sampling not in ("uniform", "lognormal"):
             raise ValueError("consistency.timestep_sampling must be 'uniform' or 'lognormal', "
                              f"got {self.consistency.timestep_sampling!r}")
+        if self.consistency.x0_weight < 0:
+            raise ValueError(f"consistency.x0_weight must be at least 0, got {self.consistency.x0_weight}")
         if not 0 < self.consistency.gap < self.schedule.timesteps:
             raise ValueError(f"consistency.gap must be in (0, {self.schedule.timesteps}), got {self.consistency.gap}")
         d = self.denoiser

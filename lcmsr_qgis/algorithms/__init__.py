@@ -18,4 +18,5 @@ _REGISTRY = [
     ("evaluate", "EvaluateAlgorithm"),
     ("train_autoencoder", "TrainAutoencoderAlgorithm"),
     ("train_consistency", "TrainConsistencyAlgorithm"),
+    ("train_decoder", "TrainDecoderAlgorithm"),
 ]

@@ -1,8 +1,10 @@
-"""What the two training algorithms share: parameters, TrainOptions, progress and cancel.
+"""What the training algorithms share: parameters, TrainOptions, progress and cancel.
 
 Stage 1 (`lcmsr:train_autoencoder`) learns the residual encoder E and the SR
 decoder D; stage 2 (`lcmsr:train_consistency`) learns CondNet and the latent
-consistency denoiser from the stage-1 checkpoint and writes the model file.
+consistency denoiser from the stage-1 checkpoint and writes the model file;
+the optional stage 3 (`lcmsr:train_decoder`) tunes that model's decoder to the
+latents its one-step sampler produces and writes a new model file.
 Cancelling saves a resumable checkpoint (the backend does it); the error then
 says which folder to give as RESUME.
 """
@@ -71,7 +73,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
 
     STAGE_NAME = ""          # for messages
     BACKEND_FUNCTION = ""    # lcmsr.train.train_autoencoder | train_consistency
-    FROM_STAGE1 = False      # stage 2: scale, bands and config come from the stage-1 checkpoint
+    FROM_STAGE1 = False      # stages 2 and 3: scale, bands and config come from the previous stage
+    PREVIOUS = "the stage-1"  # what they come from, for the parameter labels
     DEFAULT_BATCH = 8
     PAPER_LR = 0.0
     OUTPUT_DESCRIPTION = ""
@@ -90,9 +93,9 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         if self.FROM_STAGE1:
             # Stage 2 continues the stage-1 run: its scale, bands and model size come from that checkpoint.
             self.addParameter(QgsProcessingParameterNumber(
-                self.SCALE, "Scale factor (empty: the stage-1 scale)", QgsProcessingParameterNumber.Integer,
+                self.SCALE, f"Scale factor (empty: {self.PREVIOUS} scale)", QgsProcessingParameterNumber.Integer,
                 optional=True, minValue=2, maxValue=8))
-            self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands (empty: the stage-1 bands)",
+            self.addParameter(QgsProcessingParameterString(self.BANDS, f"Bands (empty: {self.PREVIOUS} bands)",
                                                            optional=True))
         else:
             self.add_scale_parameter(self.SCALE)
@@ -109,8 +112,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
                                          defaultValue=256, minValue=16, maxValue=2048),
             QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer,
                                          defaultValue=self.DEFAULT_BATCH, minValue=1, maxValue=1024),
-            QgsProcessingParameterNumber(self.LEARNING_RATE, f"Learning rate (empty: the paper's {self.PAPER_LR:g} per batch of "
-                                         f"{self.DEFAULT_BATCH}, scaled with the batch)",
+            QgsProcessingParameterNumber(self.LEARNING_RATE, self.learning_rate_label(),
                                          QgsProcessingParameterNumber.Double, optional=True, minValue=0.0),
             QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
                                          defaultValue=0, minValue=0),
@@ -130,6 +132,10 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.LOSS, "Last training loss"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_PSNR, "Validation PSNR (dB, model space)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic PSNR on the same crops (dB)"))
+
+    def learning_rate_label(self) -> str:
+        return (f"Learning rate (empty: the paper's {self.PAPER_LR:g} per batch of {self.DEFAULT_BATCH}, "
+                f"scaled with the batch)")
 
     def stage_options(self, parameters, context) -> dict:
         """TrainOptions fields only this stage has."""

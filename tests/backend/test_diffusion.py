@@ -91,6 +91,26 @@ def test_ct_loss_uses_the_same_noise_at_t2_and_t1_and_a_stop_grad_target():
     assert ema_net.w.grad is None           # the target is stop-grad
 
 
+def test_x0_weight_adds_the_regression_of_the_one_step_output_on_the_clean_latent():
+    schedule = NoiseSchedule(ScheduleConfig())
+    net = Linear()
+    z0, cond = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+    plain, stats0 = ct_loss(net, None, z0, cond, 4, (32, 32), schedule, ConsistencyConfig(),
+                            generator=torch.Generator().manual_seed(5))
+    mixed, stats = ct_loss(net, None, z0, cond, 4, (32, 32), schedule, ConsistencyConfig(x0_weight=0.5),
+                           generator=torch.Generator().manual_seed(5))
+    # Same draws as the CT term: t2 first, then the noise.
+    g = torch.Generator().manual_seed(5)
+    t2 = torch.randint(0, 1000, (4,), generator=g)
+    x_t2 = schedule.q_sample(z0, t2, torch.randn(z0.shape, generator=g))
+    with torch.no_grad():
+        x0 = (consistency_function(net, x_t2, t2, cond, 4, (32, 32), ConsistencyConfig(), 1000) - z0).pow(2).mean()
+    assert "x0" not in stats0 and stats["x0"] == pytest.approx(float(x0), rel=1e-5)
+    torch.testing.assert_close(mixed, plain + 0.5 * x0)
+    with pytest.raises(ValueError, match="x0_weight"):
+        tiny_config().replace(consistency=ConsistencyConfig(x0_weight=-1.0))
+
+
 def test_ct_loss_target_network_choice():
     schedule = NoiseSchedule(ScheduleConfig())
     net, other = Linear(), Linear()

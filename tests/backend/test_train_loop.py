@@ -1,5 +1,6 @@
 """The training loop: the loss falls, resume is exact (also after kill -9), NaN stops with the last
-good checkpoint kept, cancel leaves a resumable checkpoint, stage 2 writes a loadable model."""
+good checkpoint kept, cancel leaves a resumable checkpoint, stage 2 writes a loadable model, stage 3
+aligns only the decoder and writes a new one."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from lcmsr.progress import Cancelled, Progress
-from lcmsr.train import TrainingDiverged, TrainOptions, train_autoencoder, train_consistency
+from lcmsr.train import TrainingDiverged, TrainOptions, train_autoencoder, train_consistency, train_decoder
 from lcmsr.train import checkpoint as ckpt
 from _train_helpers import texture, write_texture_tif
 from lcmsr.weights import load_model
@@ -144,6 +145,78 @@ def test_stage2_writes_a_model_that_super_resolves(tmp_path):
     assert out.shape == (1, 3, 20, 28)
 
 
+def _stage2_model(tmp_path, sources=SOURCES):
+    train_autoencoder(options(tmp_path, "s1", sources=sources, iterations=2, out=str(tmp_path / "ae")))
+    r = train_consistency(options(tmp_path, "s2", sources=sources, stage1=str(tmp_path / "ae.safetensors"),
+                                  iterations=2, out=str(tmp_path / "m.safetensors")))
+    return r.model_path
+
+
+def _one_step_psnr(model, hr_u8):
+    hr = torch.from_numpy(hr_u8.astype(np.float32))[None] / 127.5 - 1
+    from lcmsr.ops import downsample_bicubic
+
+    lr = downsample_bicubic(hr, 4)
+    sr = model.sr(lr, steps=1, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    mse = float((sr - hr)[..., 4:-4, 4:-4].pow(2).mean())
+    return 10 * np.log10(4.0 / mse)
+
+
+def test_stage3_tunes_only_the_decoder_and_improves_the_one_step_output(tmp_path):
+    from lcmsr.weights import save_model
+
+    smooth = [texture(96, 96, 0, noise=2.0), texture(64, 112, 1, noise=2.0)]
+    model = load_model(_stage2_model(tmp_path, smooth))
+    # A decoder that is off for the latents inference feeds it (as a briefly trained stage 1 leaves it).
+    with torch.no_grad():
+        model.decoder.tail.weight.add_(0.05 * torch.randn(model.decoder.tail.weight.shape,
+                                                           generator=torch.Generator().manual_seed(0)))
+    base = str(save_model(tmp_path / "off.safetensors", model))
+    r = train_decoder(options(tmp_path, "s3", sources=smooth, base_model=base, iterations=40, lr=2e-3,
+                              log_every=8, pixel_loss="l2", out=str(tmp_path / "m3.safetensors")))
+    l2 = [h["l2"] for h in r.history if "l2" in h]
+    assert len(l2) == 5 and l2[-1] < 0.93 * l2[0] and l2[-1] < min(l2[:2]), l2
+    before, after = load_model(base), load_model(r.model_path)
+    a, b = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("decoder."):
+            continue
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)   # CondNet, denoiser, scale: untouched
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    record = after.info.training["decoder_alignment"]
+    assert record["steps"] == 40 and record["base_model"] == base and record["pixel_loss"] == "l2"
+    assert after.info.training["stage1_steps"] == before.info.training["stage1_steps"]   # history kept
+    # What inference returns (one step, fixed noise) got closer to the HR on the pixels it was tuned on.
+    assert _one_step_psnr(after, smooth[0]) > _one_step_psnr(before, smooth[0]) + 3.0
+
+
+def test_stage3_resume_is_exact_and_bad_requests_are_refused(tmp_path):
+    base = _stage2_model(tmp_path)
+    o = dict(base_model=base, iterations=6, checkpoint_every=100)
+    ref = train_decoder(options(tmp_path, "ref", out=str(tmp_path / "ref.safetensors"), **o))
+    with pytest.raises(Cancelled):
+        train_decoder(options(tmp_path, "cut", out=str(tmp_path / "cut.safetensors"), **o), CancelAt(3))
+    assert not (tmp_path / "cut.safetensors").exists()
+    resumed = train_decoder(options(tmp_path, "cut", out=str(tmp_path / "cut.safetensors"), resume=True, **o))
+    assert resumed.resumed_from == 3
+    assert_same_weights(final_tensors(ref), final_tensors(resumed), ("decoder.", "opt."))
+    with pytest.raises(ValueError, match="overrides"):
+        train_decoder(options(tmp_path, "x", out=str(tmp_path / "x.safetensors"), overrides={"decoder": {}}, **o))
+    with pytest.raises(ValueError, match="uint16.*Byte|UInt16.*Byte"):
+        train_decoder(options(tmp_path, "y", sources=[texture(96, 96, 0, dtype=np.uint16)],
+                              out=str(tmp_path / "y.safetensors"), **o))
+    with pytest.raises(ValueError, match="pixel loss"):
+        train_decoder(options(tmp_path, "z", out=str(tmp_path / "z.safetensors"), pixel_loss="l3", **o))
+    from lcmsr.weights import ModelFileError
+
+    checkpoint_not_model = str(tmp_path / "ref" / "step-00000006.safetensors")
+    with pytest.raises(ModelFileError):
+        train_decoder(options(tmp_path, "w", out=str(tmp_path / "w.safetensors"),
+                              **dict(o, base_model=checkpoint_not_model)))
+    assert not any(p.name.startswith(("x.", "y.", "z.", "w.")) for p in tmp_path.iterdir())
+
+
 def test_resume_refuses_another_run_and_unfinished_stage1(tmp_path):
     train_autoencoder(options(tmp_path, "a", iterations=4, checkpoint_every=2))
     with pytest.raises(ckpt.CheckpointError, match="patch"):
@@ -154,7 +227,7 @@ def test_resume_refuses_another_run_and_unfinished_stage1(tmp_path):
         train_consistency(options(tmp_path, "c", stage1=str(tmp_path / "b"), out=str(tmp_path / "m.safetensors")))
 
 
-def test_cli_trains_both_stages(tmp_path):
+def test_cli_trains_all_three_stages(tmp_path):
     pytest.importorskip("osgeo.gdal")
     from lcmsr.cli import main
 
@@ -170,3 +243,8 @@ def test_cli_trains_both_stages(tmp_path):
                  "--out", str(tmp_path / "m.safetensors")]) == 0
     assert load_model(tmp_path / "m.safetensors").config.consistency.loss == "pseudo_huber"
     assert os.path.exists(tmp_path / "cm" / "step-00000003.json")
+    assert main(["train-decoder", path, *common, "--model", str(tmp_path / "m.safetensors"), "--pixel-loss", "l2",
+                 "--no-lpips", "--checkpoint-dir", str(tmp_path / "dec"), "--out", str(tmp_path / "m3.safetensors")]) == 0
+    aligned = load_model(tmp_path / "m3.safetensors")
+    assert aligned.config.consistency.loss == "pseudo_huber"
+    assert aligned.info.training["decoder_alignment"]["steps"] == 3

@@ -34,7 +34,7 @@ def raster_size(path):
 
 def test_every_algorithm_is_listed_and_documented():
     listing = run_qgis_process(["list"]).stdout
-    for name in ("superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency"):
+    for name in ("superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder"):
         assert f"lcmsr:{name}" in listing
     help_text = run_qgis_process(["help", "lcmsr:superresolve"]).stdout
     for key in ("INPUT", "MODEL", "DEVICE", "TILE", "OVERLAP", "STEPS", "OUTPUT"):

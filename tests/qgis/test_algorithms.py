@@ -17,7 +17,7 @@ from qgis.core import (
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
-ALGORITHMS = ["superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency"]
+ALGORITHMS = ["superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder"]
 
 
 class RecordingFeedback(QgsProcessingFeedback):
@@ -284,7 +284,7 @@ def _train_parameters(tmp_path, name, **extra):
                  "OUTPUT": str(tmp_path / f"{name}.safetensors")}, **extra)
 
 
-def test_train_both_stages_cancel_resume_and_use_the_model(provider, tmp_path):
+def test_train_all_stages_cancel_resume_and_use_the_model(provider, tmp_path):
     pytest.importorskip("torch").set_num_threads(1)
     params = _train_parameters(tmp_path, "stage1", CONFIG=0)
     del params["CHECKPOINT"]  # the default: beside the output
@@ -309,7 +309,13 @@ def test_train_both_stages_cancel_resume_and_use_the_model(provider, tmp_path):
 
     info = read_info(done["OUTPUT"])
     assert (info.scale, info.bands, info.config.name) == (4, 3, "tiny")
-    sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": done["OUTPUT"], "OUTPUT": str(tmp_path / "sr.tif")}))
+    # Optional stage 3 on that model file: a new file whose metadata records the alignment.
+    params = _train_parameters(tmp_path, "aligned", MODEL=done["OUTPUT"], LPIPS_WEIGHT=0.0)
+    params.pop("SCALE")
+    aligned = run("train_decoder", params)
+    assert aligned["STEPS"] == 2 and aligned["VAL_PSNR"] is not None
+    assert read_info(aligned["OUTPUT"]).training["decoder_alignment"]["base_model"] == done["OUTPUT"]
+    sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": aligned["OUTPUT"], "OUTPUT": str(tmp_path / "sr.tif")}))
     assert raster_facts(sr["OUTPUT"])["valid"]
 
 

@@ -1,4 +1,5 @@
-"""``lcmsr train-autoencoder`` (stage 1) and ``lcmsr train-consistency`` (stage 2).
+"""``lcmsr train-autoencoder`` (stage 1), ``lcmsr train-consistency`` (stage 2) and
+``lcmsr train-decoder`` (optional stage 3: the decoder aligned with the one-step sampler).
 
 Both run alone or under ``torchrun --nproc_per_node=N -m lcmsr train-...`` (DDP).
 """
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     p1.add_argument("--no-lpips", action="store_true", help="L1 only, no perceptual loss")
     p1.add_argument("--lpips-weight", type=float, default=1.0,
                     help="weight of LPIPS against L1 (paper: 1.0; lower favours PSNR over perceptual sharpness)")
+    _pixel_loss(p1)
     p1.add_argument("--gan-start", type=int, default=None, metavar="STEP",
                     help="switch the PatchGAN discriminator on at this step (default: off)")
     p1.set_defaults(func=run_autoencoder)
@@ -61,6 +63,25 @@ def register(subparsers) -> None:
     p2.add_argument("--stage1", required=True, help="stage-1 checkpoint (directory, .json or .safetensors)")
     p2.add_argument("--out", required=True, help="the model file to write (.safetensors)")
     p2.set_defaults(func=run_consistency)
+
+    p3 = subparsers.add_parser("train-decoder", help="stage 3 (optional): align the decoder with one-step sampling",
+                               description="Fine-tune the decoder of a finished model file on the latents its "
+                                           "one-step sampler produces (CondNet and denoiser frozen) and write "
+                                           "a new model file.  Not in the paper: it closes the gap between the "
+                                           "true latent stage 1 decodes and the sampled one inference decodes.")
+    _common(p3, "decoder")
+    p3.add_argument("--model", dest="base_model", required=True, help="the model file to start from (.safetensors)")
+    p3.add_argument("--out", required=True, help="the model file to write (.safetensors)")
+    p3.add_argument("--no-lpips", action="store_true", help="pixel loss only, no perceptual loss")
+    p3.add_argument("--lpips-weight", type=float, default=0.1, help="weight of LPIPS next to the pixel loss "
+                    "(default 0.1)")
+    _pixel_loss(p3, default="l2")
+    p3.set_defaults(func=run_decoder)
+
+
+def _pixel_loss(p: argparse.ArgumentParser, default: str = "l1") -> None:
+    p.add_argument("--pixel-loss", choices=("l1", "l2"), default=default,
+                   help=f"per-pixel loss: l1 (the paper's) or l2 (favours PSNR); default {default}")
 
 
 def options_from_args(args):
@@ -78,7 +99,8 @@ def options_from_args(args):
         resume=args.resume_from or args.resume, device=args.device, precision=args.precision, config=args.config,
         overrides=overrides, out=args.out, stage1=getattr(args, "stage1", None),
         lpips=not getattr(args, "no_lpips", False), lpips_weight=getattr(args, "lpips_weight", 1.0),
-        gan_start=getattr(args, "gan_start", None))
+        gan_start=getattr(args, "gan_start", None), pixel_loss=getattr(args, "pixel_loss", "l1"),
+        base_model=getattr(args, "base_model", None))
 
 
 def _merge_free(a: dict, b: dict) -> dict:
@@ -120,3 +142,9 @@ def run_consistency(args) -> int:
     from ..train.stage2 import train_consistency
 
     return _run(args, train_consistency)
+
+
+def run_decoder(args) -> int:
+    from ..train.stage3 import train_decoder
+
+    return _run(args, train_decoder)

@@ -73,7 +73,8 @@ def ct_loss(denoiser: nn.Module, target_denoiser: nn.Module | None, z0: torch.Te
     The *same* noise gives x_t2 and x_t1 (t1 = max(t2 - gap, 0)); the target
     f_target(x_t1, t1) is computed without gradient by ``target_denoiser`` (the EMA)
     or, when ``opts.ema_target`` is False or no target is given, by the online
-    network itself.
+    network itself.  With ``opts.x0_weight`` > 0 the loss also regresses f_θ(x_t2, t2)
+    on ``z0`` itself (reported as ``stats["x0"]``).
     """
     b = z0.shape[0]
     T = schedule.num_timesteps
@@ -93,7 +94,12 @@ def ct_loss(denoiser: nn.Module, target_denoiser: nn.Module | None, z0: torch.Te
         loss = (torch.sqrt(diff.pow(2).sum(dim=1) + c * c) - c).mean()
     else:
         loss = diff.pow(2).mean()
-    return loss, {"gap": gap, "t2_mean": float(t2.float().mean())}
+    stats = {"gap": gap, "t2_mean": float(t2.float().mean())}
+    if opts.x0_weight > 0:
+        x0 = (pred.float() - z0.detach().float()).pow(2).mean()
+        loss = loss + opts.x0_weight * x0
+        stats["x0"] = float(x0.detach())
+    return loss, stats
 
 
 def kd_loss(cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,15 @@
-"""Training: stage 1 (residual autoencoder) and stage 2 (latent consistency model).
+"""Training: stage 1 (residual autoencoder), stage 2 (latent consistency model) and the optional
+stage 3 (the decoder aligned with the one-step sampler).
 
-``train_autoencoder(opts, progress)`` and ``train_consistency(opts, progress)``
-return a :class:`TrainResult`; checkpoints are .safetensors + JSON, resumable
-exactly; ``torchrun`` runs them on several GPUs or nodes (:mod:`.ddp`).
+``train_autoencoder(opts, progress)``, ``train_consistency(opts, progress)`` and
+``train_decoder(opts, progress)`` return a :class:`TrainResult`; checkpoints are
+.safetensors + JSON, resumable exactly; ``torchrun`` runs them on several GPUs or
+nodes (:mod:`.ddp`).
 """
 from .loop import TrainingDiverged, TrainOptions, TrainResult
 from .stage1 import train_autoencoder
 from .stage2 import train_consistency
+from .stage3 import train_decoder
 
-__all__ = ["TrainOptions", "TrainResult", "TrainingDiverged", "train_autoencoder", "train_consistency"]
+__all__ = ["TrainOptions", "TrainResult", "TrainingDiverged", "train_autoencoder", "train_consistency",
+           "train_decoder"]

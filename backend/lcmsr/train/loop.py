@@ -40,6 +40,15 @@ from .ddp import DistContext, init_distributed, rank_seed
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_NORM, STREAM_VAL, STREAM_SCALE = range(6)
 
 
+PIXEL_LOSSES = ("l1", "l2")
+
+
+def pixel_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel |d| ("l1") or d² ("l2") in fp32, unreduced."""
+    d = pred.float() - target.float()
+    return d.abs() if kind == "l1" else d.pow(2)
+
+
 @dataclass
 class TrainOptions:
     sources: list = field(default_factory=list)          # paths or (C, H, W) arrays
@@ -68,9 +77,12 @@ class TrainOptions:
     # stage 1
     lpips: bool = True
     lpips_weight: float = 1.0
+    pixel_loss: str = "l1"                                # stages 1 and 3: "l1" (paper) | "l2" (favours PSNR)
     gan_start: int | None = None                          # step the discriminator switches on; None: never
     disc_weight: float = 0.5                              # times the adaptive weight (LDM)
     # stage 2: the stage-1 normalisation and band names come with the stage-1 checkpoint
+    # stage 3 (decoder alignment): the model file whose decoder is tuned to its one-step latents
+    base_model: str | None = None
 
     def describe(self) -> dict:
         """JSON-able record of the options (arrays become short descriptions)."""
@@ -84,7 +96,8 @@ class TrainOptions:
 
 
 # Options that define the run: resuming under different values would not be the same run.
-_RUN_DEFINING = ("config", "overrides", "scale", "bands", "patch", "batch", "seed", "sources", "stage1")
+_RUN_DEFINING = ("config", "overrides", "scale", "bands", "patch", "batch", "seed", "sources", "stage1",
+                 "base_model")
 
 
 @dataclass
@@ -236,6 +249,8 @@ def run_training(stage_cls, opts: TrainOptions, progress: Progress | None = None
         raise ValueError(f"iterations must be at least 1, got {opts.iterations}")
     if opts.batch < 1:
         raise ValueError(f"batch must be at least 1, got {opts.batch}")
+    if opts.pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got '{opts.pixel_loss}'")
     ctx = init_distributed(opts.device)
     try:
         return _run(stage_cls, opts, progress if ctx.is_main else _Quiet(progress), ctx, normalization, base_config)

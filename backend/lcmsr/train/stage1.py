@@ -1,6 +1,6 @@
 """Stage 1: the residual autoencoder — encoder E(HR, LR↑), SR decoder D(LR, z).
 
-Loss (LDM's autoencoder loss, METHOD.md): per-pixel L1 + LPIPS, weighted by a learned
+Loss (LDM's autoencoder loss, METHOD.md): per-pixel L1 (or L2, ``pixel_loss``) + LPIPS, weighted by a learned
 log-variance ``nll = rec / exp(logvar) + logvar``, summed over pixels and averaged over
 the batch; KL to N(0, I) with weight ``config.consistency.kl_weight`` (1e-6);
 optionally from ``gan_start`` a PatchGAN hinge term whose weight is
@@ -22,7 +22,7 @@ from ..progress import Progress
 from . import checkpoint as ckpt
 from .data import PatchSampler
 from .ddp import rank_seed
-from .loop import STREAM_NOISE, STREAM_SCALE, Stage, TrainOptions, TrainResult, run_training
+from .loop import STREAM_NOISE, STREAM_SCALE, Stage, TrainOptions, TrainResult, pixel_loss, run_training
 
 PAPER_LR = 3.6e-5      # at a total batch of 8
 PAPER_BATCH = 8
@@ -99,7 +99,7 @@ class AutoencoderStage(Stage):
         self.net.train()
         with self.autocast():
             rec, mean, logvar = self.net_ddp(hr, lr, lr_up, self.posterior_gen)
-            rec_loss = (hr.float() - rec.float()).abs()
+            rec_loss = pixel_loss(opts.pixel_loss, rec, hr)
             p_loss = None
             if self.lpips is not None:
                 p_loss = self.lpips(hr, rec).float()

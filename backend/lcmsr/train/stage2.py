@@ -72,7 +72,10 @@ class ConsistencyStage(Stage):
         loss.backward()
         self.opt.step()
         self.ema.update(self.model.denoiser)
-        return value, {"ct": float(ct.detach()), "kd": float(kd.detach()), "gap": float(stats["gap"])}
+        logs = {"ct": float(ct.detach()), "kd": float(kd.detach()), "gap": float(stats["gap"])}
+        if "x0" in stats:
+            logs["x0"] = stats["x0"]
+        return value, logs
 
     @torch.no_grad()
     def sr(self, lr, hr, generator):

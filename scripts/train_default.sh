@@ -8,8 +8,8 @@
 #        WORK=<dir> for another work folder than build/default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AE_STEPS=${1:-1300}
-LCM_STEPS=${2:-1200}
+AE_STEPS=${1:-2500}
+LCM_STEPS=${2:-2500}
 DEC_STEPS=${3:-1500}
 DEVICE=${DEVICE:-auto}
 PY=${PY:-.venv/bin/python}
@@ -44,5 +44,5 @@ $PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safete
   --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 100 \
   --val-every 200 --log-every 50 --resume --quiet --set consistency.x0_weight=1.0 --out "$W/consistency.safetensors"
 $PY -m lcmsr train-decoder $TRAIN --val $VAL --model "$W/consistency.safetensors" --patch 128 --batch 8 \
-  --iterations "$DEC_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/dec" --checkpoint-every 100 \
-  --val-every 250 --log-every 50 --resume --quiet --pixel-loss l2 --lpips-weight 0.1 --out "$OUT"
+  --iterations "$DEC_STEPS" --lr 1e-4 --device "$DEVICE" --checkpoint-dir "$W/dec" --checkpoint-every 100 \
+  --val-every 250 --log-every 50 --resume --quiet --pixel-loss l2 --no-lpips --out "$OUT"

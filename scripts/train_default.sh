@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Recipe of the shipped model (resources/models/): x4, 3-band 8-bit RGB, small config, trained on the
 # NEON 0.1 m training tile (minus the demo sample's window) with the project's own training CLI.
-# Three stages: 1 the residual autoencoder, 2 CondNet + consistency denoiser, 3 the decoder aligned with
-# the one-step sampler (resources/models/MODEL_CARD.md says why).  Resumable: rerun it and each stage
-# continues from its newest checkpoint.
+# Stage 1 the residual autoencoder, stage 2 CondNet + consistency denoiser (the shipped model); with
+# ALIGN=1 also the optional stage 3, the decoder tuned to the one-step latents (+PSNR, -texture: the
+# model card has both figures).  Resumable: rerun it and each stage continues from its newest checkpoint.
 # Usage: scripts/train_default.sh [AE_STEPS] [LCM_STEPS] [DEC_STEPS]      (DEVICE=cuda for a GPU,
-#        WORK=<dir> for another work folder than build/default)
+#        WORK=<dir> for another work folder than build/default, OUT=<model file>, ALIGN=1 for stage 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AE_STEPS=${1:-2500}
@@ -43,6 +43,11 @@ $PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patc
 $PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safetensors" --patch 128 --batch 8 \
   --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 100 \
   --val-every 200 --log-every 50 --resume --quiet --set consistency.x0_weight=1.0 --out "$W/consistency.safetensors"
+if [ "${ALIGN:-0}" != 1 ]; then
+  cp "$W/consistency.safetensors" "$OUT.partial" && mv "$OUT.partial" "$OUT"
+  echo "model: $OUT"
+  exit 0
+fi
 $PY -m lcmsr train-decoder $TRAIN --val $VAL --model "$W/consistency.safetensors" --patch 128 --batch 8 \
   --iterations "$DEC_STEPS" --lr 1e-4 --device "$DEVICE" --checkpoint-dir "$W/dec" --checkpoint-every 100 \
   --val-every 250 --log-every 50 --resume --quiet --pixel-loss l2 --no-lpips --out "$OUT"

@@ -85,6 +85,28 @@ def test_source_errors_name_the_problem():
         SourceSet.open(["/nonexistent/nope.tif"])
 
 
+def test_npy_sources_train_without_gdal_and_are_never_unpickled(tmp_path):
+    from lcmsr.train.data import open_source
+
+    img = texture(64, 80)
+    np.save(tmp_path / "tile.npy", img)
+    src = open_source(str(tmp_path / "tile.npy"))
+    assert not src.array.flags.owndata  # a view of the memory map, not a copy in RAM
+    assert src.data_type == "Byte" and (src.height, src.width) == (64, 80)
+    np.testing.assert_array_equal(src.read(3, 5, 16, 8, [1, 2, 3])[0], img[:, 5:13, 3:19])
+    hr, lr = PatchSampler(SourceSet.open([str(tmp_path / "tile.npy")]), 4, 32, byte_norm(), seed=0,
+                          multiple=16).sample(2)
+    assert hr.shape == (2, 3, 32, 32) and lr.shape == (2, 3, 8, 8)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy: not a plain numeric .npy"):
+        open_source(str(tmp_path / "objects.npy"))
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match="junk.npy"):
+        open_source(str(tmp_path / "junk.npy"))
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        open_source(str(tmp_path / "missing.npy"))
+
+
 def test_gdal_source_band_selection_alpha_and_mask(tmp_path):
     gdal = pytest.importorskip("osgeo.gdal")
     path = str(tmp_path / "rgba.tif")

@@ -12,7 +12,8 @@ from ._args import bands as _bands
 
 
 def _common(p: argparse.ArgumentParser, stage: str) -> None:
-    p.add_argument("sources", nargs="+", help="training rasters or images (anything GDAL reads)")
+    p.add_argument("sources", nargs="+", help="training rasters or images (anything GDAL reads), or (C, H, W) "
+                   ".npy arrays (no GDAL needed: scripts/pack_training_data.py)")
     p.add_argument("--val", nargs="+", default=[], metavar="RASTER",
                    help="validation rasters: PSNR vs bicubic is logged every --val-every steps")
     p.add_argument("--config", default="small", help="model size: tiny | small | paper (default small)")

@@ -144,6 +144,19 @@ def _finite(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return valid
 
 
+def _npy_source(path: str) -> ArraySource:
+    """A ``(C, H, W)`` ``.npy`` array (what `scripts/pack_training_data.py` writes), memory-mapped, so
+    training runs where GDAL is missing (the GPU machine).  ``allow_pickle=False``: a .npy holding
+    Python objects is refused, never unpickled."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    return ArraySource(array, name=path)
+
+
 def open_source(src, index: int = 0) -> Source:
     """An array, a path, or an already opened :class:`Source`."""
     if isinstance(src, Source):
@@ -151,6 +164,8 @@ def open_source(src, index: int = 0) -> Source:
     if isinstance(src, np.ndarray):
         return ArraySource(src, name=f"array #{index}")
     if isinstance(src, (str, os.PathLike)):
+        if os.fspath(src).lower().endswith(".npy"):
+            return _npy_source(os.fspath(src))
         return RasterSource(src)
     raise TypeError(f"training source #{index} is a {type(src).__name__}; expected a path or a numpy array")
 

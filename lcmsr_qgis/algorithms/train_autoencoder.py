@@ -1,10 +1,17 @@
 """`lcmsr:train_autoencoder` — stage 1: the residual encoder E and the SR decoder D."""
 from __future__ import annotations
 
+from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterNumber
+
 from .training import TrainingAlgorithm
+
+PIXEL_LOSSES = [("l1", "L1 (the paper's)"), ("l2", "L2 (favours PSNR; the shipped model's recipe)")]
 
 
 class TrainAutoencoderAlgorithm(TrainingAlgorithm):
+    PIXEL_LOSS = "PIXEL_LOSS"
+    LPIPS_WEIGHT = "LPIPS_WEIGHT"
+
     STAGE_NAME = "stage 1 (autoencoder)"
     BACKEND_FUNCTION = "train_autoencoder"
     DEFAULT_BATCH = 8
@@ -27,6 +34,23 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
             "(PSNR against bicubic).<br>"
             "<b>Bands</b>: 1-based band numbers, the same for every raster. <b>Model size</b>: <i>small</i> "
             "trains on a CPU; <i>paper</i> needs a GPU.<br>"
+            "<b>Pixel loss</b> and <b>LPIPS weight</b> (advanced): the paper uses L1 + 1.0 × LPIPS; the shipped "
+            "model was trained with L2 + 0.05 × LPIPS, which keeps a briefly trained model closer to the "
+            "reference in PSNR (0: no perceptual term).<br>"
             "<b>Progress</b> shows the step, the loss and the validation PSNR. <b>Cancel</b> saves a resumable "
             "checkpoint in the checkpoint folder: run again with <b>Resume</b> set to that folder and the same "
             "settings to continue exactly where it stopped.")
+
+    def add_stage_parameters(self):
+        loss = QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss", options=[label for _, label in PIXEL_LOSSES],
+                                          defaultValue=0)
+        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Double,
+                                              defaultValue=1.0, minValue=0.0, maxValue=10.0)
+        for parameter in (loss, weight):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+
+    def stage_options(self, parameters, context):
+        weight = self.parameterAsDouble(parameters, self.LPIPS_WEIGHT, context)
+        return {"pixel_loss": PIXEL_LOSSES[self.parameterAsEnum(parameters, self.PIXEL_LOSS, context)][0],
+                "lpips": weight > 0, "lpips_weight": weight}

@@ -319,6 +319,18 @@ def test_train_all_stages_cancel_resume_and_use_the_model(provider, tmp_path):
     assert raster_facts(sr["OUTPUT"])["valid"]
 
 
+def test_stage1_pixel_loss_and_lpips_weight_reach_the_backend(provider, tmp_path):
+    pytest.importorskip("torch").set_num_threads(1)
+    from lcmsr.train import checkpoint as ckpt
+
+    done = run("train_autoencoder", _train_parameters(tmp_path, "l2", CONFIG=0, PIXEL_LOSS=1, LPIPS_WEIGHT=0.0))
+    options = ckpt.load_checkpoint(done["CHECKPOINT"]).state["options"]
+    assert (options["pixel_loss"], options["lpips"], options["lpips_weight"]) == ("l2", False, 0.0)
+    default = run("train_autoencoder", _train_parameters(tmp_path, "l1", CONFIG=0))
+    options = ckpt.load_checkpoint(default["CHECKPOINT"]).state["options"]
+    assert (options["pixel_loss"], options["lpips_weight"]) == ("l1", 1.0)   # the paper's, unless asked
+
+
 def test_training_parameters_are_checked_before_the_backend_runs(provider, tmp_path):
     with pytest.raises(QgsProcessingException, match="'x' is not a band number"):
         run("train_autoencoder", _train_parameters(tmp_path, "bad", BANDS="1,x"))

@@ -36,11 +36,12 @@ $(DEVPLUG)/lcmsr_qgis:
 	mkdir -p $(DEVPLUG) $(PROFILE)
 	ln -sfn $(abspath lcmsr_qgis) $@
 
+# LCMSR_TEST_STRICT=1: setup installed Xvfb, QGIS and a compiler, so a test that finds them missing fails.
 test: setup
-	$(PY) -m pytest -q tests
+	LCMSR_TEST_STRICT=1 $(PY) -m pytest -q tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	LCMSR_TEST_STRICT=1 $(PY) -m pytest -q -m "not slow" tests
 
 package: setup
 	$(PY) scripts/package.py --out dist

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_environment
 from lcmsr.inference import Inference, InferenceOptions
 from lcmsr.progress import Progress
 from lcmsr.raster.tiling import BlockBlender, plan_tiles, stripe_order
@@ -107,8 +108,7 @@ def test_torch_compile_matches_eager_on_the_cpu():
     from lcmsr.inference import compile_available
 
     ok, why = compile_available()
-    if not ok:
-        pytest.skip(why)
+    needs_environment(ok, why)
     model = _tiny()
     lr, noise = _inputs(model, b=1, h=16, w=16)
     plain = model.sr(lr, noise=noise)

@@ -198,11 +198,11 @@ def test_bf16_on_cpu_falls_back_to_fp32_with_a_warning(tmp_path):
 SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample"
 
 
-@pytest.mark.skipif(not (SAMPLE / "neon_lr.tif").exists(), reason="no NEON sample in resources/sample")
 def test_real_neon_sample_degrade_and_sr_are_registered(tmp_path):
     from lcmsr.raster.degrade import degrade
 
     hr_path, lr_path = SAMPLE / "neon_hr.tif", SAMPLE / "neon_lr.tif"
+    assert hr_path.exists() and lr_path.exists(), "the committed NEON sample is missing from resources/sample"
     # Our streamed degrade reproduces the sample's LR (made by ops.downsample_bicubic, rounded).
     degrade(hr_path, tmp_path / "lr.tif", 4)
     assert np.abs(read_raster(tmp_path / "lr.tif").astype(int) - read_raster(lr_path).astype(int)).max() <= 1

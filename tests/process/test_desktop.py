@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, needs_environment, write_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -20,17 +20,10 @@ SCRIPT = REPO / "scripts" / "screenshot.sh"
 @pytest.fixture(scope="module")
 def desktop_run(tmp_path_factory):
     missing = [tool for tool in ("xvfb-run", "xauth", "qgis", "convert") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install xvfb xauth imagemagick qgis)")
-    torch = pytest.importorskip("torch")
-    from lcmsr.config import tiny_config
-    from lcmsr.model import build_model
-    from lcmsr.weights import save_model
-
+    needs_environment(not missing, f"needs {', '.join(missing)} (apt-get install xvfb xauth imagemagick qgis)")
+    pytest.importorskip("torch")
     base = tmp_path_factory.mktemp("desktop")
-    torch.manual_seed(0)
-    model = base / "tiny_x4.safetensors"
-    save_model(model, build_model(tiny_config(scale=4, bands=3)))
+    model = write_tiny_model(base / "tiny_x4.safetensors")
     proc = subprocess.run(["bash", str(SCRIPT), "--model", str(model), "--out", str(base / "img"),
                            "--work", str(base / "work"), "--timeout", "300"],
                           capture_output=True, text=True, timeout=480)

@@ -1,7 +1,7 @@
 """qgis_process runs the LCMSR algorithms headless, with the same parameters as the GUI and processing.run."""
 import pytest
 
-from conftest import REPO, qgis_process_json, run_qgis_process
+from conftest import REPO, qgis_process_json, run_qgis_process, write_tiny_model
 
 pytestmark = pytest.mark.qgis_process
 
@@ -11,15 +11,8 @@ SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from lcmsr.config import tiny_config
-    from lcmsr.model import build_model
-    from lcmsr.weights import save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny_x4.safetensors"
-    save_model(path, build_model(tiny_config(scale=4, bands=3)))
-    return str(path)
+    pytest.importorskip("torch")
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
 
 
 def raster_size(path):

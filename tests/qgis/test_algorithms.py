@@ -14,6 +14,8 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
+from conftest import write_tiny_model
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
@@ -56,16 +58,9 @@ def provider(qgis_processing):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)  # the machine's cores are shared; one thread is also the fastest here
-    from lcmsr.config import tiny_config
-    from lcmsr.model import build_model
-    from lcmsr.weights import save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny_x4.safetensors"
-    save_model(path, build_model(tiny_config(scale=4, bands=3)))
-    return str(path)
+    # The machine's cores are shared; one thread is also the fastest here.
+    pytest.importorskip("torch").set_num_threads(1)
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
 
 
 def make_raster(path, width=24, height=20, bands=3, origin=(500000.0, 4600000.0), pixel=2.0, seed=0):

@@ -2,6 +2,7 @@
 import pytest
 from qgis.core import QgsApplication, QgsProcessingFeedback, QgsSettings
 
+from conftest import write_tiny_model
 from lcmsr_qgis.settings import PREFIX, Settings
 
 
@@ -38,16 +39,8 @@ def clean_settings():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from lcmsr.config import tiny_config
-    from lcmsr.model import build_model
-    from lcmsr.weights import save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny_x2.safetensors"
-    save_model(path, build_model(tiny_config(scale=2, bands=3)))
-    return str(path)
+    pytest.importorskip("torch").set_num_threads(1)
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x2.safetensors", scale=2)
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings, QgsTask, QgsVectorLayer
 
+from conftest import write_tiny_model
 from lcmsr_qgis.settings import PREFIX, Settings
 
 SAMPLE_LR = Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon_lr.tif"
@@ -12,16 +13,8 @@ SAMPLE_LR = Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from lcmsr.config import tiny_config
-    from lcmsr.model import build_model
-    from lcmsr.weights import save_model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny_x4.safetensors"
-    save_model(path, build_model(tiny_config(scale=4, bands=3)))
-    return str(path)
+    pytest.importorskip("torch").set_num_threads(1)
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
 
 
 @pytest.fixture()

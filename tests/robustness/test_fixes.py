@@ -14,17 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from lcmsr.config import tiny_config  # noqa: E402
-from lcmsr.model import build_model  # noqa: E402
-from lcmsr.weights import DIGEST_KEY, ModelFileError, check_model, load_model, read_info, save_model  # noqa: E402
+from conftest import write_tiny_model  # noqa: E402
+from lcmsr.weights import DIGEST_KEY, ModelFileError, check_model, load_model, read_info  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(path, build_model(tiny_config(scale=2, bands=3)))
-    return path
+    return Path(write_tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors", scale=2))
 
 
 def _header_end(data: bytes) -> int:

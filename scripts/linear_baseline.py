@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_model import read_rgb  # noqa: E402
+from training_split import training_pieces  # noqa: E402
 
 from lcmsr.metrics.evaluate import evaluate_arrays  # noqa: E402
 from lcmsr.ops import downsample_bicubic, upsample_bicubic  # noqa: E402
@@ -48,15 +49,6 @@ def neighbourhoods(lr: np.ndarray, taps: int) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.float64)
 
 
-def training_windows(manifest: dict, data: Path):
-    """The training tile cut into the four rectangles around the demo window (as train_default.sh does)."""
-    entry = next(f for f in manifest["files"] if f["path"].startswith("train/2019_YELL"))
-    tile = read_rgb(str(data / entry["path"]))
-    win = entry["excluded_windows"][0]
-    x0, y0, w, h = win["x"], win["y"], win["width"], win["height"]
-    return [tile[:, :y0], tile[:, y0 + h:], tile[:, y0:y0 + h, :x0], tile[:, y0:y0 + h, x0 + w:]]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+")
@@ -64,9 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--taps", type=int, default=8)
     p.add_argument("--json")
     a = p.parse_args(argv)
-    manifest = json.loads((Path(a.data) / "manifest.json").read_text())
     gram = rhs = None
-    for piece in training_windows(manifest, Path(a.data)):
+    for _, piece in training_pieces(a.data):
         hr, lr, bic = pairs(piece)
         x = neighbourhoods(lr, a.taps)
         ys = np.stack([(hr[b, py::SCALE, px::SCALE] - bic[b, py::SCALE, px::SCALE]).reshape(-1)

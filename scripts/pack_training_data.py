@@ -16,7 +16,6 @@ about 17 MiB of uint8 in all, well inside what the device tool carries (64 MiB).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_model import read_rgb  # noqa: E402
-from linear_baseline import training_windows  # noqa: E402
+from training_split import training_pieces  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,10 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="build/gpu-data")
     a = p.parse_args(argv)
     data, out = Path(a.data), Path(a.out)
-    manifest = json.loads((data / "manifest.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, piece in zip(("top", "bottom", "left", "right"), training_windows(manifest, data)):
+    for name, piece in training_pieces(data):
         written.append(out / f"train_{name}.npy")
         np.save(written[-1], np.ascontiguousarray(piece.astype(np.uint8)))
     for path in sorted((data / "val").iterdir()):

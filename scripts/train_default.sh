@@ -18,23 +18,7 @@ OUT=${OUT:-resources/models/lcmsr_x4_rgb_small.safetensors}
 mkdir -p "$W" "$(dirname "$OUT")"
 [ -f data/manifest.json ] || $PY scripts/fetch_data.py --out data
 # The training tile without the demo sample's window (data/manifest.json: excluded_windows), as four VRTs.
-W="$W" $PY - <<'PYEOF'
-import json
-import os
-from osgeo import gdal
-gdal.UseExceptions()
-m = json.load(open("data/manifest.json"))
-entry = next(f for f in m["files"] if f["path"] == "train/2019_YELL_2_528000_4978000_image_crop2.tif")
-win = entry["excluded_windows"][0]
-src = "data/" + entry["path"]
-ds = gdal.Open(src)
-W, H = ds.RasterXSize, ds.RasterYSize
-x0, y0, w, h = win["x"], win["y"], win["width"], win["height"]
-pieces = {"top": (0, 0, W, y0), "bottom": (0, y0 + h, W, H - y0 - h),
-          "left": (0, y0, x0, h), "right": (x0 + w, y0, W - x0 - w, h)}
-for name, box in pieces.items():
-    gdal.Translate(os.path.join(os.environ["W"], f"yell_{name}.vrt"), gdal.Open(src), srcWin=list(box), format="VRT")
-PYEOF
+$PY scripts/training_split.py --vrt "$W"
 TRAIN="$W/yell_top.vrt $W/yell_bottom.vrt $W/yell_left.vrt $W/yell_right.vrt"
 VAL=$(ls data/val/*)
 $PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patch 128 --batch 8 \

@@ -174,6 +174,23 @@ class Stage(abc.ABC):
     def setup(self, config: ModelConfig, normalization: Normalization, sset: SourceSet) -> None:
         """Build the networks and optimisers on ``self.device``."""
 
+    def load_lpips(self):
+        """LPIPS (AlexNet) on this stage's device for a perceptual loss term, or None — with a
+        warning on rank 0 — when the patch is too small for it or its weights are missing."""
+        from ..metrics.lpips import MIN_LPIPS_SIZE, LPIPS
+
+        warn = self.progress.warn if self.ctx.is_main else (lambda message: None)
+        pixel = self.opts.pixel_loss.upper()
+        if self.opts.patch < MIN_LPIPS_SIZE:
+            warn(f"the HR patch {self.opts.patch} is smaller than the {MIN_LPIPS_SIZE} px LPIPS needs: "
+                 f"training with {pixel} only")
+            return None
+        try:
+            return LPIPS(net="alex").to(self.device)
+        except (FileNotFoundError, ImportError, OSError, ValueError, RuntimeError) as exc:
+            warn(f"LPIPS is not available ({exc}); training with {pixel} only")
+            return None
+
     def autocast(self):
         if self.bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)

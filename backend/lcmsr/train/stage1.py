@@ -47,19 +47,6 @@ def _kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=(1, 2, 3)).mean()
 
 
-def _load_lpips(progress: Progress, patch: int):
-    from ..metrics.lpips import MIN_LPIPS_SIZE, LPIPS
-
-    if patch < MIN_LPIPS_SIZE:
-        progress.warn(f"the HR patch {patch} is smaller than the {MIN_LPIPS_SIZE} px LPIPS needs: training with L1 only")
-        return None
-    try:
-        return LPIPS(net="alex")
-    except (FileNotFoundError, ImportError, OSError, ValueError, RuntimeError) as exc:
-        progress.warn(f"LPIPS is not available ({exc}); training with L1 only")
-        return None
-
-
 class AutoencoderStage(Stage):
     name = "autoencoder"
 
@@ -69,9 +56,7 @@ class AutoencoderStage(Stage):
         self.model = build_model(config).to(self.device)
         self.net = _Autoencoder(self.model.encoder, self.model.decoder).to(self.device)
         self.net_ddp = ctx.wrap(self.net)
-        self.lpips = _load_lpips(self.progress if ctx.is_main else Progress(), opts.patch) if opts.lpips else None
-        if self.lpips is not None:
-            self.lpips.to(self.device)
+        self.lpips = self.load_lpips() if opts.lpips else None
         # LDM's linear scaling of the learning rate with the total batch.
         lr = opts.lr if opts.lr is not None else PAPER_LR * opts.batch * ctx.world_size / PAPER_BATCH
         self.learning_rate = lr

@@ -29,7 +29,6 @@ from ..ops import upsample_bicubic
 from ..progress import Progress
 from . import checkpoint as ckpt
 from .loop import STREAM_NOISE, Stage, TrainOptions, TrainResult, pixel_loss, run_training
-from .stage1 import _load_lpips
 
 DEFAULT_LR = 1e-4
 
@@ -50,11 +49,7 @@ class DecoderAlignStage(Stage):
         for frozen in (self.model.condnet, self.model.denoiser):
             frozen.eval().requires_grad_(False)
         self.decoder_ddp = ctx.wrap(self.model.decoder)
-        self.lpips = None
-        if opts.lpips and opts.lpips_weight > 0:
-            self.lpips = _load_lpips(self.progress if ctx.is_main else Progress(), opts.patch)
-            if self.lpips is not None:
-                self.lpips.to(self.device)
+        self.lpips = self.load_lpips() if opts.lpips and opts.lpips_weight > 0 else None
         self.learning_rate = opts.lr if opts.lr is not None else DEFAULT_LR
         self.opt = torch.optim.Adam(self.model.decoder.parameters(), lr=self.learning_rate)
         self.noise_gen = self.generator("noise", STREAM_NOISE)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, named_config
+from ..device import cpu_native_bf16
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Cancelled, Progress
@@ -68,7 +69,7 @@ class TrainOptions:
     val_max_crops: int = 4
     resume: bool | str = False                            # True: newest in checkpoint_dir (fresh if none)
     device: str = "auto"
-    precision: str = "auto"                               # auto | fp32 | bf16 (bf16 only on CUDA)
+    precision: str = "auto"                               # auto | fp32 | bf16 (CUDA, or a CPU with native bf16)
     config: str = "small"                                 # tiny | small | paper
     overrides: dict = field(default_factory=dict)         # nested config changes, e.g. {"consistency": {"loss": "pseudo_huber"}}
     out: str | None = None                                # stage 1: autoencoder checkpoint; stage 2: model file
@@ -193,7 +194,7 @@ class Stage(abc.ABC):
 
     def autocast(self):
         if self.bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def generator(self, name: str, stream: int) -> torch.Generator:
@@ -291,6 +292,20 @@ class _Quiet(Progress):
         return self.parent.cancelled()
 
 
+def _choose_bf16(precision: str, device: torch.device) -> tuple[bool, str]:
+    """bf16 autocast on CUDA and on CPUs with native bf16 (measured: docs/PERFORMANCE.md), else fp32."""
+    if precision == "fp32":
+        return False, "fp32 requested"
+    if device.type == "cuda":
+        return True, "CUDA"
+    if device.type == "cpu":
+        native, why = cpu_native_bf16()
+        if native:
+            return True, why
+        return False, why + ("; bf16 was requested but would be emulated" if precision == "bf16" else "")
+    return False, f"bf16 is not used on {device.type}"
+
+
 def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config) -> TrainResult:
     t_start = time.monotonic()
     stage: Stage = stage_cls(opts, ctx, progress)
@@ -311,12 +326,11 @@ def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config
                          f"are selected from the training sources")
     run = Run(opts, ctx, config, normalization, sset)
 
-    want_bf16 = opts.precision in ("auto", "bf16")
-    stage.bf16 = want_bf16 and ctx.device.type == "cuda"
-    if opts.precision == "bf16" and not stage.bf16 and ctx.is_main:
-        progress.warn("bf16 was requested but runs only on CUDA; training in fp32 on the CPU")
     if opts.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got '{opts.precision}'")
+    stage.bf16, why = _choose_bf16(opts.precision, ctx.device)
+    if ctx.is_main:
+        progress.info(f"{stage.name}: {'bf16 autocast' if stage.bf16 else 'fp32'} ({why})")
 
     torch.manual_seed(rank_seed(opts.seed, 0, STREAM_INIT))  # identical initial weights on every rank
     stage.setup(config, normalization, sset)

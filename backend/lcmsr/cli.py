@@ -22,6 +22,7 @@ COMMANDS = [
     "train",         # train-autoencoder, train-consistency, train-decoder
     "evaluate",      # eval: PSNR / SSIM / LPIPS / FID
     "info",          # info MODEL, diagnostics
+    "domain",        # set-domain: what imagery a model is for
 ]
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .choices import SAMPLER_ALIASES
 from .progress import Progress
 
 PRECISIONS = ("fp32", "bf16")
@@ -198,7 +199,7 @@ class Inference:
 
     # -- CUDA graphs ----------------------------------------------------------------
     def _graphable(self, steps, sampler, noise) -> bool:
-        if sampler == "condnet":
+        if SAMPLER_ALIASES.get(sampler, sampler) == "faithful":
             return True
         draws = getattr(self.model, "noise_draws", None)
         needed = int(draws(steps, sampler)) if callable(draws) else 1

@@ -19,11 +19,14 @@ from .diffusion.samplers import make_sampler
 from .diffusion.schedule import NoiseSchedule
 from .nn import CondNet, LatentDenoiser, ResidualEncoder, SRDecoder
 from .nn.encoder import DiagonalGaussian
+from .domain import Domain
 from .normalization import Normalization
 from .ops import upsample_bicubic
 
-FORMAT_VERSION = 1
-SAMPLER_NAMES = ("consistency", "ddim", "ddpm", "condnet")
+# 2: the model's domain (what imagery it is for; lcmsr.domain.Domain).  Format 1 files still load,
+# with an unknown domain.
+FORMAT_VERSION = 2
+from .choices import SAMPLER_ALIASES, SAMPLER_NAMES, canonical_sampler  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class ModelInfo:
     training: dict = field(default_factory=dict)
     data_type: str = "Byte"
     format_version: int = FORMAT_VERSION
+    domain: Domain = field(default_factory=Domain)
 
     @classmethod
     def default(cls, config: ModelConfig) -> "ModelInfo":
@@ -53,11 +57,13 @@ class ModelInfo:
         if self.normalization.bands != self.bands:
             raise ValueError(f"model info has a normalisation for {self.normalization.bands} bands "
                              f"but the model has {self.bands}")
+        self.domain.validate(self.bands, self.scale)
 
     def to_dict(self) -> dict:
         return {"format_version": self.format_version, "scale": self.scale, "bands": self.bands,
                 "band_names": list(self.band_names), "normalization": self.normalization.to_dict(),
-                "config": self.config.to_dict(), "training": dict(self.training), "data_type": self.data_type}
+                "config": self.config.to_dict(), "training": dict(self.training), "data_type": self.data_type,
+                "domain": self.domain.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelInfo":
@@ -68,7 +74,8 @@ class ModelInfo:
         info = cls(scale=int(data["scale"]), bands=int(data["bands"]), band_names=list(data["band_names"]),
                    normalization=Normalization.from_dict(data["normalization"]),
                    config=ModelConfig.from_dict(data["config"]), training=dict(data.get("training") or {}),
-                   data_type=str(data.get("data_type", "Byte")), format_version=int(data["format_version"]))
+                   data_type=str(data.get("data_type", "Byte")), format_version=int(data["format_version"]),
+                   domain=Domain.from_dict(data["domain"]) if "domain" in data else Domain())
         info.validate()
         return info
 
@@ -115,7 +122,8 @@ class LCMSR(nn.Module):
     def noise_draws(self, steps: int = 1, sampler: str = "consistency") -> int:
         """Latent-shaped noise fields one ``sr`` call consumes; pass ``noise`` of shape
         [draws, B, *latent_shape] to fix them all (a 4-D ``noise`` fixes only x_T)."""
-        if sampler == "condnet":
+        sampler = canonical_sampler(sampler)
+        if sampler == "faithful":
             return 0
         return make_sampler(sampler, self.schedule, steps).noise_draws
 
@@ -144,8 +152,7 @@ class LCMSR(nn.Module):
         """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s]."""
         if lr.ndim != 4 or lr.shape[1] != self.bands:
             raise ValueError(f"expected an LR tensor of shape [B, {self.bands}, h, w], got {tuple(lr.shape)}")
-        if sampler not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler '{sampler}': use one of {', '.join(SAMPLER_NAMES)}")
+        sampler = canonical_sampler(sampler)
         b, _, h, w = lr.shape
         s = self.scale
         hp, wp = self.padded_size(h, w)
@@ -156,7 +163,7 @@ class LCMSR(nn.Module):
         lr_up = upsample_bicubic(x, s)
         cond = self.condnet(lr_up)
         out_size = (hp * s, wp * s)
-        if sampler == "condnet":
+        if sampler == "faithful":
             z = cond
         else:
             shape = (b,) + self.latent_shape(h, w)

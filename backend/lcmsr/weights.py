@@ -23,7 +23,7 @@ import torch
 
 from .model import FORMAT_VERSION, LCMSR, ModelInfo
 
-SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
+SUPPORTED_FORMAT_VERSIONS = (1, FORMAT_VERSION)  # 1: written before the domain existed (domain unknown)
 METADATA_KEY = "lcmsr"
 DIGEST_KEY = "lcmsr_sha256"
 # Metadata a file without the checksum may carry ("format" is the safetensors convention); any other
@@ -38,12 +38,20 @@ class ModelFileError(ValueError):
     """A model file is missing, unreadable, not a model or inconsistent; the message says which and why."""
 
 
-def _inference_state(model: LCMSR) -> dict[str, torch.Tensor]:
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def _inference_state(model: LCMSR, storage: str = "fp32") -> dict[str, torch.Tensor]:
+    dtype = STORAGE_DTYPES[storage]
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith(SAVED_PREFIXES) or name == "latent_scale":
+            # latent_scale stays fp32 (one number); fp16 weights halve the file (the plugin zip's 25 MB limit)
+            keep = torch.float32 if name == "latent_scale" or not tensor.is_floating_point() else dtype
             # contiguous + cloned: safetensors refuses shared or strided storage
-            state[name] = tensor.detach().to("cpu", torch.float32).contiguous().clone()
+            state[name] = tensor.detach().to("cpu", keep).contiguous().clone()
+            if keep is not tensor.dtype and state[name].is_floating_point() and not bool(state[name].isfinite().all()):
+                raise ValueError(f"tensor '{name}' has values beyond the {storage} range: store it as fp32")
     return state
 
 
@@ -57,8 +65,10 @@ def content_digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_model(path, model: LCMSR, info: ModelInfo | None = None) -> Path:
-    """Write the inference model atomically (temp file in the same folder, then ``os.replace``)."""
+def save_model(path, model: LCMSR, info: ModelInfo | None = None, storage: str = "fp32") -> Path:
+    """Write the inference model atomically (temp file in the same folder, then ``os.replace``).
+
+    ``storage="fp16"`` stores the weights as float16 (half the size; they load as float32)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -66,8 +76,10 @@ def save_model(path, model: LCMSR, info: ModelInfo | None = None) -> Path:
     if info.config.to_dict() != model.config.to_dict():
         raise ValueError(f"cannot save {path}: the model info's config differs from the model's config")
     info.validate()
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
     meta = dict(info.to_dict(), format_version=FORMAT_VERSION)
-    tensors = _inference_state(model)
+    tensors = _inference_state(model, storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)

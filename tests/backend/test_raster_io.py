@@ -125,7 +125,7 @@ def test_band_out_of_range_is_named(tmp_path):
 def test_band_count_mismatch_names_both_counts_and_offers_bands(tmp_path):
     src = write_raster(tmp_path / "in.tif", textured(16, 16, bands=4).round().astype(np.uint8),
                        options=("PHOTOMETRIC=MINISBLACK",))  # 4 plain bands (RGB-NIR), not RGBA
-    with pytest.raises(io.RasterError) as err:
+    with pytest.raises(ValueError) as err:   # lcmsr.domain.DomainError: the band plan
         superresolve(src, tmp_path / "out.tif", StandInModel(bands=3), FAST)
     msg = str(err.value)
     assert "expects 3 band(s)" in msg and "4 band(s)" in msg and "--bands" in msg

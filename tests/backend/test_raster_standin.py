@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lcmsr.domain import DATA_TYPES, Domain
 from lcmsr.normalization import Normalization
 from lcmsr.ops import upsample_bicubic
 
@@ -25,8 +26,12 @@ osr = pytest.importorskip("osgeo.osr")
 class StandInModel(torch.nn.Module):
     def __init__(self, scale=4, bands=3, lo=0.0, hi=255.0, data_type="Byte", noise_weight=0.05):
         super().__init__()
+        roles = (["red", "green", "blue", "nir"] + ["swir1", "swir2"] * 4)[:bands] if bands > 1 else ["pan"]
+        # A known domain that takes any data type and pixel size: these tests are about the pipeline.
+        domain = Domain(family="aerial", sensor="test stand-in", band_roles=roles, data_types=list(DATA_TYPES))
         self.info = SimpleNamespace(scale=scale, bands=bands, band_names=[f"b{i}" for i in range(bands)],
-                                    normalization=Normalization([lo] * bands, [hi] * bands), data_type=data_type)
+                                    normalization=Normalization([lo] * bands, [hi] * bands), data_type=data_type,
+                                    domain=domain, format_version=2)
         # The latent grid is HR/8: an LR multiple of 8/gcd(8, s), doubled like a one-level UNet would.
         self.lr_multiple = 8 // math.gcd(8, scale) * 2
         self.noise_weight = noise_weight
@@ -40,7 +45,7 @@ class StandInModel(torch.nn.Module):
         return (4, hp * self.info.scale // 8, wp * self.info.scale // 8)
 
     def noise_draws(self, steps=1, sampler="consistency"):
-        return 0 if sampler == "condnet" else 1
+        return 0 if sampler in ("condnet", "faithful") else 1
 
     @torch.no_grad()
     def sr(self, lr, steps=1, sampler="consistency", generator=None, noise=None):
@@ -51,7 +56,7 @@ class StandInModel(torch.nn.Module):
         x = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate")
         x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=c)
         out = upsample_bicubic(x, s)
-        if sampler != "condnet":
+        if sampler not in ("condnet", "faithful"):
             shape = (b,) + self.latent_shape(h, w)
             if noise is None:
                 noise = torch.randn(shape, generator=generator, device=lr.device)

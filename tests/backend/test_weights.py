@@ -70,7 +70,7 @@ def test_read_info_reads_the_header(saved):
     _, info, path = saved
     got = read_info(path)
     assert got.band_names == ["blue", "green", "red", "nir"] and got.data_type == "UInt16"
-    assert got.format_version == 1 and got.config == info.config
+    assert got.format_version == 2 and got.config == info.config
 
 
 def test_missing_file_and_folder(tmp_path):
@@ -185,7 +185,7 @@ def test_info_command_describes_the_file_and_the_environment(saved, capsys):
     _, _, path = saved
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    for expected in ("format version  1", "scale           x4", "blue, green, red, nir", "UInt16",
+    for expected in ("format version  2", "scale           x4", "blue, green, red, nir", "UInt16",
                      "nir: 4..4000", "val_psnr=27.5", "denoiser"):
         assert expected in out
     assert main(["info", "--diagnostics"]) == 0

@@ -42,8 +42,17 @@ def _count_by_part(path) -> dict[str, int]:
     return counts
 
 
+def _range(r) -> str:
+    if not r:
+        return "unspecified"
+    return f"{r[0]:g} m" if r[0] == r[1] else f"{r[0]:g}-{r[1]:g} m"
+
+
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 10_000 else str(n)
+
+
+from ..domain import GSD_TOLERANCE, _safe  # noqa: E402  (torch-free)
 
 
 def describe_model(path) -> str:
@@ -60,7 +69,7 @@ def describe_model(path) -> str:
         f"model file      {path}",
         f"format version  {info.format_version}",
         f"scale           x{info.scale}",
-        f"bands           {info.bands}: {', '.join(info.band_names)}",
+        f"bands           {info.bands}: {_safe(', '.join(info.band_names))}",
         f"data type       {info.data_type}",
         "normalisation   " + "; ".join(f"{n}: {lo:g}..{hi:g}" for n, lo, hi in zip(info.band_names, norm.lo, norm.hi)),
         f"config          {c.name}: latent {c.latent_channels}ch at HR/8; "
@@ -74,6 +83,23 @@ def describe_model(path) -> str:
                                         if k in counts) + f"; total {_millions(sum(counts.values()))}",
         f"LR multiple     {c.lr_multiple} (other sizes are padded)",
     ]
+    d = info.domain
+    if d.known:
+        lines += [
+            f"domain          {_safe(d.family)}: {_safe(d.sensor, 200)}",
+            "band roles      " + (f"band-wise: any band, one at a time (trained on {', '.join(d.trained_roles)})"
+                                  if d.bandwise else ", ".join(d.band_roles)),
+            f"input types     {', '.join(d.data_types)}",
+            "normalisation   " + ("per band, the input's own 1-99 % range (then the file's range above)"
+                                  if d.normalization == "input_percentile" else "the fixed range above"),
+            f"pixel size      input (LR) {_range(d.lr_gsd_m)}, output (HR) {_range(d.hr_gsd_m)}; the guard "
+            f"stops inputs more than {GSD_TOLERANCE:g}x outside",
+        ]
+        if d.notes:
+            lines.append(f"domain notes    {_safe(d.notes, 600)}")
+    else:
+        lines.append(f"domain          unknown (format {info.format_version} file): inputs are not checked "
+                     "against it and it is never chosen automatically")
     if info.training:
         summary = ", ".join(f"{k}={v}" for k, v in info.training.items() if not isinstance(v, (dict, list)))
         lines.append(f"training        {summary}")

@@ -1,6 +1,7 @@
 """``lcmsr sr IN OUT --model M``: super-resolve an image or a georeferenced raster."""
 from __future__ import annotations
 
+from ..choices import SAMPLER_ALIASES, SAMPLER_NAMES
 from ._args import bands as _bands
 from ._args import positive as _positive
 
@@ -12,7 +13,11 @@ def register(subparsers) -> None:
                     "The output keeps the CRS, metadata and nodata of IN; its pixels are SCALE times smaller.")
     p.add_argument("input", metavar="IN", help="input raster or image")
     p.add_argument("output", metavar="OUT", help="output GeoTIFF (written atomically)")
-    p.add_argument("--model", required=True, metavar="M", help="model file (.safetensors)")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="model file (.safetensors); default: the bundled or registered (LCMSR_MODELS) model "
+                        "whose domain fits IN (bands by role, data type, pixel size), said in the log")
+    p.add_argument("--ignore-domain", action="store_true",
+                   help="run even when IN is outside the model's domain (pixel size, data type); it still warns")
     p.add_argument("--bands", type=_bands, default=None,
                    help="1-based input bands in the model's band order, e.g. 3,2,1 (default: all but alpha)")
     p.add_argument("--tile", type=_positive, default=256, help="LR pixels per tile side (default 256)")
@@ -22,8 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16 autocast on CUDA (default fp32)")
     p.add_argument("--steps", type=_positive, default=1, help="sampling steps (default 1: the method's single step)")
-    p.add_argument("--sampler", default="consistency", choices=("consistency", "ddim", "ddpm", "condnet"),
-                   help="consistency (1-4 steps), the ddim/ddpm baselines, or condnet (regression latent only)")
+    p.add_argument("--sampler", default="consistency", choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),
+                   help="consistency (the method: 1-4 steps), faithful (the CondNet regression latent, no noise: "
+                        "never invents detail), or the ddim/ddpm multi-step baselines; condnet = faithful")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same output")
     p.add_argument("--output-type", default="input", choices=("input", "float32"),
                    help="data type of OUT: the input's (rounded, clipped) or float32")
@@ -52,7 +58,7 @@ def run(args) -> int:
     options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
                         seed=args.seed, output_type=args.output_type, cog=args.cog,
-                        compile=args.compile, cuda_graphs=args.cuda_graphs)
+                        compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain)
     # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
     world = world_from_env()
     progress = TqdmProgress(desc="sr", disable=True if args.quiet or (world and world.rank) else None)

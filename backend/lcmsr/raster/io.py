@@ -343,6 +343,9 @@ class OutputSpec:
     # Per band, what an invalid pixel becomes: the nodata value, NaN, or None (then the dataset mask says it).
     fill: list[float | None] = field(default_factory=list)
     mask: bool = False                   # write a per-dataset mask band (0 = invalid)
+    # Per band (lo, hi) the output values are clamped to (None: no bound), e.g. (0, None) for data
+    # that cannot be negative; integer outputs are also clipped to their type's range.
+    value_ranges: list[tuple[float | None, float | None] | None] | None = None
 
     @property
     def bands(self) -> int:
@@ -380,16 +383,39 @@ def derive_output(info: SourceInfo, width: int, height: int, pixel_factor: float
 
 
 def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """Float values [C, h, w] + validity -> (output-typed data, dataset mask [h, w] uint8 or None)."""
+    """Float values [C, h, w] + validity -> (output-typed data, dataset mask [h, w] uint8 or None).
+
+    Ringing is clamped to the band's value range and the type's range, and a valid pixel never
+    comes out equal to the nodata value: it is moved one step towards the valid side instead."""
+    for i, r in enumerate(spec.value_ranges or []):
+        if r is not None:
+            np.clip(values[i], r[0], r[1], out=values[i])
     data = to_data_type(values, spec.data_type)
     for i, fill in enumerate(spec.fill):
-        if fill is not None:
-            data[i][~valid[i]] = fill
+        if fill is None or (isinstance(fill, float) and math.isnan(fill)):
+            if fill is not None:
+                data[i][~valid[i]] = fill
+            continue
+        clash = valid[i] & (data[i] == data.dtype.type(fill))
+        if clash.any():
+            data[i][clash] = _next_to(fill, data.dtype)
+        data[i][~valid[i]] = fill
     mask = None
     if spec.mask:
         masked = [i for i, f in enumerate(spec.fill) if f is None]
         mask = np.where(np.all(valid[masked], axis=0), 255, 0).astype(np.uint8)
     return data, mask
+
+
+def _next_to(nodata: float, dtype: np.dtype):
+    """The value next to ``nodata`` in ``dtype``, on the side where the type has room (up first)."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        n = int(nodata)
+        return dtype.type(n + 1 if n < info.max else n - 1)
+    v = dtype.type(nodata)
+    up = np.nextafter(v, dtype.type(np.inf))
+    return up if np.isfinite(up) else np.nextafter(v, dtype.type(-np.inf))
 
 
 def _gtiff_options(data_type: int) -> list[str]:

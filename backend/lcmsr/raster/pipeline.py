@@ -34,10 +34,15 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from .. import catalog
 from ..device import resolve_device
+from ..domain import DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
+from ..choices import canonical_sampler
+from ..normalization import Normalization
 from ..progress import Progress
 from . import io
+from .facts import band_ranges, input_facts
 from .tiling import BlockBlender, plan_tiles, stripe_columns
 
 PRECISIONS = ("fp32", "bf16")
@@ -70,6 +75,10 @@ class SROptions:
     compile: bool = False              # torch.compile, eager fallback (said) where it fails
     cuda_graphs: bool = False          # CUDA: replay each tile shape as a CUDA graph
     cpu_bf16: bool = False             # let precision="bf16" run on the CPU (AVX512-BF16/AMX CPUs gain ~2x)
+    # The domain guard: an input outside the model's domain stops the job unless this is set (then it warns).
+    ignore_domain: bool = False
+    # Model files (or folders) to choose from when no model is given, besides the bundled ones.
+    models: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.tile < 8:
@@ -80,6 +89,7 @@ class SROptions:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        self.sampler = canonical_sampler(self.sampler)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.output_type not in OUTPUT_TYPES:
@@ -302,18 +312,20 @@ def _alignment(model, tile: int) -> int:
 
 
 class _Job:
-    def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None):
+    def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None,
+                 norm: Normalization | None = None, bandwise: bool = False):
         self.src, self.dst, self.model, self.info, self.spec = src, dst, model, info, spec
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
         self.exchange = exchange
         self.scale = int(model.info.scale)
-        self.norm = model.info.normalization
+        self.norm = norm or model.info.normalization
+        self.bandwise = bandwise
         self.batch = options.batch
         self.tiles_run = 0
         self.skipped = 0
         self.draws = 0
         self.blender_stats: dict = {}
-        if options.sampler != "condnet" and hasattr(model, "latent_shape"):
+        if options.sampler != "faithful" and hasattr(model, "latent_shape"):
             draws = getattr(model, "noise_draws", None)
             self.draws = int(draws(options.steps, options.sampler)) if callable(draws) else 1
         self.runner = Inference(model, device, InferenceOptions(
@@ -356,10 +368,18 @@ class _Job:
     def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
         x = self.norm.forward(torch.from_numpy(np.stack(data)))
         noise = self._noise(tiles)
+        b, c = x.shape[:2]
+        if self.bandwise and c > 1:
+            # A band-wise model sees every band as an image of its own; each band of a tile gets the
+            # tile's noise, so the result does not depend on how many bands are run together.
+            x = x.reshape(b * c, 1, *x.shape[2:])
+            if noise is not None:
+                noise = noise.repeat_interleave(c, dim=noise.ndim - 4)
         # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
         g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
         y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
         del x
+        y = y.reshape(b, c, *y.shape[2:])
         y = self.norm.inverse(y.float().cpu(), inplace=True).numpy()
         return [y[i] for i in range(len(tiles))]
 
@@ -494,6 +514,60 @@ class _Job:
                 continue
 
 
+def choose_model_for(src: str, options: SROptions, progress: Progress, facts=None) -> str:
+    """The bundled or registered model (``options.models``, ``LCMSR_MODELS``) whose domain fits ``src``
+    best, said in the log with why; :class:`DomainError` listing every model when none fits."""
+    facts = facts or input_facts(os.fspath(src))
+    found, unreadable = catalog.candidates(catalog.model_paths(options.models))
+    for message in unreadable:
+        progress.warn(f"model skipped: {message}")
+    path, _, why = choose_model(found, facts, options.bands)
+    progress.info(why)
+    return path
+
+
+def _fit(model, facts, src: str, options: SROptions, progress) -> tuple:
+    """The domain guard and the band plan: (domain, bands, normalisation, output value ranges).
+
+    Stops with :class:`DomainError` (one line naming both sides) when the input's pixel size or
+    data type is outside the model's domain, unless ``options.ignore_domain``; then it warns.
+    """
+    from ..domain import Domain
+
+    info = model.info
+    domain = getattr(info, "domain", None) or Domain()
+    if not domain.known:
+        progress.warn(f"the model's domain is unknown (model file format {getattr(info, 'format_version', '?')}): "
+                      f"whether {os.path.basename(src)} is imagery it was made for cannot be checked")
+    bands, why, warnings = plan_bands(domain, int(info.bands), facts, options.bands)
+    progress.info(f"{facts.describe()}; using {why}")
+    for message in warnings:
+        progress.warn(message)
+    problems = fit_problems(domain, facts, facts.data_type)
+    if problems:
+        line = (f"{os.path.basename(src)} is outside the model's domain: {'; '.join(problems)}")
+        if not options.ignore_domain:
+            raise DomainError(line + " -- use a model made for this imagery, or override with --ignore-domain "
+                                     "(QGIS: 'Run even if the input is outside the model's domain')")
+        progress.warn(line + " (overridden: the result may invent detail that is not there)")
+    ranges = band_ranges(src, bands) if domain.normalization == "input_percentile" or domain.bandwise else None
+    norm = info.normalization
+    if domain.normalization == "input_percentile":
+        # The model's own range applies to inputs stretched by their robust 1-99 % range, band by band:
+        # x -> (x - p1) / (p99 - p1) -> model space, which is one linear map per band.
+        mlo, mhi = norm.lo[0], norm.hi[0]
+        lo = [p1 + mlo * (p99 - p1) for p1, p99, _, _ in ranges]
+        hi = [p1 + mhi * (p99 - p1) for p1, p99, _, _ in ranges]
+        norm = Normalization(lo, hi)
+        progress.info("per-band stretch (1-99 %): " + "; ".join(
+            f"band {b} {p1:g}..{p99:g}" for b, (p1, p99, _, _) in zip(bands, ranges)))
+    elif len(bands) != norm.bands and domain.bandwise:
+        norm = Normalization(norm.lo * len(bands), norm.hi * len(bands))
+    # Ringing is clamped to what the input could hold: non-negative data stays non-negative.
+    value_ranges = [(0.0, None) if r[2] >= 0 else None for r in ranges] if ranges else None
+    return domain, bands, norm, value_ranges
+
+
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                  progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
     """Super-resolve raster ``src`` into the GeoTIFF ``dst`` with a model (or a model file path).
@@ -515,14 +589,9 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     progress = _Recording(progress or Progress())
     src, dst = os.fspath(src), os.fspath(dst)
 
-    ds = io.open_raster(src)
-    bands = io.select_bands(ds, options.bands, src)
-    info = io.describe(ds, src, bands)
-    alpha = [b for b in range(1, ds.RasterCount + 1) if b not in bands
-             and ds.GetRasterBand(b).GetColorInterpretation() == io.gdal.GCI_AlphaBand]
-    ds = None
-    if options.bands is None and alpha:
-        progress.info(f"band {alpha[0]} of {src} is an alpha band: it marks nodata and is not super-resolved")
+    facts = input_facts(src)
+    if model_or_path is None:
+        model_or_path = choose_model_for(src, options, progress, facts)
 
     if device is None:
         choice = resolve_device(options.device)
@@ -536,24 +605,30 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     progress.info(f"device {device} ({reason}), precision {precision}")
     worker = exchange is not None and exchange.rank != 0
 
+    ds = io.open_raster(src)
+    io.select_bands(ds, options.bands, src)   # band numbers and data types first: RasterError names the band
+    ds = None
     model = _load_model(model_or_path, device)
-    io.check_band_count(bands, int(model.info.bands), src, info.band_count)
+    domain, bands, norm, value_ranges = _fit(model, facts, src, options, progress)
+
+    ds = io.open_raster(src)
+    bands = io.select_bands(ds, bands, src)
+    info = io.describe(ds, src, bands)
+    ds = None
+    if not domain.bandwise:
+        io.check_band_count(bands, int(model.info.bands), src, info.band_count)
     scale = int(model.info.scale)
-    src_type = io.gdal.GetDataTypeName(info.data_type)
-    model_type = getattr(model.info, "data_type", None)
-    if model_type and model_type != src_type:
-        norm = model.info.normalization
-        progress.warn(f"the model was trained on {model_type} data (values {min(norm.lo):g} to {max(norm.hi):g}) "
-                      f"but {src} is {src_type}: results may be poor if its values lie elsewhere")
     for message in io.source_warnings(info):
         progress.warn(message)
 
     out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
     spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
+    spec.value_ranges = value_ranges
     if not worker:
         io.check_destination(dst, src, spec.estimated_bytes(), progress, cog=options.cog)
 
-    job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange)
+    job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
+               norm=norm, bandwise=domain.bandwise)
     tile = options.tile
     while True:
         try:

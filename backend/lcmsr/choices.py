@@ -1,0 +1,20 @@
+"""Choices users make, defined once and torch-free: the CLI, the plugin and the backend read them here."""
+from __future__ import annotations
+
+# "faithful": the CondNet regression latent, no noise -- the choice that never invents detail.
+SAMPLER_NAMES = ("consistency", "faithful", "ddim", "ddpm")
+SAMPLER_ALIASES = {"condnet": "faithful"}   # the name before it was offered to users
+SAMPLER_LABELS = {
+    "consistency": "Consistency (the method: one step, draws plausible detail)",
+    "faithful": "Faithful (regression latent, no noise: never invents detail)",
+    "ddim": "DDIM (multi-step diffusion baseline)",
+    "ddpm": "DDPM (multi-step diffusion baseline, slow)",
+}
+
+
+def canonical_sampler(name: str) -> str:
+    """The sampler's name in SAMPLER_NAMES (aliases resolved); unknown names are an error."""
+    name = SAMPLER_ALIASES.get(name, name)
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler '{name}': use one of {', '.join(SAMPLER_NAMES)}")
+    return name

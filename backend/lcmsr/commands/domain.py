@@ -1,0 +1,49 @@
+"""``lcmsr set-domain IN OUT --preset NAME``: write what imagery a model is for into its file.
+
+The recipes of the shipped models end with it (scripts/train_*.sh): training knows the data, the
+recipe knows what the data stands for (sensor, band roles, pixel sizes).  ``--fp16`` stores the
+weights as float16, halving the file (the plugin repository's 25 MB limit holds every model).
+"""
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from ..domain import PRESETS
+
+    p = subparsers.add_parser("set-domain", help="write a model's domain (what imagery it is for) into its file",
+                              description="Copy model file IN to OUT with the given domain: sensor family, "
+                                          "band roles, data types, normalisation and pixel-size range.")
+    p.add_argument("input", metavar="IN", help="model file (.safetensors)")
+    p.add_argument("output", metavar="OUT", help="model file to write (atomically; may not be IN)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a shipped model's domain")
+    g.add_argument("--json", metavar="FILE", help="a domain as JSON (the keys of `lcmsr info --json`'s domain)")
+    p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import copy
+    import os
+
+    from ..cli import CliError
+    from ..domain import PRESETS, Domain
+    from ..weights import load_model, save_model
+
+    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        raise CliError(f"OUT ({args.output}) is IN: write the new file elsewhere, then move it")
+    if args.preset:
+        domain = copy.deepcopy(PRESETS[args.preset])
+    else:
+        with open(args.json, encoding="utf-8") as f:
+            domain = Domain.from_dict(json.load(f))
+    model = load_model(args.input)
+    info = copy.deepcopy(model.info)
+    info.domain = domain
+    info.training = dict(info.training, storage="fp16" if args.fp16 else "fp32")
+    info.validate()
+    save_model(args.output, model, info, storage="fp16" if args.fp16 else "fp32")
+    print(f"{args.output}: {domain.summary()}")
+    return 0

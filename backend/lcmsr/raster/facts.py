@@ -1,0 +1,99 @@
+"""What an input raster is, for the domain guard: pixel size in metres, band roles, data type,
+and the robust value range of each band (what the band-wise satellite model's stretch uses)."""
+from __future__ import annotations
+
+import math
+import os
+import numpy as np
+from osgeo import gdal
+
+from .. import domain as dom
+from ..domain import InputFacts
+from . import io
+
+STRETCH_SAMPLE = 1024   # the stretch is measured on at most this many pixels along each side
+
+
+def _metres_per_degree(lat_deg: float) -> tuple[float, float]:
+    """(east-west, north-south) metres per degree on the WGS 84 ellipsoid at a latitude."""
+    p = math.radians(lat_deg)
+    lat = 111132.954 - 559.822 * math.cos(2 * p) + 1.175 * math.cos(4 * p)
+    lon = 111412.84 * math.cos(p) - 93.5 * math.cos(3 * p)
+    return max(lon, 1e-6), lat
+
+
+def pixel_size_m(geotransform, srs, width: int, height: int) -> tuple[float | None, str]:
+    """Ground pixel size in metres (geometric mean of the two axes) and how it was found."""
+    if geotransform is None or srs is None:
+        return None, "no coordinate reference system"
+    gt = geotransform
+    px, py = math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
+    if not (px > 0 and py > 0 and math.isfinite(px * py)):
+        return None, "degenerate geotransform"
+    if srs.IsProjected():
+        unit = srs.GetLinearUnits() or 1.0
+        return math.sqrt(px * py) * unit, f"projected CRS, {srs.GetLinearUnitsName() or 'metre'}"
+    if srs.IsGeographic():
+        to_deg = math.degrees(srs.GetAngularUnits() or math.radians(1.0))
+        # The raster's centre; GDAL's geotransform follows the data axis order (longitude, latitude).
+        cy = gt[3] + gt[4] * width / 2 + gt[5] * height / 2
+        lat = max(-89.9, min(89.9, cy * to_deg))
+        ew, ns = _metres_per_degree(lat)
+        return math.sqrt(px * to_deg * ew * py * to_deg * ns), f"geographic CRS at latitude {lat:.1f}"
+    return None, "the CRS is neither projected nor geographic"
+
+
+def input_facts(path: str) -> InputFacts:
+    ds = io.open_raster(path)
+    try:
+        gt = ds.GetGeoTransform(can_return_null=True)
+        srs = ds.GetSpatialRef()
+        gsd, how = pixel_size_m(gt, srs, ds.RasterXSize, ds.RasterYSize)
+        meta = " ".join(f"{k}={v}" for k, v in (ds.GetMetadata_Dict() or {}).items())[:4000]
+        sensor = dom.detect_sensor(os.path.basename(path) + " " + meta)
+        bands = [ds.GetRasterBand(b) for b in range(1, ds.RasterCount + 1)]
+        descriptions = [b.GetDescription() or "" for b in bands]
+        colours = [gdal.GetColorInterpretationName(b.GetColorInterpretation()) or "" for b in bands]
+        roles, roles_how = dom.band_roles(descriptions, colours, sensor, os.path.basename(path))
+        alpha = [i for i, b in enumerate(bands, start=1) if b.GetColorInterpretation() == gdal.GCI_AlphaBand]
+        for i in alpha:
+            roles[i - 1] = "alpha"
+        if sensor is None:
+            sensor = dom.sensor_from_band_names(descriptions)
+        return InputFacts(path=path, width=ds.RasterXSize, height=ds.RasterYSize, band_count=ds.RasterCount,
+                          data_type=gdal.GetDataTypeName(bands[0].DataType), gsd_m=gsd, gsd_how=how,
+                          sensor=sensor, roles=roles, roles_how=roles_how, alpha=alpha)
+    finally:
+        ds = None
+
+
+def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE) -> list[tuple[float, float, float, float]]:
+    """Per selected band: (p1, p99, min, max) of its valid pixels, measured on a decimated read
+    (GDAL's overviews where the file has them), so a whole scene costs about one 1024^2 read."""
+    ds = io.open_raster(path)
+    try:
+        w, h = ds.RasterXSize, ds.RasterYSize
+        f = max(1.0, max(w, h) / sample)
+        bw, bh = max(1, int(round(w / f))), max(1, int(round(h / f)))
+        out = []
+        for b in bands:
+            band = ds.GetRasterBand(b)
+            where = f"measuring the value range of band {b} of {path}"
+            a = io._call(where, band.ReadAsArray, 0, 0, w, h, bw, bh)
+            a = a.astype(io.numpy_dtype(band.DataType), copy=False)
+            valid = np.ones(a.shape, bool)
+            nodata = band.GetNoDataValue()
+            if nodata is not None:
+                valid &= io._not_nodata(a, nodata)
+            elif band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
+                valid &= io._call(where, band.GetMaskBand().ReadAsArray, 0, 0, w, h, bw, bh) != 0
+            v = a[valid].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
+                                     f"super-resolve")
+            lo, hi = dom.robust_range(v)
+            out.append((lo, hi, float(v.min()), float(v.max())))
+        return out
+    finally:
+        ds = None

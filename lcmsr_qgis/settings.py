@@ -16,16 +16,15 @@ DEFAULTS = {
 }
 
 
-def bundled_model_path() -> str:
-    """The shipped model: in the release zip under resources/, in a checkout at the repository's resources/."""
+def bundled_model_paths() -> list:
+    """The shipped models: in the release zip under resources/, in a checkout at the repository's resources/."""
     here = os.path.dirname(os.path.abspath(__file__))
     for root in (os.path.join(here, "resources"), os.path.join(here, os.pardir, "resources")):
         folder = os.path.join(root, "models")
         if os.path.isdir(folder):
-            for name in sorted(os.listdir(folder)):
-                if name.endswith(".safetensors"):
-                    return os.path.normpath(os.path.join(folder, name))
-    return ""
+            return [os.path.normpath(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+                    if name.endswith(".safetensors")]
+    return []
 
 
 class Settings:
@@ -69,8 +68,8 @@ class Settings:
         self._s.setValue(PREFIX + "models", json.dumps(list(dict.fromkeys(paths))))
 
     def model_for_run(self) -> str:
-        """The default model if set and present, else the bundled one ('' if neither)."""
+        """The default model if the user set one and it exists; '' lets the run choose by the input's domain."""
         path = self.default_model
         if path and os.path.exists(path):
             return path
-        return bundled_model_path()
+        return ""

@@ -125,12 +125,15 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         return None
     settings = Settings()
     model_path = model_path or settings.model_for_run()
-    if not model_path:
-        _message(iface, "No model: add one and make it the default in Settings and models…", Qgis.Warning)
-        return None
     try:
         from lcmsr.weights import read_info
 
+        if not model_path:
+            # No default model: the bundled or registered model whose domain fits this layer.
+            from lcmsr.progress import Progress
+            from lcmsr.raster.pipeline import SROptions, choose_model_for
+
+            model_path = choose_model_for(layer.source(), SROptions(models=settings.models), Progress())
         scale = read_info(model_path).scale
     except Exception as exc:  # ModelFileError: its sentence names the file and the problem
         _message(iface, str(exc), Qgis.Critical, 0)

@@ -6,6 +6,7 @@ import os
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -14,26 +15,25 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from lcmsr.choices import SAMPLER_LABELS as SAMPLER_LABELS_BY_NAME
+from lcmsr.choices import SAMPLER_NAMES
+
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
 
 PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.raster.pipeline.PRECISIONS
 PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
-SAMPLER_VALUES = ["consistency", "condnet", "ddim"]
-SAMPLER_LABELS = ["Consistency (the method: 1-4 steps)", "CondNet regression latent (no diffusion)",
-                  "DDIM baseline (STEPS = K denoiser calls)"]
+# Indices are the enum values users pass (0 consistency, 1 faithful, 2 ddim as before; 3 ddpm is new).
+SAMPLER_VALUES = list(SAMPLER_NAMES)
+SAMPLER_LABELS = [SAMPLER_LABELS_BY_NAME[name] for name in SAMPLER_VALUES]
 OUTPUT_TYPE_VALUES = ["input", "float32"]
 OUTPUT_TYPE_LABELS = ["Same as input", "Float32"]
 
 
 def resolve_model_path(value: str) -> str:
-    """The MODEL parameter, else the default model of the settings, else the bundled one."""
+    """The MODEL parameter, else the default model of the settings; '' means: choose by the input's domain."""
     path = (value or "").strip() or Settings().model_for_run()
-    if not path:
-        raise QgsProcessingException(
-            "No model: choose a .safetensors file for MODEL, or set a default model in "
-            "Raster ▸ LCMSR Super-Resolution ▸ Settings and models…")
-    if not os.path.isfile(path):
+    if path and not os.path.isfile(path):
         raise QgsProcessingException(f"MODEL: model file '{path}' does not exist")
     return path
 
@@ -61,6 +61,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     SEED = "SEED"
     PRECISION = "PRECISION"
     OUTPUT_TYPE = "OUTPUT_TYPE"
+    IGNORE_DOMAIN = "IGNORE_DOMAIN"
     OUTPUT = "OUTPUT"
 
     def name(self):
@@ -76,14 +77,20 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "<b>Input raster</b>: any GDAL raster with the band count the model was trained for (choose them with "
             "<b>Bands</b>; empty = all bands but alpha). 8-bit, 16-bit and float data are read in their own value "
             "range; nodata and masked pixels stay nodata.<br>"
-            "<b>Model</b>: an LCMSR .safetensors file; empty = the default model of the plugin settings, else the "
-            "bundled one.<br>"
+            "<b>Model</b>: an LCMSR .safetensors file; empty = the default model of the plugin settings if one is "
+            "set, else the bundled or registered model whose domain fits the input (bands by role, data type, "
+            "pixel size); the log says which and why.<br>"
+            "<b>Domain guard</b>: a model knows the imagery it was made for. An input whose pixel size is more than "
+            "2x outside the model's range, or whose data type it does not take, stops with one line naming both "
+            "sides; tick <b>Run even if the input is outside the model's domain</b> to run anyway (it still "
+            "warns).<br>"
             "<b>Device</b>: Auto uses the first CUDA GPU and falls back to the CPU with a warning.<br>"
             "<b>Tile / overlap / batch</b>: LR pixels per tile, LR pixels shared by neighbouring tiles (blended, so "
             "no seams), tiles per network call. Smaller values use less memory.<br>"
             "<b>Steps / sampler</b>: 1 consistency step is the method's single-step sampling; 2–4 trade time for "
-            "detail. 'CondNet regression' decodes the conditioning network's latent without diffusion (smoother, "
-            "often higher PSNR); 'DDIM' is the multi-step baseline the single step is measured against.<br>"
+            "detail. 'Faithful' decodes the conditioning network's regression latent without noise: it never "
+            "invents detail (smoother, higher PSNR); 'DDIM'/'DDPM' are the multi-step baselines the single step is "
+            "measured against.<br>"
             "<b>Seed</b>: the same seed gives the same output.<br>"
             "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
             "or Float32.")
@@ -118,6 +125,8 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum(self.OUTPUT_TYPE, "Output data type",
                                                      options=OUTPUT_TYPE_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.IGNORE_DOMAIN, "Run even if the input is outside the model's domain", defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -129,16 +138,13 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         progress = self.progress(feedback)
         with self.backend_errors():
             from lcmsr.device import resolve_device
-            from lcmsr.raster.pipeline import SROptions, superresolve
+            from lcmsr.raster.pipeline import SROptions, choose_model_for, superresolve
 
             from ..model_cache import model_cache
 
             request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
             choice = resolve_device(request)
             warn_fallback(progress, choice)
-            progress.info(f"Model: {model_path}")
-            # Loaded on the resolved device so that "auto" and "cpu" share one cached copy.
-            model = model_cache().get(model_path, str(choice.device))
             options = SROptions(
                 bands=bands,
                 tile=self.parameterAsInt(parameters, self.TILE, context),
@@ -150,7 +156,14 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 sampler=SAMPLER_VALUES[self.parameterAsEnum(parameters, self.SAMPLER, context)],
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 output_type=OUTPUT_TYPE_VALUES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
+                ignore_domain=self.parameterAsBoolean(parameters, self.IGNORE_DOMAIN, context),
+                models=Settings().models,
             )
+            if not model_path:
+                model_path = choose_model_for(src, options, progress)
+            progress.info(f"Model: {model_path}")
+            # Loaded on the resolved device so that "auto" and "cpu" share one cached copy.
+            model = model_cache().get(model_path, str(choice.device))
             superresolve(src, dst, model, options, progress)
         if context.willLoadLayerOnCompletion(dst):
             details = context.layerToLoadOnCompletionDetails(dst)

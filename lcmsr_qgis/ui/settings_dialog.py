@@ -34,12 +34,13 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import environment
-from ..settings import Settings, bundled_model_path
+from ..settings import Settings, bundled_model_paths
 
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 PRECISION_CHOICES = ["fp32", "bf16"]   # lcmsr.raster.pipeline.PRECISIONS
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-PATH_ROLE = Qt.UserRole
+PATH_ROLE = Qt.ItemDataRole.UserRole
+BUNDLED_ROLE = Qt.ItemDataRole.UserRole + 1
 # Training keys shown first in a model's summary, in this order (the rest follow as they are).
 _TRAINING_KEYS = [("steps", "stage-2 steps"), ("stage1_steps", "stage-1 steps"), ("val_psnr", "validation PSNR"),
                   ("bicubic_psnr", "bicubic PSNR"), ("seconds", "training time (s)"), ("date", "date")]
@@ -59,7 +60,10 @@ def model_summary(path: str) -> str:
         "Normalisation (lo … hi per band): "
         + "; ".join(f"{lo:g} … {hi:g}" for lo, hi in zip(norm.lo, norm.hi)),
         f"Config: {info.config.name}",
+        f"Made for: {info.domain.summary()}",
     ]
+    if info.domain.known and info.domain.notes:
+        lines.append(f"Domain notes: {info.domain.notes}")
     training = dict(info.training or {})
     if not training:
         lines.append("Training: no record (untrained or converted model)")
@@ -193,8 +197,11 @@ class SettingsDialog(QDialog):
     # --- state --------------------------------------------------------------------------------
     def _load(self) -> None:
         s = self.settings
+        for path in bundled_model_paths():
+            self._append(path, bundled=True)
         for path in s.models:
-            self._append(path)
+            if path not in self.models(bundled=True):
+                self._append(path)
         self.device_combo.setCurrentText(str(s.device))
         self.tile_spin.setValue(int(s.tile))
         self.overlap_spin.setValue(int(s.overlap))
@@ -207,8 +214,10 @@ class SettingsDialog(QDialog):
         if self.model_list.count():
             self.model_list.setCurrentRow(0)
 
-    def models(self) -> list:
-        return [self.model_list.item(i).data(PATH_ROLE) for i in range(self.model_list.count())]
+    def models(self, bundled: bool = False) -> list:
+        """The registered models (saved in the settings); with ``bundled=True`` the bundled ones too."""
+        items = [self.model_list.item(i) for i in range(self.model_list.count())]
+        return [it.data(PATH_ROLE) for it in items if bundled or not it.data(BUNDLED_ROLE)]
 
     def current_model(self) -> str:
         item = self.model_list.currentItem()
@@ -218,15 +227,21 @@ class SettingsDialog(QDialog):
     def default_model(self) -> str:
         return self._default_model
 
-    def _append(self, path: str) -> QListWidgetItem:
+    def _append(self, path: str, bundled: bool = False) -> QListWidgetItem:
         item = QListWidgetItem(os.path.basename(path))
         item.setData(PATH_ROLE, path)
+        item.setData(BUNDLED_ROLE, bundled)
         item.setToolTip(path)
+        origin = "bundled" if bundled else "registered"
         try:
             from lcmsr.weights import read_info
 
             info = read_info(path)
-            item.setText(f"{os.path.basename(path)} — x{info.scale}, {info.bands} band(s), {info.config.name}")
+            d = info.domain
+            made_for = (f"{d.family}, " + ("any band" if d.bandwise else "/".join(d.band_roles))
+                        + (f", {d.lr_gsd_m[0]:g}-{d.lr_gsd_m[1]:g} m" if d.lr_gsd_m else "")
+                        if d.known else "domain unknown")
+            item.setText(f"{os.path.basename(path)} — x{info.scale}, {made_for} ({origin})")
         except Exception as exc:  # a listed file that went missing or broke since: keep it, say so
             item.setText(f"{os.path.basename(path)} — unusable: {exc}")
         self.model_list.addItem(item)
@@ -239,8 +254,8 @@ class SettingsDialog(QDialog):
     def add_model(self, path: str) -> bool:
         """Validate ``path`` with the backend's reader and list it; an invalid file is refused with its message."""
         path = os.path.abspath(os.fspath(path))
-        if path in self.models():
-            self.model_list.setCurrentRow(self.models().index(path))
+        if path in self.models(bundled=True):
+            self.model_list.setCurrentRow(self.models(bundled=True).index(path))
             return True
         try:
             # The full check (tensors, shapes, checksum), not just the header: a file accepted here
@@ -260,7 +275,7 @@ class SettingsDialog(QDialog):
 
     def remove_model(self, path: str) -> None:
         for i in range(self.model_list.count()):
-            if self.model_list.item(i).data(PATH_ROLE) == path:
+            if self.model_list.item(i).data(PATH_ROLE) == path and not self.model_list.item(i).data(BUNDLED_ROLE):
                 self.model_list.takeItem(i)
                 break
         if path and path == self._default_model:
@@ -268,7 +283,7 @@ class SettingsDialog(QDialog):
             self._update_default_label()
 
     def set_default_model(self, path: str) -> None:
-        if path and path not in self.models() and not self.add_model(path):
+        if path and path not in self.models(bundled=True) and not self.add_model(path):
             return
         self._default_model = os.path.abspath(path) if path else ""
         self._update_default_label()
@@ -277,9 +292,8 @@ class SettingsDialog(QDialog):
         if self._default_model:
             text = f"Default model: {self._default_model}"
         else:
-            bundled = bundled_model_path()
-            text = f"Default model: the bundled one ({bundled})" if bundled else \
-                "Default model: none set and none bundled — choose one with 'Use as default'"
+            text = ("Default model: none — each run chooses the bundled or registered model whose domain "
+                    "(bands, data type, pixel size) fits its input, and says which and why")
         self.default_label.setText(text)
 
     def _show_current(self, current, _previous=None) -> None:

@@ -15,17 +15,17 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from lcmsr.choices import SAMPLER_LABELS as SAMPLER_LABELS_BY_NAME
-from lcmsr.choices import SAMPLER_NAMES
-
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
 
 PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.raster.pipeline.PRECISIONS
 PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
-# Indices are the enum values users pass (0 consistency, 1 faithful, 2 ddim as before; 3 ddpm is new).
-SAMPLER_VALUES = list(SAMPLER_NAMES)
-SAMPLER_LABELS = [SAMPLER_LABELS_BY_NAME[name] for name in SAMPLER_VALUES]
+def samplers() -> tuple[list, list]:
+    """(names, labels) of the samplers, from the backend's one definition (lcmsr.choices, torch-free).
+    Indices are the enum values users pass: 0 consistency, 1 faithful, 2 ddim as before; 3 ddpm."""
+    from lcmsr.choices import SAMPLER_LABELS, SAMPLER_NAMES
+
+    return list(SAMPLER_NAMES), [SAMPLER_LABELS[name] for name in SAMPLER_NAMES]
 OUTPUT_TYPE_VALUES = ["input", "float32"]
 OUTPUT_TYPE_LABELS = ["Same as input", "Float32"]
 
@@ -114,7 +114,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                                          defaultValue=settings.batch, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Integer,
                                          defaultValue=1, minValue=1, maxValue=1000),
-            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=SAMPLER_LABELS, defaultValue=0),
+            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1], defaultValue=0),
             QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
                                          defaultValue=0, minValue=0),
             QgsProcessingParameterEnum(self.PRECISION, "Precision", options=PRECISION_LABELS,
@@ -153,7 +153,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 device=request,
                 precision=PRECISION_VALUES[self.parameterAsEnum(parameters, self.PRECISION, context)],
                 steps=self.parameterAsInt(parameters, self.STEPS, context),
-                sampler=SAMPLER_VALUES[self.parameterAsEnum(parameters, self.SAMPLER, context)],
+                sampler=samplers()[0][self.parameterAsEnum(parameters, self.SAMPLER, context)],
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 output_type=OUTPUT_TYPE_VALUES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
                 ignore_domain=self.parameterAsBoolean(parameters, self.IGNORE_DOMAIN, context),

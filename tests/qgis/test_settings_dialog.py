@@ -61,7 +61,9 @@ def test_adding_a_valid_model_shows_what_it_is_and_persists_on_ok(dialog, tiny_m
     summary = dialog.model_details.toPlainText()
     for expected in ("Scale: x2", "Bands: 3", "Config: tiny", "Normalisation", "0 … 255", "Training:"):
         assert expected in summary, summary
-    assert "x2, 3 band(s), tiny" in dialog.model_list.item(0).text()
+    item = dialog.model_list.currentItem()
+    assert "tiny_x2.safetensors — x2, domain unknown (registered)" == item.text()
+    assert "Made for: domain unknown" in summary
     dialog.set_default_model(tiny_model)
     dialog.tile_spin.setValue(128)
     dialog.device_combo.setCurrentText("cpu")
@@ -83,12 +85,29 @@ def test_cancel_keeps_the_stored_settings(dialog, tiny_model):
 def test_a_broken_file_is_refused_with_the_loaders_message(dialog, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"PK\x03\x04 this is a zip/pickle checkpoint")
+    listed = dialog.model_list.count()   # the bundled models
     assert not dialog.add_model(str(broken))
-    assert dialog.model_list.count() == 0
+    assert dialog.model_list.count() == listed
     (title, text), = dialog.boxes.shown
     assert "broken.safetensors" in text and "pickle" in text
     assert not dialog.add_model(str(tmp_path / "absent.safetensors"))
     assert "absent.safetensors" in dialog.boxes.shown[-1][1] and "not found" in dialog.boxes.shown[-1][1]
+    dialog.accept()
+    assert Settings().models == []
+
+
+def test_bundled_models_are_listed_with_their_domain_and_never_saved_as_registered(dialog):
+    from lcmsr_qgis.settings import bundled_model_paths
+
+    bundled = bundled_model_paths()
+    assert bundled and dialog.models(bundled=True)[:len(bundled)] == bundled and dialog.models() == []
+    texts = [dialog.model_list.item(i).text() for i in range(len(bundled))]
+    assert any("aerial, red/green/blue, 0.2-0.8 m (bundled)" in t for t in texts), texts
+    dialog.model_list.setCurrentRow(0)
+    assert "Made for: aerial" in dialog.model_details.toPlainText()
+    dialog.remove_model(bundled[0])                      # bundled models cannot be removed
+    assert dialog.models(bundled=True)[:len(bundled)] == bundled
+    assert "chooses the bundled or registered model whose domain" in dialog.default_label.text()
     dialog.accept()
     assert Settings().models == []
 

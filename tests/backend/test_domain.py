@@ -320,3 +320,30 @@ def test_fp16_storage_halves_the_file_and_keeps_the_output(tmp_path):
     ya = load_model(a).sr(x, sampler="faithful")
     yb = load_model(b).sr(x, sampler="faithful")
     assert (ya - yb).abs().max() < 2e-2 and (ya - yb).abs().mean() < 2e-3
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_without_model_chooses_and_with_override_runs(tmp_path, capsys):
+    from lcmsr.cli import main
+
+    assert main(["sr", str(SAMPLE_LR), str(tmp_path / "auto.tif"), "--quiet", "--tile", "64", "--overlap", "8"]) == 0
+    err = capsys.readouterr().err
+    assert f"chose {AERIAL.name} (aerial)" in err, err
+    coarse = _coarse_copy(tmp_path, 300.0)
+    assert main(["sr", coarse, str(tmp_path / "no.tif"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no model fits" in err and AERIAL.name in err and "input pixel 300 m" in err
+    assert not (tmp_path / "no.tif").exists()
+    assert main(["sr", coarse, str(tmp_path / "yes.tif"), "--model", str(AERIAL), "--ignore-domain",
+                 "--sampler", "faithful", "--quiet", "--tile", "64", "--overlap", "8"]) == 0
+    assert "overridden" in capsys.readouterr().err and (tmp_path / "yes.tif").exists()
+
+
+def test_info_shows_the_domain(capsys):
+    from lcmsr.cli import main
+
+    assert main(["info", str(AERIAL)]) == 0
+    out = capsys.readouterr().out
+    assert "domain          aerial" in out and "band roles      red, green, blue" in out
+    assert "input (LR) 0.2-0.8 m, output (HR) 0.05-0.2 m" in out

@@ -384,3 +384,31 @@ def test_sampler_choice_reaches_the_backend(provider, tmp_path):
     with pytest.raises(QgsProcessingException, match="1 to 4 steps"):
         run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "STEPS": 9, "OUTPUT": str(tmp_path / "x.tif")}))
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_empty_model_chooses_by_domain_and_the_guard_can_be_overridden(provider, tmp_path):
+    """No MODEL and no default: the bundled aerial model is chosen for 0.4 m RGB and the log says
+    why; a 40 m raster given the aerial model stops with the pixel-size line unless overridden."""
+    from osgeo import gdal
+
+    from lcmsr_qgis.settings import bundled_model_paths
+
+    aerial = next(p for p in bundled_model_paths() if "rgb" in os.path.basename(p))
+    fine = make_raster(tmp_path / "fine.tif", width=32, height=32, pixel=0.4)
+    ds = gdal.Open(fine, gdal.GA_Update)
+    for b, ci in zip((1, 2, 3), (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
+        ds.GetRasterBand(b).SetColorInterpretation(ci)
+    ds = None
+    feedback = RecordingFeedback()
+    run("superresolve", fast({"INPUT": fine, "OUTPUT": str(tmp_path / "auto.tif")}), feedback=feedback)
+    log = "\n".join(feedback.infos)
+    assert f"chose {os.path.basename(aerial)} (aerial)" in log and "within its 0.2-0.8 m" in log, log
+    coarse = make_raster(tmp_path / "coarse.tif", width=32, height=32, pixel=40.0)
+    with pytest.raises(QgsProcessingException, match=r"input pixel 40 m, model made for 0\.2-0\.8 m"):
+        run("superresolve", fast({"INPUT": coarse, "MODEL": aerial, "OUTPUT": str(tmp_path / "no.tif")}))
+    assert not (tmp_path / "no.tif").exists()
+    feedback = RecordingFeedback()
+    run("superresolve", fast({"INPUT": coarse, "MODEL": aerial, "BANDS": [1, 2, 3], "IGNORE_DOMAIN": True,
+                              "OUTPUT": str(tmp_path / "yes.tif")}), feedback=feedback)
+    assert (tmp_path / "yes.tif").exists()
+    assert any("overridden" in w for w in feedback.warnings), feedback.warnings

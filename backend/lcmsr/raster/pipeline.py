@@ -107,6 +107,8 @@ class SRResult:
     width: int            # output size in pixels
     height: int
     warnings: list[str] = field(default_factory=list)
+    bands: list[int] = field(default_factory=list)   # the input bands written, in output order
+    model: str = ""                                   # the model file that ran ("" for an in-memory model)
 
 
 class _Recording(Progress):
@@ -657,4 +659,5 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                   f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}")
     return SRResult(path=os.path.abspath(dst), device=str(device), precision=precision, seconds=seconds,
                     tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
-                    warnings=list(progress.warnings))
+                    warnings=list(progress.warnings), bands=list(bands),
+                    model=os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "")

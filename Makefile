@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench data robustness screenshots model clean dev-plugin
+.PHONY: setup test test-fast package demo bench data robustness screenshots model model-aerial model-satellite clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -63,9 +63,14 @@ robustness: setup
 screenshots: setup
 	bash scripts/screenshot.sh
 
-# Retrain the shipped model (resumable; DEVICE=cuda on a GPU machine).
-model: setup data
+# Retrain the shipped models (resumable; DEVICE=cuda on a GPU machine), one target each.
+model: model-aerial model-satellite
+
+model-aerial: setup data
 	bash scripts/train_default.sh
+
+model-satellite: setup data
+	bash scripts/train_satellite.sh
 
 clean:
 	rm -rf $(BUILD) dist

@@ -829,12 +829,12 @@ class Suite:
             self._sr_expect_refusal(fam, f"RLIMIT_FSIZE {limit} bytes", cmd(out_dir / "sr.tif"), src, before,
                                     out_dir, preexec=lambda limit=limit: resource.setrlimit(
                                         resource.RLIMIT_FSIZE, (limit, limit)))
-        # Read-only destinations: the child runs as 'nobody', for whom root's 0555 folder is read-only.
+        # Read-only destinations: the child runs without the power to override permissions (0555 binds).
         ro = folder / "read-only"
         ro.mkdir(exist_ok=True)
         os.chmod(ro, 0o555)
         self._sr_expect_refusal(fam, "read-only destination folder", cmd(ro / "sr.tif"), src, before, ro,
-                                preexec=_as_nobody)
+                                preexec=_without_file_override)
         if not self.quick:
             rof = folder / "read-only-file"
             rof.mkdir(exist_ok=True)
@@ -842,7 +842,7 @@ class Suite:
             (rof / "sr.tif").write_bytes(b"read-only older output")
             os.chmod(rof / "sr.tif", 0o444)
             self._sr_expect_refusal(fam, "read-only existing output", cmd(rof / "sr.tif"), src, before, rof,
-                                    preexec=_as_nobody, keep=("sr.tif",))
+                                    preexec=_without_file_override, keep=("sr.tif",))
             self._sr_expect_refusal(fam, "output is the input", cmd(src), src, before, folder,
                                     keep=tuple(leftovers(folder)))
 
@@ -965,9 +965,21 @@ def _job_seconds(stdout: str) -> float | None:
         return None
 
 
-def _as_nobody() -> None:
-    os.setgid(65534)
-    os.setuid(65534)
+def _without_file_override() -> None:
+    """Run the child as root without the power to override file permissions (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH dropped from its bounding set, so execve gives it neither): a 0555 folder or a
+    0444 file then refuses it as it would any user, while the checkout stays reachable even when it
+    sits in a 0700 home folder (switching to 'nobody' could not reach the venv there).  Not root:
+    permissions bind already."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for cap in (cap_dac_override, cap_dac_read_search):
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def _kill_after_step(proc: subprocess.Popen, step: int, delay: float, timeout: float) -> int | None:
@@ -1098,7 +1110,7 @@ def weights_cases(good: Path, folder: Path, marker: Path, rng: random.Random, qu
             b[rng.randrange(8, len(data))] ^= 1 << rng.randrange(8)
         add(f"{k} random bit flips", bytes(b))
     # wrong format versions
-    versions = [0, 2, 99, "1", None, 1.5, -1] if not quick else [2, "1"]
+    versions = [0, 3, 99, "1", None, 1.5, -1] if not quick else [3, "1"]
     for v in versions:
         rewrite(f"format_version {v!r}", lambda m, v=v: m.__setitem__("format_version", v))
     rewrite("format_version missing", lambda m: m.pop("format_version"))

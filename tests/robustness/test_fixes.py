@@ -183,11 +183,12 @@ def test_a_read_only_existing_output_is_refused_not_replaced(tmp_path):
         os.chmod(target, 0o444)
         code = ("from lcmsr.raster import io; from lcmsr.progress import Progress\n"
                 f"io.check_destination({str(target)!r}, '/nonexistent/in.tif', 10, Progress())")
-        # As root, permissions do not bind: check as 'nobody', for whom the file is read-only.
-        as_nobody = (lambda: (os.setgid(65534), os.setuid(65534))) if os.geteuid() == 0 else None
+        # As root, permissions do not bind: the child drops its power to override them.
+        from robustness_cases import _without_file_override
+
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                              preexec_fn=as_nobody, env=env, cwd=str(folder))
+                              preexec_fn=_without_file_override, env=env, cwd=str(folder))
         assert proc.returncode != 0 and "exists and is read-only" in proc.stderr, proc.stderr
         assert target.read_bytes() == b"keep me"
     finally:

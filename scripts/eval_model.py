@@ -23,7 +23,7 @@ from lcmsr.ops import downsample_bicubic, upsample_bicubic
 from lcmsr.weights import load_model
 
 gdal.UseExceptions()
-METHODS = [("bicubic", None, None), ("CondNet latent only (no diffusion)", "condnet", 1),
+METHODS = [("bicubic", None, None), ("faithful (CondNet latent, no noise)", "faithful", 1),
            ("LCMSR, 1 step", "consistency", 1), ("LCMSR, 4-step consistency", "consistency", 4)]
 
 

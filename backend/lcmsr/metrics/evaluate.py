@@ -73,23 +73,26 @@ def evaluate_arrays(sr, hr, scale: int, data_range: float, lpips: bool = True, *
 # --------------------------------------------------------------------------- rasters
 
 def _gdal():
+    """GDAL as the raster package uses it: the process-wide exception mode is left as the host set it
+    (QGIS shares it), so every call goes through lcmsr.raster.io, which works in either mode."""
     try:
         from osgeo import gdal  # lazy: only raster evaluation needs GDAL
     except ImportError as exc:
         raise RuntimeError("reading rasters needs GDAL (python3-gdal / osgeo), which is not importable here; "
                            "use evaluate_arrays on arrays, or .npy images") from exc
-    gdal.UseExceptions()
     return gdal
 
 
 def _open(path, what: str):
-    gdal = _gdal()
+    _gdal()
+    from ..raster import io as rio
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} raster {path} does not exist")
     try:
-        return gdal.Open(str(path), gdal.GA_ReadOnly)
-    except RuntimeError as exc:
-        raise ValueError(f"{what} raster {path} cannot be opened by GDAL: {exc}") from exc
+        return rio.open_raster(path)
+    except rio.RasterError as exc:
+        raise ValueError(f"{what} raster {exc}") from None
 
 
 def _check_bands(ds, path, bands: Sequence[int] | None) -> list[int]:
@@ -102,7 +105,11 @@ def _check_bands(ds, path, bands: Sequence[int] | None) -> list[int]:
 
 
 def _read(ds, bands: list[int], x: int, y: int, w: int, h: int) -> np.ndarray:
-    return np.stack([ds.GetRasterBand(b).ReadAsArray(x, y, w, h) for b in bands]).astype(np.float64)
+    from ..raster import io as rio
+
+    where = f"reading window x={x} y={y} {w}x{h} of {ds.GetDescription()}"
+    return np.stack([rio._call(where, ds.GetRasterBand(b).ReadAsArray, x, y, w, h) for b in bands]
+                    ).astype(np.float64)
 
 
 def _tiles(start: int, stop: int, tile: int):
@@ -203,8 +210,12 @@ def read_image(path) -> np.ndarray:
             raise RuntimeError(f"{path}: reading images needs GDAL or Pillow; neither is importable here") from None
         a = np.asarray(Image.open(path))
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    from ..raster import io as rio
+
     ds = _open(path, "image")
-    return np.stack([ds.GetRasterBand(b).ReadAsArray() for b in range(1, ds.RasterCount + 1)])
+    # In the file's own data type (callers tell 8-bit from other data by it).
+    return np.stack([rio._call(f"reading band {b} of {path}", ds.GetRasterBand(b).ReadAsArray)
+                     for b in range(1, ds.RasterCount + 1)])
 
 
 # --------------------------------------------------------------------------- report

@@ -347,3 +347,16 @@ def test_info_shows_the_domain(capsys):
     out = capsys.readouterr().out
     assert "domain          aerial" in out and "band roles      red, green, blue" in out
     assert "input (LR) 0.2-0.8 m, output (HR) 0.05-0.2 m" in out
+
+
+S2_FIXTURE = REPO / "tests" / "fixtures" / "s2_t33uuu_256.tif"
+
+
+def test_a_real_sentinel2_crop_is_read_as_10m_blue_green_red_nir():
+    f = input_facts(str(S2_FIXTURE))
+    assert f.gsd_m == pytest.approx(10.0) and f.sensor == "sentinel-2" and f.data_type == "UInt16"
+    assert f.roles == ["blue", "green", "red", "nir"]
+    bands, _, _ = dom.plan_bands(dom.PRESETS["aerial-rgb"], 3, f, None)
+    assert bands == [3, 2, 1]
+    bands, _, _ = dom.plan_bands(dom.PRESETS["satellite-bandwise"], 1, f, None)
+    assert bands == [1, 2, 3, 4]

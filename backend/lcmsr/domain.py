@@ -326,7 +326,7 @@ PRESETS = {
         lr_gsd_m=[10.0, 120.0], hr_gsd_m=[2.5, 30.0],
         notes="trained on 28.5-30 m Landsat bands degraded x4 (LR pixels 114-120 m); declared for 10-120 m "
               "inputs (Sentinel-2 and Landsat at native resolution and coarser), evaluated on held-out "
-              "Sentinel-2 and Landsat scenes (MODEL_CARD.md)"),
+              "Sentinel-2 and Landsat scenes (MODEL_CARD_satellite.md)"),
 }
 
 

@@ -22,6 +22,38 @@ def _metres_per_degree(lat_deg: float) -> tuple[float, float]:
     return max(lon, 1e-6), lat
 
 
+def _ground_size(gt, srs, width: int, height: int) -> float | None:
+    """Geometric mean of a centre pixel's two sides on the ground (great-circle metres), or None."""
+    from osgeo import osr
+
+    try:
+        wgs84 = osr.SpatialReference()
+        wgs84.ImportFromEPSG(4326)
+        wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        src = srs.Clone()
+        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        t = osr.CoordinateTransformation(src, wgs84)
+
+        def at(col, row):
+            x = gt[0] + gt[1] * col + gt[2] * row
+            y = gt[3] + gt[4] * col + gt[5] * row
+            lon, lat, _ = t.TransformPoint(x, y)
+            return lon, lat
+
+        c, r = width / 2, height / 2
+        o, e, s = at(c, r), at(c + 1, r), at(c, r + 1)
+        size = math.sqrt(_haversine(o, e) * _haversine(o, s))
+        return size if math.isfinite(size) and size > 0 else None
+    except Exception:  # a CRS PROJ cannot transform: keep the nominal size
+        return None
+
+
+def _haversine(a, b) -> float:
+    lon1, lat1, lon2, lat2 = map(math.radians, (a[0], a[1], b[0], b[1]))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371008.8 * math.asin(min(1.0, math.sqrt(h)))
+
+
 def pixel_size_m(geotransform, srs, width: int, height: int) -> tuple[float | None, str]:
     """Ground pixel size in metres (geometric mean of the two axes) and how it was found."""
     if geotransform is None or srs is None:
@@ -32,7 +64,14 @@ def pixel_size_m(geotransform, srs, width: int, height: int) -> tuple[float | No
         return None, "degenerate geotransform"
     if srs.IsProjected():
         unit = srs.GetLinearUnits() or 1.0
-        return math.sqrt(px * py) * unit, f"projected CRS, {srs.GetLinearUnitsName() or 'metre'}"
+        nominal = math.sqrt(px * py) * unit
+        ground = _ground_size(gt, srs, width, height)
+        name = srs.GetLinearUnitsName() or "metre"
+        # Conformal projections far from their true-scale line (Web Mercator away from the equator) have
+        # map units that are not ground metres: measure the pixel on the ground at the raster's centre.
+        if ground is not None and abs(ground / nominal - 1.0) > 0.01:
+            return ground, f"projected CRS, {name}; {nominal:.3g} map units = {ground:.3g} m on the ground"
+        return nominal, f"projected CRS, {name}"
     if srs.IsGeographic():
         to_deg = math.degrees(srs.GetAngularUnits() or math.radians(1.0))
         # The raster's centre; GDAL's geotransform follows the data axis order (longitude, latitude).

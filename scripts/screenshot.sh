@@ -90,7 +90,7 @@ if [ ! -f "$WORK/status.json" ]; then
 fi
 
 # README images must stay small: an UI grab has few colours, so a 256-colour palette loses nothing visible.
-for png in "$OUT"/superresolve_dialog.png "$OUT"/settings_dialog.png "$OUT"/qgis_result.png; do
+for png in "$OUT"/superresolve_dialog.png "$OUT"/settings_dialog.png "$OUT"/settings_models.png "$OUT"/qgis_result.png; do
   [ -f "$png" ] || continue
   convert "$png" -strip "$png.tmp" && mv "$png.tmp" "$png"
   if [ "$(stat -c %s "$png")" -gt 300000 ]; then

@@ -245,6 +245,10 @@ def _lcmsr_screenshot_main():
             dialog = state["settings"]
             settle()
             grab("settings_dialog.png", dialog.frameGeometry())
+            dialog.tabs.setCurrentIndex(0)    # Models: the bundled models and what each is made for
+            dialog.model_list.setCurrentRow(1 if dialog.model_list.count() > 1 else 0)
+            settle()
+            grab("settings_models.png", dialog.frameGeometry())
             dialog.tabs.setCurrentIndex(2)    # Diagnostics fills itself when shown
             settle()
             text = dialog.diagnostics_view.toPlainText()

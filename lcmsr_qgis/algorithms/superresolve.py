@@ -101,7 +101,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (empty: all but alpha)", None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (.safetensors; empty: the default model)", QgsProcessingParameterFile.File,
+            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.File,
             extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
         advanced = [

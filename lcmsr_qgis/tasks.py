@@ -145,10 +145,12 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         _message(iface, f"The output {dst} would overwrite the input layer's file; choose another name",
                  Qgis.Warning)
         return None
+    from lcmsr.choices import PRECISIONS
+
     precision = str(settings.precision)
     options = dict(tile=int(settings.tile), overlap=int(settings.overlap), batch=int(settings.batch),
-                   device=str(settings.device or "auto"), precision=precision if precision in ("fp32", "bf16")
-                   else "fp32")
+                   device=str(settings.device or "auto"), precision=precision if precision in PRECISIONS
+                   else PRECISIONS[0])
     task = SuperResolveTask(layer.source(), dst, model_path, options, f"{layer.name()} x{scale} LCMSR", iface)
     _RUNNING.add(task)
     QgsApplication.taskManager().addTask(task)

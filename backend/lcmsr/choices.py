@@ -18,3 +18,8 @@ def canonical_sampler(name: str) -> str:
     if name not in SAMPLER_NAMES:
         raise ValueError(f"unknown sampler '{name}': use one of {', '.join(SAMPLER_NAMES)}")
     return name
+
+SCALES = (2, 3, 4, 8)                          # SR factors a model can have
+PRECISIONS = ("fp32", "bf16")                  # inference: bf16 autocast on CUDA (on the CPU with cpu_bf16)
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")    # training: auto = bf16 on CUDA and on CPUs with native bf16
+OUTPUT_TYPES = ("input", "float32")            # the SR raster's data type: the input's, or Float32

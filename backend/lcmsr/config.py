@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-SCALES = (2, 3, 4, 8)
+from .choices import SCALES  # noqa: F401  (used below, and re-exported)
+
 LATENT_FACTOR = 8  # the latent grid is always HR/8, whatever the SR scale
 
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .choices import SAMPLER_ALIASES
+from .choices import PRECISIONS, SAMPLER_ALIASES
 from .progress import Progress
 
-PRECISIONS = ("fp32", "bf16")
 _COMPILED_PARTS = ("condnet", "denoiser", "decoder")
 _MAX_GRAPHS = 4   # captured shapes kept per runner (OOM back-off makes new ones)
 

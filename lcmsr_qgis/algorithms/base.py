@@ -18,7 +18,7 @@ from qgis.core import (
 from .. import environment
 from ..provider import plugin_icon
 
-SCALES = (2, 3, 4, 8)  # lcmsr.config.SCALES, repeated so that listing parameters needs no backend
+SCALES = (2, 3, 4, 8)  # lcmsr.choices.SCALES, repeated so that listing parameters needs no backend (a test keeps them equal)
 DEVICE_VALUES = ["auto", "cuda", "cpu"]
 DEVICE_LABELS = ["Auto (CUDA GPU if available, else CPU)", "CUDA GPU", "CPU"]
 CONFIG_VALUES = ["tiny", "small", "paper"]

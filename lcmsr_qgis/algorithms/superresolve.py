@@ -18,7 +18,7 @@ from qgis.core import (
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
 
-PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.raster.pipeline.PRECISIONS
+PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.choices.PRECISIONS (a test keeps them equal)
 PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
 def samplers() -> tuple[list, list]:
     """(names, labels) of the samplers, from the backend's one definition (lcmsr.choices, torch-free).

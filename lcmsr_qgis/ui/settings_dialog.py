@@ -37,7 +37,7 @@ from .. import environment
 from ..settings import Settings, bundled_model_paths
 
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-PRECISION_CHOICES = ["fp32", "bf16"]   # lcmsr.raster.pipeline.PRECISIONS
+PRECISION_CHOICES = ["fp32", "bf16"]   # lcmsr.choices.PRECISIONS (a test keeps them equal)
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 PATH_ROLE = Qt.ItemDataRole.UserRole
 BUNDLED_ROLE = Qt.ItemDataRole.UserRole + 1

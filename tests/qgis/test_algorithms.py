@@ -412,3 +412,15 @@ def test_empty_model_chooses_by_domain_and_the_guard_can_be_overridden(provider,
                               "OUTPUT": str(tmp_path / "yes.tif")}), feedback=feedback)
     assert (tmp_path / "yes.tif").exists()
     assert any("overridden" in w for w in feedback.warnings), feedback.warnings
+
+
+def test_the_plugins_copies_of_backend_choices_are_equal():
+    """Listing parameters must not need the backend, so the plugin repeats a few choices: they must agree."""
+    from lcmsr import choices
+    from lcmsr_qgis.algorithms import base, superresolve
+    from lcmsr_qgis.ui import settings_dialog
+
+    assert tuple(base.SCALES) == choices.SCALES
+    assert tuple(superresolve.PRECISION_VALUES) == choices.PRECISIONS == tuple(settings_dialog.PRECISION_CHOICES)
+    assert tuple(superresolve.OUTPUT_TYPE_VALUES) == choices.OUTPUT_TYPES
+    assert superresolve.samplers()[0] == list(choices.SAMPLER_NAMES)

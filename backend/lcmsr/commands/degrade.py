@@ -1,6 +1,7 @@
 """``lcmsr degrade IN OUT --scale 4``: the LR raster of an HR raster (for LR/HR pairs)."""
 from __future__ import annotations
 
+from ..choices import SCALES
 from ._args import bands as _bands
 
 
@@ -11,7 +12,7 @@ def register(subparsers) -> None:
                     "pairs are made, into the GeoTIFF OUT (pixel size times SCALE, nodata kept).")
     p.add_argument("input", metavar="IN", help="HR raster")
     p.add_argument("output", metavar="OUT", help="LR GeoTIFF to write (atomically)")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4, 8), help="downsampling factor (default 4)")
+    p.add_argument("--scale", type=int, default=4, choices=SCALES, help="downsampling factor (default 4)")
     p.add_argument("--bands", type=_bands, default=None, help="1-based bands to keep (default: all but alpha)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

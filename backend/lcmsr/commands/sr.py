@@ -1,7 +1,7 @@
 """``lcmsr sr IN OUT --model M``: super-resolve an image or a georeferenced raster."""
 from __future__ import annotations
 
-from ..choices import SAMPLER_ALIASES, SAMPLER_NAMES
+from ..choices import OUTPUT_TYPES, PRECISIONS, SAMPLER_ALIASES, SAMPLER_NAMES
 from ._args import bands as _bands
 from ._args import positive as _positive
 
@@ -24,14 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles (default 32)")
     p.add_argument("--batch", type=_positive, default=8, help="tiles per model call (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16 autocast on CUDA (default fp32)")
     p.add_argument("--steps", type=_positive, default=1, help="sampling steps (default 1: the method's single step)")
     p.add_argument("--sampler", default="consistency", choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),
                    help="consistency (the method: 1-4 steps), faithful (the CondNet regression latent, no noise: "
                         "never invents detail), or the ddim/ddpm multi-step baselines; condnet = faithful")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same output")
-    p.add_argument("--output-type", default="input", choices=("input", "float32"),
+    p.add_argument("--output-type", default="input", choices=OUTPUT_TYPES,
                    help="data type of OUT: the input's (rounded, clipped) or float32")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF with overviews")
     p.add_argument("--compile", action="store_true",

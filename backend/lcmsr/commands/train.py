@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..choices import SCALES, TRAIN_PRECISIONS
 from ._args import bands as _bands
 
 
@@ -21,7 +22,7 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                    help="change one config value, e.g. consistency.loss=pseudo_huber (repeatable)")
     p.add_argument("--bands", type=_bands, default=None, help="1-based bands to train on, e.g. 1,2,3 "
                    "(default: all but alpha)")
-    p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4, 8),
+    p.add_argument("--scale", type=int, default=None, choices=SCALES,
                    help="SR factor (stage 1 default 4; stage 2 takes the stage-1 value)")
     p.add_argument("--patch", type=int, default=256, help="HR patch side in pixels (default 256)")
     p.add_argument("--iterations", type=int, default=1000)
@@ -29,7 +30,7 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for this stage)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: the local GPU)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=TRAIN_PRECISIONS,
                    help="auto = bf16 autocast on CUDA, fp32 on the CPU")
     p.add_argument("--checkpoint-dir", default=None, help=f"default checkpoints/{stage}")
     p.add_argument("--checkpoint-every", type=int, default=500)

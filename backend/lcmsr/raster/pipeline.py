@@ -35,18 +35,16 @@ import numpy as np
 import torch
 
 from .. import catalog
+from ..choices import OUTPUT_TYPES, PRECISIONS, canonical_sampler
 from ..device import resolve_device
 from ..domain import DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
-from ..choices import canonical_sampler
 from ..normalization import Normalization
 from ..progress import Progress
 from . import io
 from .facts import band_ranges, input_facts
 from .tiling import BlockBlender, plan_tiles, stripe_columns
 
-PRECISIONS = ("fp32", "bf16")
-OUTPUT_TYPES = ("input", "float32")
 NOISE_BLOCK = 32          # latent pixels per noise block
 FILL_ITERATIONS = 8       # nodata holes are filled from valid neighbours this many pixels deep
 _QUEUE_TILES = 2          # reader look-ahead, in batches

@@ -17,14 +17,10 @@ DEFAULTS = {
 
 
 def bundled_model_paths() -> list:
-    """The shipped models: in the release zip under resources/, in a checkout at the repository's resources/."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.join(here, "resources"), os.path.join(here, os.pardir, "resources")):
-        folder = os.path.join(root, "models")
-        if os.path.isdir(folder):
-            return [os.path.normpath(os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-                    if name.endswith(".safetensors")]
-    return []
+    """The shipped models, where the backend's automatic choice finds them (lcmsr.catalog, torch-free)."""
+    from lcmsr.catalog import bundled_model_dir
+
+    return [str(p) for p in sorted(bundled_model_dir().glob("*.safetensors"))]
 
 
 class Settings:

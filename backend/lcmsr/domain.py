@@ -145,13 +145,8 @@ def band_roles(descriptions: list[str], color_names: list[str], sensor: str | No
     if sensor is None:
         sensor = sensor_from_band_names(descriptions)
     roles: list[str | None] = [role_from_name(d, sensor) for d in descriptions]
-    how = "band descriptions"
-    for i, cname in enumerate(color_names):
-        if roles[i] is None:
-            roles[i] = _GDAL_COLOR_ROLES.get((cname or "").lower())
-            if roles[i] is not None and how == "band descriptions" and not any(
-                    role_from_name(d, sensor) for d in descriptions):
-                how = "colour interpretation"
+    how = "band descriptions" if any(roles) else "colour interpretation"
+    roles = [r or _GDAL_COLOR_ROLES.get((c or "").lower()) for r, c in zip(roles, color_names)]
     if n == 1 and roles[0] is None and file_name:
         roles[0] = role_from_name(re.sub(r"\.[a-z0-9]+$", "", file_name.lower()).split("_")[-1], sensor)
         how = "file name"
@@ -179,7 +174,6 @@ class InputFacts:
     sensor: str | None
     roles: list[str | None]              # one per raster band
     roles_how: str
-    alpha: list[int] = field(default_factory=list)
 
     def describe(self) -> str:
         gsd = f"pixel {self.gsd_m:.3g} m ({self.gsd_how})" if self.gsd_m else f"pixel size unknown ({self.gsd_how})"
@@ -273,12 +267,7 @@ class Domain:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"domain has unknown key(s): {', '.join(_safe(k) for k in unknown[:5])}")
-        d = cls(**data)
-        for name in ("lr_gsd_m", "hr_gsd_m"):
-            v = getattr(d, name)
-            if isinstance(v, list):
-                setattr(d, name, list(v))
-        return d
+        return cls(**data)
 
     def summary(self) -> str:
         """One line: what the model is for."""
@@ -409,7 +398,7 @@ def plan_bands(domain: Domain, model_bands: int, facts: InputFacts, requested: l
     return bands, f"bands {_band_list(bands)} in band order (the model does not say which kinds it takes)", warnings
 
 
-def fit_problems(domain: Domain, facts: InputFacts, data_type: str | None = None) -> list[str]:
+def fit_problems(domain: Domain, facts: InputFacts) -> list[str]:
     """What does not fit between the input and the model, each naming both sides (empty: it fits)."""
     if not domain.known:
         return []
@@ -419,7 +408,7 @@ def fit_problems(domain: Domain, facts: InputFacts, data_type: str | None = None
         lo, hi = domain.lr_gsd_m
         if g < lo / GSD_TOLERANCE or g > hi * GSD_TOLERANCE:
             problems.append(f"input pixel {g:.3g} m, model made for {_fmt_range(domain.lr_gsd_m)}")
-    dt = data_type or facts.data_type
+    dt = facts.data_type
     if dt not in domain.data_types:
         problems.append(f"input data type {dt}, model made for {'/'.join(domain.data_types)}")
     return problems

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .domain import robust_range
+
 # Full ranges of GDAL integer types for which no statistics are needed.
 _DTYPE_RANGES = {"Byte": (0.0, 255.0)}
 
@@ -100,15 +102,12 @@ class Normalization:
         NaNs are ignored.  A constant band gets hi = lo + 1 so it maps to -1 instead
         of dividing by zero.
         """
-        bands = [np.asarray(s, dtype=np.float64).ravel() for s in samples]
         lo, hi = [], []
-        for index, values in enumerate(bands, start=1):
-            values = values[np.isfinite(values)]
-            if values.size == 0:
-                raise ValueError(f"band {index} has no valid pixel values to compute a normalisation from")
-            a, b = np.percentile(values, [low, high])
-            if b <= a:
-                b = a + 1.0
-            lo.append(float(a))
-            hi.append(float(b))
+        for index, values in enumerate(samples, start=1):
+            try:
+                a, b = robust_range(values, low, high)
+            except ValueError:
+                raise ValueError(f"band {index} has no valid pixel values to compute a normalisation from") from None
+            lo.append(a)
+            hi.append(b)
         return cls(lo, hi)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import platform
 
+from ..domain import GSD_TOLERANCE, _safe  # torch-free: `lcmsr --help` stays fast
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="describe a model file, or the environment (--diagnostics)",
@@ -50,9 +52,6 @@ def _range(r) -> str:
 
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 10_000 else str(n)
-
-
-from ..domain import GSD_TOLERANCE, _safe  # noqa: E402  (torch-free)
 
 
 def describe_model(path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+
 import numpy as np
 from osgeo import gdal
 
@@ -82,57 +83,50 @@ def pixel_size_m(geotransform, srs, width: int, height: int) -> tuple[float | No
     return None, "the CRS is neither projected nor geographic"
 
 
-def input_facts(path: str) -> InputFacts:
-    ds = io.open_raster(path)
-    try:
-        gt = ds.GetGeoTransform(can_return_null=True)
-        srs = ds.GetSpatialRef()
-        gsd, how = pixel_size_m(gt, srs, ds.RasterXSize, ds.RasterYSize)
-        meta = " ".join(f"{k}={v}" for k, v in (ds.GetMetadata_Dict() or {}).items())[:4000]
-        sensor = dom.detect_sensor(os.path.basename(path) + " " + meta)
-        bands = [ds.GetRasterBand(b) for b in range(1, ds.RasterCount + 1)]
-        descriptions = [b.GetDescription() or "" for b in bands]
-        colours = [gdal.GetColorInterpretationName(b.GetColorInterpretation()) or "" for b in bands]
-        roles, roles_how = dom.band_roles(descriptions, colours, sensor, os.path.basename(path))
-        alpha = [i for i, b in enumerate(bands, start=1) if b.GetColorInterpretation() == gdal.GCI_AlphaBand]
-        for i in alpha:
-            roles[i - 1] = "alpha"
-        if sensor is None:
-            sensor = dom.sensor_from_band_names(descriptions)
-        return InputFacts(path=path, width=ds.RasterXSize, height=ds.RasterYSize, band_count=ds.RasterCount,
-                          data_type=gdal.GetDataTypeName(bands[0].DataType), gsd_m=gsd, gsd_how=how,
-                          sensor=sensor, roles=roles, roles_how=roles_how, alpha=alpha)
-    finally:
-        ds = None
+def input_facts(path: str, ds: gdal.Dataset | None = None) -> InputFacts:
+    """The facts of raster ``path`` (read from ``ds`` when the caller has it open already)."""
+    ds = ds if ds is not None else io.open_raster(path)
+    gt = ds.GetGeoTransform(can_return_null=True)
+    gsd, how = pixel_size_m(gt, ds.GetSpatialRef(), ds.RasterXSize, ds.RasterYSize)
+    meta = " ".join(f"{k}={v}" for k, v in (ds.GetMetadata_Dict() or {}).items())[:4000]
+    bands = [ds.GetRasterBand(b) for b in range(1, ds.RasterCount + 1)]
+    descriptions = [b.GetDescription() or "" for b in bands]
+    sensor = dom.detect_sensor(os.path.basename(path) + " " + meta) or dom.sensor_from_band_names(descriptions)
+    colours = [gdal.GetColorInterpretationName(b.GetColorInterpretation()) or "" for b in bands]
+    roles, roles_how = dom.band_roles(descriptions, colours, sensor, os.path.basename(path))
+    for i, b in enumerate(bands):
+        if b.GetColorInterpretation() == gdal.GCI_AlphaBand:
+            roles[i] = "alpha"
+    return InputFacts(path=path, width=ds.RasterXSize, height=ds.RasterYSize, band_count=ds.RasterCount,
+                      data_type=gdal.GetDataTypeName(bands[0].DataType), gsd_m=gsd, gsd_how=how,
+                      sensor=sensor, roles=roles, roles_how=roles_how)
 
 
-def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE) -> list[tuple[float, float, float, float]]:
+def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
+                ds: gdal.Dataset | None = None) -> list[tuple[float, float, float, float]]:
     """Per selected band: (p1, p99, min, max) of its valid pixels, measured on a decimated read
     (GDAL's overviews where the file has them), so a whole scene costs about one 1024^2 read."""
-    ds = io.open_raster(path)
-    try:
-        w, h = ds.RasterXSize, ds.RasterYSize
-        f = max(1.0, max(w, h) / sample)
-        bw, bh = max(1, int(round(w / f))), max(1, int(round(h / f)))
-        out = []
-        for b in bands:
-            band = ds.GetRasterBand(b)
-            where = f"measuring the value range of band {b} of {path}"
-            a = io._call(where, band.ReadAsArray, 0, 0, w, h, bw, bh)
-            a = a.astype(io.numpy_dtype(band.DataType), copy=False)
-            valid = np.ones(a.shape, bool)
-            nodata = band.GetNoDataValue()
-            if nodata is not None:
-                valid &= io._not_nodata(a, nodata)
-            elif band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
-                valid &= io._call(where, band.GetMaskBand().ReadAsArray, 0, 0, w, h, bw, bh) != 0
-            v = a[valid].astype(np.float64)
-            v = v[np.isfinite(v)]
-            if v.size == 0:
-                raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
-                                     f"super-resolve")
-            lo, hi = dom.robust_range(v)
-            out.append((lo, hi, float(v.min()), float(v.max())))
-        return out
-    finally:
-        ds = None
+    ds = ds if ds is not None else io.open_raster(path)
+    w, h = ds.RasterXSize, ds.RasterYSize
+    f = max(1.0, max(w, h) / sample)
+    bw, bh = max(1, int(round(w / f))), max(1, int(round(h / f)))
+    out = []
+    for b in bands:
+        band = ds.GetRasterBand(b)
+        where = f"measuring the value range of band {b} of {path}"
+        a = io._call(where, band.ReadAsArray, 0, 0, w, h, bw, bh)
+        a = a.astype(io.numpy_dtype(band.DataType), copy=False)
+        valid = np.ones(a.shape, bool)
+        nodata = band.GetNoDataValue()
+        if nodata is not None:
+            valid &= io._not_nodata(a, nodata)
+        elif band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
+            valid &= io._call(where, band.GetMaskBand().ReadAsArray, 0, 0, w, h, bw, bh) != 0
+        v = a[valid].astype(np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
+                                 f"super-resolve")
+        lo, hi = dom.robust_range(v)
+        out.append((lo, hi, float(v.min()), float(v.max())))
+    return out

@@ -37,7 +37,7 @@ import torch
 from .. import catalog
 from ..choices import OUTPUT_TYPES, PRECISIONS, canonical_sampler
 from ..device import resolve_device
-from ..domain import DomainError, choose_model, fit_problems, plan_bands
+from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..progress import Progress
@@ -526,14 +526,12 @@ def choose_model_for(src: str, options: SROptions, progress: Progress, facts=Non
     return path
 
 
-def _fit(model, facts, src: str, options: SROptions, progress) -> tuple:
+def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
     """The domain guard and the band plan: (domain, bands, normalisation, output value ranges).
 
     Stops with :class:`DomainError` (one line naming both sides) when the input's pixel size or
     data type is outside the model's domain, unless ``options.ignore_domain``; then it warns.
     """
-    from ..domain import Domain
-
     info = model.info
     domain = getattr(info, "domain", None) or Domain()
     if not domain.known:
@@ -543,14 +541,15 @@ def _fit(model, facts, src: str, options: SROptions, progress) -> tuple:
     progress.info(f"{facts.describe()}; using {why}")
     for message in warnings:
         progress.warn(message)
-    problems = fit_problems(domain, facts, facts.data_type)
+    problems = fit_problems(domain, facts)
     if problems:
         line = (f"{os.path.basename(src)} is outside the model's domain: {'; '.join(problems)}")
         if not options.ignore_domain:
             raise DomainError(line + " -- use a model made for this imagery, or override with --ignore-domain "
                                      "(QGIS: 'Run even if the input is outside the model's domain')")
         progress.warn(line + " (overridden: the result may invent detail that is not there)")
-    ranges = band_ranges(src, bands) if domain.normalization == "input_percentile" or domain.bandwise else None
+    ranges = (band_ranges(src, bands, ds=ds) if domain.normalization == "input_percentile" or domain.bandwise
+              else None)
     norm = info.normalization
     if domain.normalization == "input_percentile":
         # The model's own range applies to inputs stretched by their robust 1-99 % range, band by band:
@@ -589,7 +588,10 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     progress = _Recording(progress or Progress())
     src, dst = os.fspath(src), os.fspath(dst)
 
-    facts = input_facts(src)
+    # One handle for everything read before the tiles (facts, band checks, stretch, output description).
+    ds = io.open_raster(src)
+    io.select_bands(ds, options.bands, src)   # band numbers and data types first: RasterError names the band
+    facts = input_facts(src, ds)
     if model_or_path is None:
         model_or_path = choose_model_for(src, options, progress, facts)
 
@@ -605,13 +607,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     progress.info(f"device {device} ({reason}), precision {precision}")
     worker = exchange is not None and exchange.rank != 0
 
-    ds = io.open_raster(src)
-    io.select_bands(ds, options.bands, src)   # band numbers and data types first: RasterError names the band
-    ds = None
     model = _load_model(model_or_path, device)
-    domain, bands, norm, value_ranges = _fit(model, facts, src, options, progress)
-
-    ds = io.open_raster(src)
+    domain, bands, norm, value_ranges = _fit(model, facts, src, ds, options, progress)
     bands = io.select_bands(ds, bands, src)
     info = io.describe(ds, src, bands)
     ds = None

@@ -73,7 +73,7 @@ def _classes():
             from qgis.core import Qgis, QgsMessageLog
 
             self.messages.append((level_name, message))
-            level = Qgis.Warning if level_name == "warning" else Qgis.Info
+            level = Qgis.MessageLevel.Warning if level_name == "warning" else Qgis.MessageLevel.Info
             QgsMessageLog.logMessage(message, LOG_TAG, level)
 
         def info(self, message: str) -> None:

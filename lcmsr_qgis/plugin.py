@@ -22,7 +22,7 @@ class LcmsrPlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
         ok, message = environment.backend_status()
         if not ok:
-            QgsMessageLog.logMessage(message, "LCMSR", Qgis.Warning)
+            QgsMessageLog.logMessage(message, "LCMSR", Qgis.MessageLevel.Warning)
 
     def initGui(self):  # noqa: N802
         self.initProcessing()
@@ -58,7 +58,7 @@ class LcmsrPlugin:
     def open_settings(self):
         from .ui.settings_dialog import SettingsDialog
 
-        SettingsDialog(self.iface.mainWindow() if self.iface else None).exec_()
+        SettingsDialog(self.iface.mainWindow() if self.iface else None).exec()
 
     def superresolve_active_layer(self):
         from .tasks import start_superresolve_active_layer

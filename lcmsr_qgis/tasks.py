@@ -21,7 +21,7 @@ from .settings import Settings
 _RUNNING: set = set()   # Python-side references: a QgsTask subclass collected while queued would crash QGIS
 
 
-def _message(iface, text: str, level=Qgis.Info, duration: int = 8) -> None:
+def _message(iface, text: str, level=Qgis.MessageLevel.Info, duration: int = 8) -> None:
     QgsMessageLog.logMessage(text, LOG_TAG, level)
     if iface is not None:
         iface.messageBar().pushMessage("LCMSR", text, level, duration)
@@ -31,7 +31,7 @@ class SuperResolveTask(QgsTask):
     """Runs ``lcmsr.raster.pipeline.superresolve`` on plain values; adds the output layer when done."""
 
     def __init__(self, src: str, dst: str, model_path: str, options: dict, layer_name: str, iface=None):
-        super().__init__(f"LCMSR: super-resolve {layer_name}", QgsTask.CanCancel)
+        super().__init__(f"LCMSR: super-resolve {layer_name}", QgsTask.Flag.CanCancel)
         self.src, self.dst, self.model_path = str(src), str(dst), str(model_path)
         self.options = dict(options)
         self.layer_name = str(layer_name)
@@ -74,18 +74,18 @@ class SuperResolveTask(QgsTask):
         if result:
             layer = QgsRasterLayer(self.dst, self.layer_name)
             if not layer.isValid():
-                _message(self.iface, f"{self.dst} was written but cannot be loaded as a layer", Qgis.Critical)
+                _message(self.iface, f"{self.dst} was written but cannot be loaded as a layer", Qgis.MessageLevel.Critical)
                 return
             QgsProject.instance().addMapLayer(layer)
             self.layer = layer
             seconds = getattr(self.result, "seconds", None)
             took = f" in {seconds:.1f} s on {self.result.device}" if seconds is not None else ""
-            _message(self.iface, f"'{self.layer_name}' written to {self.dst}{took}", Qgis.Success)
+            _message(self.iface, f"'{self.layer_name}' written to {self.dst}{took}", Qgis.MessageLevel.Success)
         elif self.was_cancelled or self.isCanceled():
             _message(self.iface, f"Super-resolution of '{self.layer_name}' cancelled; nothing was written",
-                     Qgis.Info)
+                     Qgis.MessageLevel.Info)
         else:
-            _message(self.iface, f"Super-resolution of '{self.layer_name}' failed: {self.error}", Qgis.Critical, 0)
+            _message(self.iface, f"Super-resolution of '{self.layer_name}' failed: {self.error}", Qgis.MessageLevel.Critical, 0)
 
 
 def _ask_output_path(iface, layer, scale: int) -> str:
@@ -113,15 +113,15 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
     """
     layer = layer if layer is not None else (iface.activeLayer() if iface is not None else None)
     if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
-        _message(iface, "Select a raster layer in the Layers panel first", Qgis.Warning)
+        _message(iface, "Select a raster layer in the Layers panel first", Qgis.MessageLevel.Warning)
         return None
     if layer.providerType() != "gdal":
         _message(iface, f"Layer '{layer.name()}' comes from the '{layer.providerType()}' provider; LCMSR reads "
-                        "files through GDAL — export it to a GeoTIFF first", Qgis.Warning)
+                        "files through GDAL — export it to a GeoTIFF first", Qgis.MessageLevel.Warning)
         return None
     ok, status = environment.backend_status()
     if not ok:
-        _message(iface, status, Qgis.Critical, 0)
+        _message(iface, status, Qgis.MessageLevel.Critical, 0)
         return None
     settings = Settings()
     model_path = model_path or settings.model_for_run()
@@ -136,14 +136,14 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
             model_path = choose_model_for(layer.source(), SROptions(models=settings.models), Progress())
         scale = read_info(model_path).scale
     except Exception as exc:  # ModelFileError: its sentence names the file and the problem
-        _message(iface, str(exc), Qgis.Critical, 0)
+        _message(iface, str(exc), Qgis.MessageLevel.Critical, 0)
         return None
     dst = output_path or _ask_output_path(iface, layer, scale)
     if not dst:
         return None
     if os.path.abspath(dst) == os.path.abspath(layer.source()):
         _message(iface, f"The output {dst} would overwrite the input layer's file; choose another name",
-                 Qgis.Warning)
+                 Qgis.MessageLevel.Warning)
         return None
     from lcmsr.choices import PRECISIONS
 

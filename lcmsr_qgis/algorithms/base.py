@@ -79,7 +79,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
                                                     defaultValue=device_default_index()))
 
     def add_scale_parameter(self, name: str = "SCALE", description: str = "Scale factor (2, 3, 4 or 8)"):
-        self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Integer,
+        self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Type.Integer,
                                                       defaultValue=4, minValue=2, maxValue=8))
 
     def scale_value(self, parameters, name, context) -> int:

@@ -64,7 +64,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                                                             optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors) to degrade + super-resolve the reference",
-            QgsProcessingParameterFile.File, extension="safetensors", optional=True))
+            QgsProcessingParameterFile.Behavior.File, extension="safetensors", optional=True))
         self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model)")
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Reference bands (empty: all)", None,
                                                      self.REFERENCE, optional=True, allowMultiple=True))

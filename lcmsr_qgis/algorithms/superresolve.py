@@ -101,27 +101,27 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (empty: all but alpha)", None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.File,
+            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.Behavior.File,
             extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
         advanced = [
-            QgsProcessingParameterNumber(self.TILE, "Tile size (LR pixels)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.TILE, "Tile size (LR pixels)", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=settings.tile, minValue=16, maxValue=8192),
             QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (LR pixels)",
-                                         QgsProcessingParameterNumber.Integer, defaultValue=settings.overlap,
+                                         QgsProcessingParameterNumber.Type.Integer, defaultValue=settings.overlap,
                                          minValue=0, maxValue=4096),
-            QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=settings.batch, minValue=1, maxValue=1024),
-            QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=1, minValue=1, maxValue=1000),
             QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1], defaultValue=0),
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=0, minValue=0),
             QgsProcessingParameterEnum(self.PRECISION, "Precision", options=PRECISION_LABELS,
                                        defaultValue=_index(PRECISION_VALUES, settings.precision)),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum(self.OUTPUT_TYPE, "Output data type",
                                                      options=OUTPUT_TYPE_LABELS, defaultValue=0))

@@ -44,10 +44,10 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
     def add_stage_parameters(self):
         loss = QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss", options=[label for _, label in PIXEL_LOSSES],
                                           defaultValue=0)
-        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Double,
+        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Type.Double,
                                               defaultValue=1.0, minValue=0.0, maxValue=10.0)
         for parameter in (loss, weight):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(parameter)
 
     def stage_options(self, parameters, context):

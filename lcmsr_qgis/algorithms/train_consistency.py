@@ -35,7 +35,7 @@ class TrainConsistencyAlgorithm(TrainingAlgorithm):
 
     def add_stage_parameters(self):
         self.addParameter(QgsProcessingParameterFile(
-            self.AUTOENCODER, "Stage-1 checkpoint (output of stage 1)", QgsProcessingParameterFile.File,
+            self.AUTOENCODER, "Stage-1 checkpoint (output of stage 1)", QgsProcessingParameterFile.Behavior.File,
             fileFilter="Stage-1 checkpoints (*.safetensors *.json)"))
 
     def stage_options(self, parameters, context):

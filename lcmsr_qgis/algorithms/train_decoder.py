@@ -44,11 +44,11 @@ class TrainDecoderAlgorithm(TrainingAlgorithm):
 
     def add_stage_parameters(self):
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model file to align (output of stage 2)", QgsProcessingParameterFile.File,
+            self.MODEL, "Model file to align (output of stage 2)", QgsProcessingParameterFile.Behavior.File,
             fileFilter="LCMSR models (*.safetensors)"))
-        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Double,
+        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Type.Double,
                                               defaultValue=0.1, minValue=0.0, maxValue=10.0)
-        weight.setFlags(weight.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        weight.setFlags(weight.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(weight)
 
     def stage_options(self, parameters, context):

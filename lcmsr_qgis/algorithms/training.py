@@ -93,7 +93,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         if self.FROM_STAGE1:
             # Stage 2 continues the stage-1 run: its scale, bands and model size come from that checkpoint.
             self.addParameter(QgsProcessingParameterNumber(
-                self.SCALE, f"Scale factor (empty: {self.PREVIOUS} scale)", QgsProcessingParameterNumber.Integer,
+                self.SCALE, f"Scale factor (empty: {self.PREVIOUS} scale)", QgsProcessingParameterNumber.Type.Integer,
                 optional=True, minValue=2, maxValue=8))
             self.addParameter(QgsProcessingParameterString(self.BANDS, f"Bands (empty: {self.PREVIOUS} bands)",
                                                            optional=True))
@@ -104,24 +104,24 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             self.addParameter(QgsProcessingParameterEnum(self.CONFIG, "Model size", options=CONFIG_LABELS,
                                                          defaultValue=CONFIG_VALUES.index("small")))
         self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations",
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=1000,
+                                                       QgsProcessingParameterNumber.Type.Integer, defaultValue=1000,
                                                        minValue=1))
         self.add_device_parameter(self.DEVICE)
         advanced = [
-            QgsProcessingParameterNumber(self.PATCH, "HR patch size (pixels)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.PATCH, "HR patch size (pixels)", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=256, minValue=16, maxValue=2048),
-            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=self.DEFAULT_BATCH, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber(self.LEARNING_RATE, self.learning_rate_label(),
-                                         QgsProcessingParameterNumber.Double, optional=True, minValue=0.0),
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+                                         QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0),
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=0, minValue=0),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterFile(
-            self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", QgsProcessingParameterFile.Folder,
+            self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", QgsProcessingParameterFile.Behavior.Folder,
             optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.CHECKPOINT, "Checkpoint folder (empty: <output name>_checkpoints beside the output)",

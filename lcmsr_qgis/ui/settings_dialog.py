@@ -103,7 +103,7 @@ class SettingsDialog(QDialog):
         self.tabs.addTab(self._models_tab(), "Models")
         self.tabs.addTab(self._run_tab(), "Inference")
         self.tabs.addTab(self._diagnostics_tab(), "Diagnostics")
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, parent=self)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, parent=self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

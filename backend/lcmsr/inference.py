@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .choices import PRECISIONS, SAMPLER_ALIASES
+from .choices import PRECISIONS
 from .progress import Progress
 
 _COMPILED_PARTS = ("condnet", "denoiser", "decoder")
@@ -198,10 +198,10 @@ class Inference:
 
     # -- CUDA graphs ----------------------------------------------------------------
     def _graphable(self, steps, sampler, noise) -> bool:
-        if SAMPLER_ALIASES.get(sampler, sampler) == "faithful":
+        # A graph replays the same random numbers: every noise field the sampler draws must be given.
+        needed = self.model.noise_draws(steps, sampler)
+        if needed == 0:
             return True
-        draws = getattr(self.model, "noise_draws", None)
-        needed = int(draws(steps, sampler)) if callable(draws) else 1
         if noise is None:
             return False
         return (noise.ndim == 5 and noise.shape[0] >= needed) or (noise.ndim == 4 and needed == 1)

@@ -26,7 +26,6 @@ from .ops import upsample_bicubic
 # 2: the model's domain (what imagery it is for; lcmsr.domain.Domain).  Format 1 files still load,
 # with an unknown domain.
 FORMAT_VERSION = 2
-from .choices import SAMPLER_ALIASES, SAMPLER_NAMES, canonical_sampler  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -122,9 +121,6 @@ class LCMSR(nn.Module):
     def noise_draws(self, steps: int = 1, sampler: str = "consistency") -> int:
         """Latent-shaped noise fields one ``sr`` call consumes; pass ``noise`` of shape
         [draws, B, *latent_shape] to fix them all (a 4-D ``noise`` fixes only x_T)."""
-        sampler = canonical_sampler(sampler)
-        if sampler == "faithful":
-            return 0
         return make_sampler(sampler, self.schedule, steps).noise_draws
 
     # ---- pieces the training code uses -----------------------------------------------------
@@ -152,29 +148,17 @@ class LCMSR(nn.Module):
         """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s]."""
         if lr.ndim != 4 or lr.shape[1] != self.bands:
             raise ValueError(f"expected an LR tensor of shape [B, {self.bands}, h, w], got {tuple(lr.shape)}")
-        sampler = canonical_sampler(sampler)
-        b, _, h, w = lr.shape
+        runner = make_sampler(sampler, self.schedule, steps)
+        h, w = lr.shape[-2:]
         s = self.scale
         hp, wp = self.padded_size(h, w)
         x = lr
         if (hp, wp) != (h, w):
             # Replicate padding: reflect fails for inputs smaller than the pad.
             x = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate")
-        lr_up = upsample_bicubic(x, s)
-        cond = self.condnet(lr_up)
+        cond = self.condnet(upsample_bicubic(x, s))
         out_size = (hp * s, wp * s)
-        if sampler == "faithful":
-            z = cond
-        else:
-            shape = (b,) + self.latent_shape(h, w)
-            if noise is not None:
-                expect = (noise.shape[0],) + shape if noise.ndim == 5 else shape
-                if tuple(noise.shape) != tuple(expect):
-                    raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(expect)} "
-                                     "(see LCMSR.latent_shape)")
-            runner = make_sampler(sampler, self.schedule, steps)
-            z = runner.sample(lambda x_t, t: self.consistency(x_t, t, cond, out_size), shape, noise=noise,
-                              generator=generator, device=x.device, dtype=cond.dtype)
+        z = runner.sample(lambda x_t, t: self.consistency(x_t, t, cond, out_size), cond, noise, generator)
         out = self.decode(x, z)
         return out[:, :, : h * s, : w * s].to(lr.dtype)
 

@@ -1,4 +1,4 @@
-"""Schedule, consistency function, CT/KD losses, EMA and samplers."""
+"""Schedule, consistency function, CT/KD losses and EMA (the samplers: test_samplers.py)."""
 from __future__ import annotations
 
 import math
@@ -8,11 +8,8 @@ import torch
 import torch.nn as nn
 
 from lcmsr.config import ConsistencyConfig, ScheduleConfig, tiny_config
-from lcmsr.diffusion import (EMA, ConsistencySampler, DDIMSampler, DDPMSampler, NoiseSchedule, boundary_scalings,
-                             consistency_function, ct_loss, kd_loss, make_betas, make_sampler)
+from lcmsr.diffusion import EMA, NoiseSchedule, boundary_scalings, consistency_function, ct_loss, kd_loss, make_betas
 from lcmsr.diffusion.consistency import gap_at, sample_timesteps
-
-from _models_helpers import CallCounter, seeded_model
 
 
 class Junk(nn.Module):
@@ -176,51 +173,3 @@ def test_ema_warmup_update_and_state_round_trip():
     other.load_state_dict(state)
     assert other.num_updates == 10 ** 6 and float(other.module.w) == float(ema.module.w)
     assert not any(p.requires_grad for p in ema.module.parameters())
-
-
-@pytest.mark.parametrize("steps", [1, 2, 3, 4])
-def test_consistency_sampler_calls_the_denoiser_once_per_step(steps):
-    model = seeded_model(tiny_config(), with_encoder=False)
-    counter = CallCounter(model.denoiser)
-    model.denoiser = counter
-    model.sr(torch.randn(1, 3, 8, 8), steps=steps)
-    assert counter.calls == steps
-
-
-@pytest.mark.parametrize("name,steps", [("ddim", 5), ("ddpm", 7), ("ddim", 1)])
-def test_multistep_baselines_call_the_denoiser_k_times(name, steps):
-    model = seeded_model(tiny_config(), with_encoder=False)
-    counter = CallCounter(model.denoiser)
-    model.denoiser = counter
-    model.sr(torch.randn(1, 3, 8, 8), steps=steps, sampler=name)
-    assert counter.calls == steps
-    model.sr(torch.randn(1, 3, 8, 8), sampler="condnet")
-    assert counter.calls == steps          # the regression latent needs no denoiser
-
-
-@pytest.mark.parametrize("cls,steps", [(ConsistencySampler, 1), (ConsistencySampler, 4), (DDIMSampler, 10),
-                                       (DDPMSampler, 10)])
-def test_samplers_return_the_clean_latent_of_a_perfect_predictor(cls, steps):
-    schedule = NoiseSchedule(ScheduleConfig())
-    x0 = torch.randn(2, 4, 4, 4)
-    seen = []
-
-    def predict(x_t, t):
-        seen.append(int(t[0]))
-        return x0
-
-    out = cls(schedule, steps).sample(predict, x0.shape, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(out, x0)
-    assert seen[0] == 999 and seen == sorted(seen, reverse=True) and len(set(seen)) == steps
-
-
-def test_sampler_arguments_are_checked():
-    schedule = NoiseSchedule(ScheduleConfig())
-    with pytest.raises(ValueError, match="1 to 4"):
-        ConsistencySampler(schedule, 5)
-    with pytest.raises(ValueError, match="unknown sampler"):
-        make_sampler("euler", schedule, 2)
-    # Evenly spaced from T-1 down to (T-1)/K: a last call at t = 0 would be wasted, since f(x, 0) = x.
-    ts = make_sampler("ddim", schedule, 50).timesteps()
-    assert ts[0] == 999 and ts[-1] == 20 and len(ts) == 50
-    assert make_sampler("consistency", schedule, 4).timesteps() == [999, 749, 500, 250]

@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lcmsr.config import ScheduleConfig
+from lcmsr.diffusion import NoiseSchedule, make_sampler
 from lcmsr.domain import DATA_TYPES, Domain
 from lcmsr.normalization import Normalization
 from lcmsr.ops import upsample_bicubic
@@ -38,6 +40,7 @@ class StandInModel(torch.nn.Module):
         k = torch.tensor([[0, -0.25, 0], [-0.25, 2.0, -0.25], [0, -0.25, 0]])
         self.register_buffer("kernel", k.expand(bands, 1, 3, 3).clone())
         self.batches: list[tuple[int, ...]] = []
+        self.schedule = NoiseSchedule(ScheduleConfig())
 
     def latent_shape(self, h, w):
         m = self.lr_multiple
@@ -45,7 +48,7 @@ class StandInModel(torch.nn.Module):
         return (4, hp * self.info.scale // 8, wp * self.info.scale // 8)
 
     def noise_draws(self, steps=1, sampler="consistency"):
-        return 0 if sampler in ("condnet", "faithful") else 1
+        return make_sampler(sampler, self.schedule, steps).noise_draws
 
     @torch.no_grad()
     def sr(self, lr, steps=1, sampler="consistency", generator=None, noise=None):
@@ -56,12 +59,11 @@ class StandInModel(torch.nn.Module):
         x = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate")
         x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=c)
         out = upsample_bicubic(x, s)
-        if sampler not in ("condnet", "faithful"):
-            shape = (b,) + self.latent_shape(h, w)
-            if noise is None:
-                noise = torch.randn(shape, generator=generator, device=lr.device)
-            assert tuple(noise.shape) == shape, (tuple(noise.shape), shape)
-            out = out + self.noise_weight * F.interpolate(noise[:, :1], scale_factor=8, mode="nearest")
+        # The real samplers over a zero condition and an identity predictor: the latent is the noise
+        # (x_T for one step, nothing for "faithful"), drawn and checked exactly as LCMSR.sr does.
+        cond = torch.zeros((b,) + self.latent_shape(h, w), device=lr.device)
+        z = make_sampler(sampler, self.schedule, steps).sample(lambda x_t, t: x_t, cond, noise, generator)
+        out = out + self.noise_weight * F.interpolate(z[:, :1], scale_factor=8, mode="nearest")
         return out[:, :, :h * s, :w * s]
 
 

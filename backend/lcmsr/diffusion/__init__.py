@@ -1,7 +1,7 @@
 """Noise schedule, consistency machinery and samplers (the *how many steps*, apart from the networks)."""
 from .consistency import EMA, boundary_scalings, consistency_function, ct_loss, kd_loss
-from .samplers import ConsistencySampler, DDIMSampler, DDPMSampler, make_sampler
+from .samplers import Sampler, make_sampler
 from .schedule import NoiseSchedule, make_betas
 
-__all__ = ["EMA", "ConsistencySampler", "DDIMSampler", "DDPMSampler", "NoiseSchedule", "boundary_scalings",
-           "consistency_function", "ct_loss", "kd_loss", "make_betas", "make_sampler"]
+__all__ = ["EMA", "NoiseSchedule", "Sampler", "boundary_scalings", "consistency_function", "ct_loss", "kd_loss",
+           "make_betas", "make_sampler"]

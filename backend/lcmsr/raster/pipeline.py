@@ -303,12 +303,10 @@ def _load_model(model_or_path, device: torch.device):
 def _alignment(model, tile: int) -> int:
     """LR alignment of tile origins: the model's LR multiple, and whatever makes the tile's
     latent offset an integer (latent pixels per LR pixel = scale/8)."""
-    align = int(getattr(model, "lr_multiple", 1) or 1)
-    if hasattr(model, "latent_shape"):
-        t = -(-tile // align) * align
-        ratio = Fraction(model.latent_shape(t, t)[1], t)
-        align = align * ratio.denominator // math.gcd(align, ratio.denominator)
-    return align
+    align = int(model.lr_multiple)
+    t = -(-tile // align) * align
+    ratio = Fraction(model.latent_shape(t, t)[1], t)
+    return align * ratio.denominator // math.gcd(align, ratio.denominator)
 
 
 class _Job:
@@ -323,11 +321,8 @@ class _Job:
         self.batch = options.batch
         self.tiles_run = 0
         self.skipped = 0
-        self.draws = 0
         self.blender_stats: dict = {}
-        if options.sampler != "faithful" and hasattr(model, "latent_shape"):
-            draws = getattr(model, "noise_draws", None)
-            self.draws = int(draws(options.steps, options.sampler)) if callable(draws) else 1
+        self.draws = model.noise_draws(options.steps, options.sampler)
         self.runner = Inference(model, device, InferenceOptions(
             precision=precision, channels_last=options.channels_last, compile=options.compile,
             cuda_graphs=options.cuda_graphs), progress)

@@ -81,7 +81,3 @@ _CACHE = ModelCache()
 def model_cache() -> ModelCache:
     """The plugin-wide cache shared by every algorithm run and task."""
     return _CACHE
-
-
-def get_model(path: str, device="cpu"):
-    return _CACHE.get(path, device)

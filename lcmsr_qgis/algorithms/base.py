@@ -7,7 +7,6 @@ torch, and ``canExecute`` says what to install.  Choices and defaults come from
 from __future__ import annotations
 
 import contextlib
-import os
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -130,10 +129,3 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         except (ValueError, LookupError, OSError, RuntimeError, MemoryError) as exc:
             raise QgsProcessingException(str(exc) or type(exc).__name__) from exc
 
-
-def remove_quietly(path: str) -> None:
-    """Delete a partial output (GDAL side files included) after a failure."""
-    for candidate in (path, path + ".aux.xml"):
-        with contextlib.suppress(OSError):
-            if candidate and os.path.isfile(candidate):
-                os.remove(candidate)

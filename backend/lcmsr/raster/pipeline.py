@@ -324,7 +324,6 @@ class _Job:
         self.tiles_run = 0
         self.skipped = 0
         self.draws = 0
-        self.blender_stats: dict = {}
         if options.sampler != "faithful" and hasattr(model, "latent_shape"):
             draws = getattr(model, "noise_draws", None)
             self.draws = int(draws(options.steps, options.sampler)) if callable(draws) else 1
@@ -477,8 +476,6 @@ class _Job:
                                 pass
                             writer.join(timeout=0.1)
         finally:
-            self.blender_stats = {"peak_open_blocks": blender.peak_open, "spilled_blocks": blender.spilled_blocks,
-                                  "stripe_cols": stripe_cols}
             blender.close()
 
     def serve(self, tile: int) -> None:

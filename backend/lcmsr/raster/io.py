@@ -174,9 +174,9 @@ def select_bands(ds: gdal.Dataset, bands, path: str) -> list[int]:
 
 def band_subset(src: str, dst: str, bands: list[int]) -> str:
     """A VRT at ``dst`` holding ``src``'s 1-based ``bands`` in that order (no pixel is copied)."""
-    ds = _call(f"selecting bands {list(bands)} of {src}", gdal.Translate, os.fspath(dst), os.fspath(src),
-               format="VRT", bandList=[int(b) for b in bands])
-    ds = None  # noqa: F841  (closing writes the VRT)
+    # The returned dataset is not kept: dropping it closes it, which writes the VRT.
+    _call(f"selecting bands {list(bands)} of {src}", gdal.Translate, os.fspath(dst), os.fspath(src),
+          format="VRT", bandList=[int(b) for b in bands])
     return os.fspath(dst)
 
 

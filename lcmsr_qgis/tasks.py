@@ -71,6 +71,7 @@ class SuperResolveRun:
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
         self.feedback = _LoggingFeedback()
+        # Owned by the task manager once added, which deletes it after it has finished.
         self.task = QgsProcessingAlgRunnerTask(algorithm, parameters, self.context, self.feedback)
         self.task.executed.connect(self._executed)
         self.results: dict | None = None   # the algorithm's results, once it succeeded

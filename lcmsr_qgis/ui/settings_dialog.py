@@ -38,7 +38,7 @@ from lcmsr.choices import DEVICES, PRECISIONS
 from .. import environment
 from ..settings import Settings, bundled_model_paths
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE_PATTERN = re.compile(rf"^({'|'.join(DEVICES)}|cuda:\d+)$")   # a listed device, or a given GPU
 PATH_ROLE = Qt.ItemDataRole.UserRole
 BUNDLED_ROLE = Qt.ItemDataRole.UserRole + 1
 # Training keys shown first in a model's summary, in this order (the rest follow as they are).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterBand,
@@ -107,6 +108,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                 from .superresolve import resolve_model_path
 
                 model_path = resolve_model_path(model_path)
+                if not model_path:
+                    raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
+                                                 "model (no default model is set in the plugin settings)")
                 warn_fallback(progress, device)
                 model = model_cache().get(model_path, str(device.device))
                 settings = Settings()

@@ -280,6 +280,11 @@ def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
     with pytest.raises(QgsProcessingException, match="MODEL"):
         run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": str(tmp_path / "nope.safetensors"), "LPIPS": False,
                          "OUTPUT_HTML": str(tmp_path / "x.html")})
+    from lcmsr_qgis.settings import Settings
+
+    Settings().set("default_model", "")  # no default model: the run says what to give
+    with pytest.raises(QgsProcessingException, match="give a super-resolved raster or a model"):
+        run("evaluate", {"REFERENCE": str(SAMPLE_HR), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "y.html")})
 
 
 def _train_parameters(tmp_path, name, **extra):

@@ -1,10 +1,8 @@
-"""The backend's Progress protocol over QGIS's two progress carriers.
+"""The backend's Progress protocol over ``QgsProcessingFeedback``.
 
-* :func:`feedback_progress` — over ``QgsProcessingFeedback`` (algorithms, batch,
-  qgis_process): percent, progress text, the log, cancel.
-* :func:`task_progress` — over ``QgsTask`` (the "Super-resolve active layer"
-  action): percent and cancel; messages go to the QGIS message log and are kept
-  for the task's ``finished()``.
+:func:`feedback_progress` serves every algorithm (toolbox, batch, qgis_process and the
+"Super-resolve active layer" action, which runs the toolbox's algorithm): percent,
+progress text, the log, cancel.
 
 ``lcmsr.progress`` is imported on first use, not at import time, so the plugin
 (and its toolbox listing) loads in a QGIS without the backend.
@@ -21,7 +19,7 @@ TEXT_INTERVAL_S = 1.0
 
 
 @lru_cache(maxsize=None)
-def _classes():
+def _progress_class():
     from lcmsr.progress import Progress
 
     class FeedbackProgress(Progress):
@@ -52,40 +50,7 @@ def _classes():
         def cancelled(self) -> bool:
             return bool(self.feedback.isCanceled())
 
-    class TaskProgress(Progress):
-        """Progress over a ``QgsTask``, called from the task's worker thread.
-
-        ``QgsTask.setProgress`` and ``QgsMessageLog.logMessage`` only emit queued
-        signals, so they are safe off the main thread; nothing else of QGIS is touched.
-        """
-
-        def __init__(self, task):
-            self.task = task
-            self.messages: list[tuple[str, str]] = []   # (level, text), read by finished() on the main thread
-            self.last_message = ""
-
-        def report(self, fraction: float, message: str = "") -> None:
-            self.task.setProgress(max(0.0, min(100.0, 100.0 * float(fraction))))
-            if message:
-                self.last_message = message
-
-        def _log(self, level_name: str, message: str) -> None:
-            from qgis.core import Qgis, QgsMessageLog
-
-            self.messages.append((level_name, message))
-            level = Qgis.MessageLevel.Warning if level_name == "warning" else Qgis.MessageLevel.Info
-            QgsMessageLog.logMessage(message, LOG_TAG, level)
-
-        def info(self, message: str) -> None:
-            self._log("info", message)
-
-        def warn(self, message: str) -> None:
-            self._log("warning", message)
-
-        def cancelled(self) -> bool:
-            return bool(self.task.isCanceled())
-
-    return FeedbackProgress, TaskProgress
+    return FeedbackProgress
 
 
 def feedback_progress(feedback):
@@ -94,9 +59,5 @@ def feedback_progress(feedback):
         from qgis.core import QgsProcessingFeedback
 
         feedback = QgsProcessingFeedback()
-    return _classes()[0](feedback)
+    return _progress_class()(feedback)
 
-
-def task_progress(task):
-    """A ``lcmsr.progress.Progress`` reporting to a running ``QgsTask``."""
-    return _classes()[1](task)

@@ -1,8 +1,8 @@
 """Loaded models kept between algorithm runs, keyed by (file, modification time, device).
 
 A batch of 50 rasters through ``lcmsr:superresolve`` must read the weights once,
-not 50 times.  Processing runs algorithms on a background thread (and the
-``QgsTask`` path on another), so lookups and loads hold a lock: two runs asking
+not 50 times.  Processing runs algorithms on background threads (the menu
+action's task is one more), so lookups and loads hold a lock: two runs asking
 for the same model at once get the same object, loaded once.  A file replaced
 on disk (new mtime or size) is loaded afresh.  Only a few models are kept, since
 each may hold GPU memory.
@@ -81,7 +81,3 @@ _CACHE = ModelCache()
 def model_cache() -> ModelCache:
     """The plugin-wide cache shared by every algorithm run and task."""
     return _CACHE
-
-
-def get_model(path: str, device="cpu"):
-    return _CACHE.get(path, device)

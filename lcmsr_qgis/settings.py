@@ -4,14 +4,13 @@ import os
 
 from qgis.core import QgsSettings
 
+from lcmsr.choices import SR_DEFAULTS
+
 PREFIX = "lcmsr/"
+# The run defaults are the backend's (lcmsr.choices is torch-free and ships with the plugin).
 DEFAULTS = {
     "default_model": "",
-    "device": "auto",
-    "tile": 256,
-    "overlap": 32,
-    "batch": 4,
-    "precision": "fp32",
+    **{key: SR_DEFAULTS[key] for key in ("device", "tile", "overlap", "batch", "precision")},
     "extra_python_path": "",
 }
 

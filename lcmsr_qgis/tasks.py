@@ -1,24 +1,35 @@
-"""'Super-resolve active layer': the backend SR as a QgsTask, the result added to the map.
+"""'Super-resolve active layer': the toolbox's `lcmsr:superresolve` on the active layer, in the background.
 
-The worker thread (``QgsTask.run``) touches no QGIS object: the layer's source
-path, the model path and the options are copied into plain Python values on the
-main thread before the task starts.  ``finished()`` runs on the main thread (and
-only once the event loop runs) and is the only place that creates the layer and
-adds it to the project.  Cancel stops within a tile; the backend then leaves no
-output file (it writes to a temporary name and renames on success), and no layer
-is added.
+The menu action turns the active layer and the plugin settings (tile, overlap, batch,
+device, precision) into that algorithm's parameters and runs it in a
+``QgsProcessingAlgRunnerTask``, as the Processing dialog does: one algorithm, one
+progress, cancel and error path for both.  The task emits ``executed`` on the main
+thread; only then is the output layer (named by the algorithm) added to the project.
+Cancel stops within a tile; the backend then leaves no output file and no layer is added.
 """
 from __future__ import annotations
 
 import os
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject, QgsRasterLayer, QgsTask
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMessageLog,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRasterLayer,
+)
 
 from . import environment
 from .feedback import LOG_TAG
 from .settings import Settings
 
-_RUNNING: set = set()   # Python-side references: a QgsTask subclass collected while queued would crash QGIS
+ALGORITHM_ID = "lcmsr:superresolve"
+_RUNNING: set = set()   # runs whose task has not finished: the task needs its context and feedback alive
 
 
 def _message(iface, text: str, level=Qgis.MessageLevel.Info, duration: int = 8) -> None:
@@ -27,65 +38,85 @@ def _message(iface, text: str, level=Qgis.MessageLevel.Info, duration: int = 8) 
         iface.messageBar().pushMessage("LCMSR", text, level, duration)
 
 
-class SuperResolveTask(QgsTask):
-    """Runs ``lcmsr.raster.pipeline.superresolve`` on plain values; adds the output layer when done."""
+class _LoggingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm said (it runs in the task's thread) and copies it to the message log."""
 
-    def __init__(self, src: str, dst: str, model_path: str, options: dict, layer_name: str, iface=None):
-        super().__init__(f"LCMSR: super-resolve {layer_name}", QgsTask.Flag.CanCancel)
-        self.src, self.dst, self.model_path = str(src), str(dst), str(model_path)
-        self.options = dict(options)
-        self.layer_name = str(layer_name)
-        self.iface = iface
-        self.result = None          # the backend's SRResult
-        self.error = ""             # one sentence when the run failed
+    def __init__(self):
+        super().__init__()
+        self.messages: list = []   # (level, text)
+        self.error = ""            # the algorithm's error sentence, if it failed
+
+    def _keep(self, level_name: str, text: str, level) -> None:
+        self.messages.append((level_name, text))
+        QgsMessageLog.logMessage(text, LOG_TAG, level)
+
+    def pushInfo(self, info):  # noqa: N802
+        self._keep("info", info, Qgis.MessageLevel.Info)
+        super().pushInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self._keep("warning", warning, Qgis.MessageLevel.Warning)
+        super().pushWarning(warning)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802
+        self.error = self.error or str(error)
+        super().reportError(error, fatalError)
+
+
+class SuperResolveRun:
+    """One menu run: the runner ``task``, the context and feedback it uses, and what came of it."""
+
+    def __init__(self, algorithm, parameters: dict, input_name: str, dst: str, iface=None):
+        self.iface, self.input_name, self.dst = iface, input_name, dst
+        self.context = QgsProcessingContext()
+        self.context.setProject(QgsProject.instance())
+        self.feedback = _LoggingFeedback()
+        # Owned by the task manager once added, which deletes it after it has finished.
+        self.task = QgsProcessingAlgRunnerTask(algorithm, parameters, self.context, self.feedback)
+        self.task.executed.connect(self._executed)
+        self.results: dict | None = None   # the algorithm's results, once it succeeded
+        self.layer = None                  # the output layer added to the project
         self.was_cancelled = False
-        self.messages: list = []    # (level, text) logged by the backend during the run
-        self.layer = None           # the layer added to the project (main thread)
+        self.done = False                  # executed() ran
 
-    def run(self) -> bool:  # worker thread
-        progress = None
-        try:
-            from lcmsr.device import resolve_device
-            from lcmsr.progress import Cancelled
-            from lcmsr.raster.pipeline import SROptions, superresolve
+    @property
+    def error(self) -> str:
+        return self.feedback.error
 
-            from .feedback import task_progress
-            from .model_cache import model_cache
+    @property
+    def messages(self) -> list:
+        return self.feedback.messages
 
-            progress = task_progress(self)
-            choice = resolve_device(self.options.get("device", "auto"))
-            if choice.fallback:
-                progress.warn(f"Device 'auto' fell back to the CPU — {choice.reason}")
-            model = model_cache().get(self.model_path, str(choice.device))
-            self.result = superresolve(self.src, self.dst, model, SROptions(**self.options), progress)
-            return True
-        except Exception as exc:
-            if type(exc).__name__ == "Cancelled" or self.isCanceled():
-                self.was_cancelled = True
-            else:
-                self.error = str(exc) or type(exc).__name__
-            return False
-        finally:
-            if progress is not None:
-                self.messages = list(progress.messages)
-
-    def finished(self, result: bool) -> None:  # main thread
+    def _executed(self, ok: bool, results: dict) -> None:  # main thread
         _RUNNING.discard(self)
-        if result:
-            layer = QgsRasterLayer(self.dst, self.layer_name)
-            if not layer.isValid():
-                _message(self.iface, f"{self.dst} was written but cannot be loaded as a layer", Qgis.MessageLevel.Critical)
-                return
-            QgsProject.instance().addMapLayer(layer)
-            self.layer = layer
-            seconds = getattr(self.result, "seconds", None)
-            took = f" in {seconds:.1f} s on {self.result.device}" if seconds is not None else ""
-            _message(self.iface, f"'{self.layer_name}' written to {self.dst}{took}", Qgis.MessageLevel.Success)
-        elif self.was_cancelled or self.isCanceled():
-            _message(self.iface, f"Super-resolution of '{self.layer_name}' cancelled; nothing was written",
-                     Qgis.MessageLevel.Info)
+        self.done = True
+        if ok:
+            self.results = results
+            self.layer = _load_outputs(self.context)
+            if self.layer is None:
+                _message(self.iface, f"{self.dst} was written but cannot be loaded as a layer",
+                         Qgis.MessageLevel.Critical)
+            else:
+                _message(self.iface, f"'{self.layer.name()}' written to {self.dst}", Qgis.MessageLevel.Success)
+        elif self.feedback.isCanceled():
+            self.was_cancelled = True
+            _message(self.iface, f"Super-resolution of '{self.input_name}' cancelled; nothing was written")
         else:
-            _message(self.iface, f"Super-resolution of '{self.layer_name}' failed: {self.error}", Qgis.MessageLevel.Critical, 0)
+            _message(self.iface, f"Super-resolution of '{self.input_name}' failed: {self.error}",
+                     Qgis.MessageLevel.Critical, 0)
+
+
+def _load_outputs(context: QgsProcessingContext):
+    """Add the layers the algorithm asked to load, under the names it gave them; the last one, or None."""
+    added = None
+    for source, details in context.layersToLoadOnCompletion().items():
+        layer = QgsProcessingUtils.mapLayerFromString(source, context)
+        if layer is None or not layer.isValid():
+            return None
+        details.setOutputLayerName(layer)
+        details.project.addMapLayer(context.temporaryLayerStore().takeMapLayer(layer))
+        added = layer
+    return added
 
 
 def _ask_output_path(iface, layer, scale: int) -> str:
@@ -105,8 +136,8 @@ def _safe(name: str) -> str:
 
 
 def start_superresolve_active_layer(iface, output_path: str | None = None, model_path: str | None = None,
-                                    layer=None):
-    """Super-resolve the active raster layer in the background; returns the started task, or None.
+                                    layer=None) -> SuperResolveRun | None:
+    """Super-resolve the active raster layer in the background; returns the started run, or None.
 
     ``output_path`` and ``model_path`` skip the file dialog and the settings' default
     model (tests, scripts); ``layer`` replaces the active layer.
@@ -120,12 +151,14 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
                         "files through GDAL — export it to a GeoTIFF first", Qgis.MessageLevel.Warning)
         return None
     ok, status = environment.backend_status()
-    if not ok:
-        _message(iface, status, Qgis.MessageLevel.Critical, 0)
+    algorithm = QgsApplication.processingRegistry().algorithmById(ALGORITHM_ID)
+    if not ok or algorithm is None:
+        _message(iface, status if not ok else f"The Processing algorithm {ALGORITHM_ID} is not registered",
+                 Qgis.MessageLevel.Critical, 0)
         return None
     settings = Settings()
     model_path = model_path or settings.model_for_run()
-    try:
+    try:  # the model is known before the file dialog, which suggests a name with its scale
         from lcmsr.weights import read_info
 
         if not model_path:
@@ -147,11 +180,17 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         return None
     from lcmsr.choices import PRECISIONS
 
-    precision = str(settings.precision)
-    options = dict(tile=int(settings.tile), overlap=int(settings.overlap), batch=int(settings.batch),
-                   device=str(settings.device or "auto"), precision=precision if precision in PRECISIONS
-                   else PRECISIONS[0])
-    task = SuperResolveTask(layer.source(), dst, model_path, options, f"{layer.name()} x{scale} LCMSR", iface)
-    _RUNNING.add(task)
-    QgsApplication.taskManager().addTask(task)
-    return task
+    from .algorithms.base import device_default_index
+
+    parameters = {
+        "INPUT": layer.id(), "MODEL": model_path,
+        "TILE": int(settings.tile), "OVERLAP": int(settings.overlap), "BATCH": int(settings.batch),
+        "DEVICE": device_default_index(),
+        "PRECISION": PRECISIONS.index(settings.precision) if settings.precision in PRECISIONS else 0,
+        # Loaded into the project when done, as the toolbox's "Open output file after running".
+        "OUTPUT": QgsProcessingOutputLayerDefinition(dst, QgsProject.instance()),
+    }
+    run = SuperResolveRun(algorithm, parameters, layer.name(), dst, iface)
+    _RUNNING.add(run)
+    QgsApplication.taskManager().addTask(run.task)
+    return run

@@ -26,6 +26,24 @@ def canonical_sampler(name: str) -> str:
     return canonical
 
 SCALES = (2, 3, 4, 8)                          # SR factors a model can have
-PRECISIONS = ("fp32", "bf16")                  # inference: bf16 autocast on CUDA (on the CPU with cpu_bf16)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")    # training: auto = bf16 on CUDA and on CPUs with native bf16
-OUTPUT_TYPES = ("input", "float32")            # the SR raster's data type: the input's, or Float32
+
+# Inference: the choices and defaults of SROptions, the `lcmsr sr` flags, the plugin's superresolve
+# parameters and its settings.  Names in the plugin's enum order (its parameters take indices).
+PRECISION_LABELS = {
+    "fp32": "fp32",
+    "bf16": "bf16 (CUDA, or a CPU with native bf16; elsewhere fp32 with a warning)",
+}
+PRECISIONS = tuple(PRECISION_LABELS)
+OUTPUT_TYPE_LABELS = {"input": "Same as input", "float32": "Float32"}   # the SR raster's data type
+OUTPUT_TYPES = tuple(OUTPUT_TYPE_LABELS)
+# Devices a user picks from a list; "cuda:N" (a given GPU) is accepted wherever a device is typed.
+DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA GPU", "cpu": "CPU"}
+DEVICES = tuple(DEVICE_LABELS)
+SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "fp32", "steps": 1,
+               "sampler": "consistency", "seed": 0, "output_type": "input"}
+
+# Model sizes (lcmsr.config.CONFIGS builds them), in the order the plugin offers them.
+CONFIG_LABELS = {"tiny": "tiny (tests only)", "small": "small (CPU-friendly, shipped)",
+                 "paper": "paper (authors' x4 sizes, GPU)"}
+CONFIG_NAMES = tuple(CONFIG_LABELS)

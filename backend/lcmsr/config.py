@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .choices import SCALES  # noqa: F401  (used below, and re-exported)
+from .choices import CONFIG_NAMES, SCALES  # noqa: F401  (used below, and re-exported)
 
 LATENT_FACTOR = 8  # the latent grid is always HR/8, whatever the SR scale
 
@@ -211,7 +211,8 @@ def tiny_config(scale: int = 4, bands: int = 3) -> ModelConfig:
     )
 
 
-CONFIGS = {"paper": paper_config, "small": small_config, "tiny": tiny_config}
+# lcmsr.choices.CONFIG_NAMES lists the sizes users choose from; each is the factory <name>_config above.
+CONFIGS = {name: globals()[f"{name}_config"] for name in CONFIG_NAMES}
 
 
 def named_config(name: str, scale: int = 4, bands: int = 3) -> ModelConfig:

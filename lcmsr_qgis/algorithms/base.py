@@ -1,12 +1,12 @@
 """What every LCMSR algorithm shares: group, icon, the backend check, error translation.
 
-No torch or lcmsr import at module level: the toolbox lists the algorithms in a
-QGIS without the backend, and ``canExecute`` says what to install.
+No torch import at module level: the toolbox lists the algorithms in a QGIS without
+torch, and ``canExecute`` says what to install.  Choices and defaults come from
+``lcmsr.choices``, which is torch-free and ships in the plugin zip with the backend.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -15,14 +15,16 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from lcmsr import choices
+
 from .. import environment
 from ..provider import plugin_icon
 
-SCALES = (2, 3, 4, 8)  # lcmsr.choices.SCALES, repeated so that listing parameters needs no backend (a test keeps them equal)
-DEVICE_VALUES = ["auto", "cuda", "cpu"]
-DEVICE_LABELS = ["Auto (CUDA GPU if available, else CPU)", "CUDA GPU", "CPU"]
-CONFIG_VALUES = ["tiny", "small", "paper"]
-CONFIG_LABELS = ["tiny (tests only)", "small (CPU-friendly, shipped)", "paper (authors' x4 sizes, GPU)"]
+# Enum parameters take indices: values and labels in the order lcmsr.choices lists them.
+DEVICE_VALUES = list(choices.DEVICES)
+DEVICE_LABELS = [choices.DEVICE_LABELS[name] for name in choices.DEVICES]
+CONFIG_VALUES = list(choices.CONFIG_NAMES)
+CONFIG_LABELS = [choices.CONFIG_LABELS[name] for name in choices.CONFIG_NAMES]
 
 
 def device_default_index() -> int:
@@ -78,15 +80,17 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(name, "Device", options=DEVICE_LABELS,
                                                     defaultValue=device_default_index()))
 
-    def add_scale_parameter(self, name: str = "SCALE", description: str = "Scale factor (2, 3, 4 or 8)"):
+    def add_scale_parameter(self, name: str = "SCALE", description: str = ""):
+        scales = choices.SCALES
+        description = description or f"Scale factor ({', '.join(map(str, scales[:-1]))} or {scales[-1]})"
         self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Type.Integer,
-                                                      defaultValue=4, minValue=2, maxValue=8))
+                                                      defaultValue=4, minValue=min(scales), maxValue=max(scales)))
 
     def scale_value(self, parameters, name, context) -> int:
         scale = self.parameterAsInt(parameters, name, context)
-        if scale not in SCALES:
+        if scale not in choices.SCALES:
             raise QgsProcessingException(f"{name} = {scale} is not supported: use one of "
-                                         f"{', '.join(map(str, SCALES))}")
+                                         f"{', '.join(map(str, choices.SCALES))}")
         return scale
 
     @staticmethod
@@ -125,10 +129,3 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         except (ValueError, LookupError, OSError, RuntimeError, MemoryError) as exc:
             raise QgsProcessingException(str(exc) or type(exc).__name__) from exc
 
-
-def remove_quietly(path: str) -> None:
-    """Delete a partial output (GDAL side files included) after a failure."""
-    for candidate in (path, path + ".aux.xml"):
-        with contextlib.suppress(OSError):
-            if candidate and os.path.isfile(candidate):
-                os.remove(candidate)

@@ -88,7 +88,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
         progress = self.progress(feedback)
         with self.backend_errors():
+            # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
             from lcmsr.device import resolve_device
+            from lcmsr.metrics.evaluate import evaluate_model, evaluate_pair, write_html_report
 
             device = resolve_device(request)
             if sr_layer is not None:
@@ -96,71 +98,33 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                     progress.warn(f"{self.SR} is given: {self.MODEL} is not used")
                 sr = self.gdal_source(sr_layer, self.SR)
                 scale = self.scale_value(parameters, self.SCALE, context)
-                hr_scored, sr_bands, title = hr, bands, f"{sr_layer.name()} vs {reference.name()}"
+                metrics = evaluate_pair(sr, hr, scale, bands, lpips=want_lpips, device=device.device,
+                                        progress=progress)
+                title = f"{sr_layer.name()} vs {reference.name()}"
             else:
+                from lcmsr.raster.pipeline import SROptions
+
+                from ..model_cache import model_cache
                 from .superresolve import resolve_model_path
 
                 model_path = resolve_model_path(model_path)
-                sr, scale = self._super_resolve(hr, model_path, bands, request, device, context, progress)
-                # The SR raster holds only the selected bands: score it against the same bands of the reference.
-                hr_scored = self._band_subset(hr, bands) if bands else hr
-                sr_bands = None
+                if not model_path:
+                    raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
+                                                 "model (no default model is set in the plugin settings)")
+                warn_fallback(progress, device)
+                model = model_cache().get(model_path, str(device.device))
+                settings = Settings()
+                options = SROptions(tile=settings.tile, overlap=settings.overlap, batch=settings.batch,
+                                    device=request)
+                work_dir = os.path.dirname(QgsProcessingUtils.generateTempFilename("lcmsr_eval"))
+                metrics = evaluate_model(model, hr, work_dir, bands, options=options, lpips=want_lpips,
+                                         device=device.device, progress=progress)
+                sr, scale = metrics["sr"], metrics["scale"]
                 title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
-            progress.check()
-            progress.report(0.9 if sr_layer is None else 0.0, "scoring")
-            metrics = self._score(sr, hr_scored, scale, sr_bands, want_lpips, str(device.device), progress)
-            from lcmsr.metrics.evaluate import write_html_report
-
             row = {k: metrics.get(k) for k in ("psnr", "ssim", "lpips")}
             row.update(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
             write_html_report(html, {os.path.basename(sr): row}, f"LCMSR evaluation: {title}")
-            progress.report(1.0, "done")
         lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
         progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
         return {self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
                 self.OUTPUT_HTML: html, self.SR_RASTER: sr}
-
-    def _super_resolve(self, hr, model_path, bands, request, device, context, progress):
-        from lcmsr.progress import SubProgress
-        from lcmsr.raster.degrade import degrade
-        from lcmsr.raster.pipeline import SROptions, superresolve
-
-        from ..model_cache import model_cache
-
-        warn_fallback(progress, device)
-        model = model_cache().get(model_path, str(device.device))
-        scale = int(model.info.scale)
-        lr = QgsProcessingUtils.generateTempFilename("lcmsr_eval_lr.tif")
-        sr = QgsProcessingUtils.generateTempFilename("lcmsr_eval_sr.tif")
-        progress.info(f"Degrading the reference x{scale} into {lr}")
-        degrade(hr, lr, scale, SubProgress(progress, 0.0, 0.1))
-        settings = Settings()
-        progress.info(f"Super-resolving with {model_path} into {sr}")
-        options = SROptions(bands=bands, tile=settings.tile, overlap=settings.overlap, batch=settings.batch,
-                            device=request)
-        superresolve(lr, sr, model, options, SubProgress(progress, 0.1, 0.9))
-        return sr, scale
-
-    @staticmethod
-    def _band_subset(path, bands) -> str:
-        """A VRT of the chosen bands (GDAL ships with QGIS; no pixel is copied)."""
-        from osgeo import gdal
-
-        vrt = QgsProcessingUtils.generateTempFilename("lcmsr_eval_reference.vrt")
-        ds = gdal.Translate(vrt, path, format="VRT", bandList=list(bands))
-        if ds is None:
-            raise QgsProcessingException(f"{path}: bands {bands} could not be selected: {gdal.GetLastErrorMsg()}")
-        ds = None
-        return vrt
-
-    @staticmethod
-    def _score(sr, hr, scale, bands, want_lpips, device, progress) -> dict:
-        from lcmsr.metrics.evaluate import evaluate_rasters
-        from lcmsr.metrics.fetch_weights import MetricWeightsMissing
-
-        if want_lpips:
-            try:
-                return evaluate_rasters(sr, hr, scale, bands, lpips=True, device=device)
-            except MetricWeightsMissing as exc:
-                progress.warn(f"LPIPS skipped: {exc}")
-        return evaluate_rasters(sr, hr, scale, bands, lpips=False, device=device)

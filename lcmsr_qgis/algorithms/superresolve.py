@@ -15,19 +15,18 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS
+
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
 
-PRECISION_VALUES = ["fp32", "bf16"]    # lcmsr.choices.PRECISIONS (a test keeps them equal)
-PRECISION_LABELS = ["fp32", "bf16 (CUDA only; fp32 on the CPU)"]
+
 def samplers() -> tuple[list, list]:
     """(names, labels) of the samplers, from the backend's one definition (lcmsr.choices, torch-free).
     Indices are the enum values users pass: 0 consistency, 1 faithful, 2 ddim as before; 3 ddpm."""
     from lcmsr.choices import SAMPLER_LABELS, SAMPLER_NAMES
 
     return list(SAMPLER_NAMES), [SAMPLER_LABELS[name] for name in SAMPLER_NAMES]
-OUTPUT_TYPE_VALUES = ["input", "float32"]
-OUTPUT_TYPE_LABELS = ["Same as input", "Float32"]
 
 
 def resolve_model_path(value: str) -> str:
@@ -113,18 +112,20 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=settings.batch, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=1, minValue=1, maxValue=1000),
-            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1], defaultValue=0),
+                                         defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
+            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1],
+                                       defaultValue=_index(samplers()[0], SR_DEFAULTS["sampler"])),
             QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=0, minValue=0),
-            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=PRECISION_LABELS,
-                                       defaultValue=_index(PRECISION_VALUES, settings.precision)),
+                                         defaultValue=SR_DEFAULTS["seed"], minValue=0),
+            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
+                                       defaultValue=_index(PRECISIONS, settings.precision)),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(parameter)
-        self.addParameter(QgsProcessingParameterEnum(self.OUTPUT_TYPE, "Output data type",
-                                                     options=OUTPUT_TYPE_LABELS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
+            defaultValue=_index(OUTPUT_TYPES, SR_DEFAULTS["output_type"])))
         self.addParameter(QgsProcessingParameterBoolean(
             self.IGNORE_DOMAIN, "Run even if the input is outside the model's domain", defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
@@ -151,11 +152,11 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
                 batch=self.parameterAsInt(parameters, self.BATCH, context),
                 device=request,
-                precision=PRECISION_VALUES[self.parameterAsEnum(parameters, self.PRECISION, context)],
+                precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
                 steps=self.parameterAsInt(parameters, self.STEPS, context),
                 sampler=samplers()[0][self.parameterAsEnum(parameters, self.SAMPLER, context)],
                 seed=self.parameterAsInt(parameters, self.SEED, context),
-                output_type=OUTPUT_TYPE_VALUES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
+                output_type=OUTPUT_TYPES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
                 ignore_domain=self.parameterAsBoolean(parameters, self.IGNORE_DOMAIN, context),
                 models=Settings().models,
             )

@@ -33,12 +33,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from lcmsr.choices import DEVICES, PRECISIONS
+
 from .. import environment
 from ..settings import Settings, bundled_model_paths
 
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-PRECISION_CHOICES = ["fp32", "bf16"]   # lcmsr.choices.PRECISIONS (a test keeps them equal)
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE_PATTERN = re.compile(rf"^({'|'.join(DEVICES)}|cuda:\d+)$")   # a listed device, or a given GPU
 PATH_ROLE = Qt.ItemDataRole.UserRole
 BUNDLED_ROLE = Qt.ItemDataRole.UserRole + 1
 # Training keys shown first in a model's summary, in this order (the rest follow as they are).
@@ -142,12 +142,12 @@ class SettingsDialog(QDialog):
         page = QWidget(self)
         self.device_combo = QComboBox(page)
         self.device_combo.setEditable(True)   # "cuda:1" picks a second GPU
-        self.device_combo.addItems(DEVICE_CHOICES)
+        self.device_combo.addItems(list(DEVICES))
         self.tile_spin = self._spin(page, 16, 8192)
         self.overlap_spin = self._spin(page, 0, 4096)
         self.batch_spin = self._spin(page, 1, 1024)
         self.precision_combo = QComboBox(page)
-        self.precision_combo.addItems(PRECISION_CHOICES)
+        self.precision_combo.addItems(list(PRECISIONS))
         self.python_path_edit = QLineEdit(page)
         self.python_path_edit.setPlaceholderText("site-packages of a virtual environment with torch (optional)")
         browse = QToolButton(page)
@@ -207,8 +207,8 @@ class SettingsDialog(QDialog):
         self.overlap_spin.setValue(int(s.overlap))
         self.batch_spin.setValue(int(s.batch))
         precision = str(s.precision)
-        self.precision_combo.setCurrentIndex(PRECISION_CHOICES.index(precision)
-                                             if precision in PRECISION_CHOICES else 0)
+        self.precision_combo.setCurrentIndex(PRECISIONS.index(precision)
+                                             if precision in PRECISIONS else 0)
         self.python_path_edit.setText(str(s.extra_python_path or ""))
         self._update_default_label()
         if self.model_list.count():

@@ -406,3 +406,51 @@ def test_eval_cli_on_npy_folders_with_lpips(tmp_path):
     mean = json.loads(js.read_text())["results"]["mean"]
     assert mean["lpips"] == pytest.approx(REF_LPIPS["bicubic"], abs=1e-3)
     assert mean["psnr"] == pytest.approx(psnr(fixture("bicubic"), fixture("hr"), 255, border=4))
+
+
+def test_eval_cli_with_a_model_scores_the_chosen_bands_against_the_same_reference_bands(tmp_path, capsys):
+    """`lcmsr eval --model` (the plugin's evaluation too): degrade the HR by the model's scale, super-resolve,
+    score.  An untrained decoder is bicubic, so the SR resembles each band it came from; bands at very
+    different levels make a wrong reference band (band 1 scored against band 3) cost ~20 dB."""
+    from conftest import write_tiny_model
+    from lcmsr.cli import main
+
+    hr = np.clip(fixture("hr")[:1].astype(np.int32) // 4 + np.array([10, 100, 190])[:, None, None], 0, 255)
+    _write_tif(tmp_path / "hr.tif", hr.astype(np.uint8))
+    model = write_tiny_model(tmp_path / "tiny_x4.safetensors")
+    results = {}
+    for order in ("1,2,3", "3,2,1"):
+        js, work = tmp_path / f"{order}.json", tmp_path / f"work{order}"
+        assert main(["eval", "--model", model, "--hr", str(tmp_path / "hr.tif"), "--bands", order, "--no-lpips",
+                     "--device", "cpu", "--json", str(js), "--work-dir", str(work)]) == 0
+        out = json.loads(js.read_text())
+        assert out["scale"] == 4 and out["model"] == model
+        results[order] = out["results"]["hr.tif"]
+        gdal = pytest.importorskip("osgeo.gdal")
+        lr, sr = gdal.Open(str(work / "hr" / "lr.tif")), gdal.Open(str(work / "hr" / "sr.tif"))
+        assert (lr.RasterXSize, lr.RasterYSize, sr.RasterXSize, sr.RasterYSize) == (16, 16, 64, 64)
+        lr = sr = None
+    assert results["3,2,1"]["psnr"] > 25.0
+    assert results["3,2,1"]["psnr"] == pytest.approx(results["1,2,3"]["psnr"], abs=0.01)
+    assert results["3,2,1"]["lpips"] is None and "PSNR" in capsys.readouterr().out
+
+
+def test_missing_lpips_weights_are_a_warning_where_a_progress_listens(tmp_path, monkeypatch):
+    from lcmsr.metrics.evaluate import evaluate_pair
+    from lcmsr.progress import Progress
+
+    class Recording(Progress):
+        warnings: list = []
+
+        def warn(self, message):
+            self.warnings.append(message)
+
+    for d, name in (("sr", "bicubic"), ("hr", "hr")):
+        np.save(tmp_path / f"{d}.npy", fixture(name))
+    monkeypatch.setenv(fw.ENV_VAR, str(tmp_path / "no-weights"))
+    with pytest.raises(fw.MetricWeightsMissing):
+        evaluate_pair(tmp_path / "sr.npy", tmp_path / "hr.npy", 4)
+    progress = Recording()
+    r = evaluate_pair(tmp_path / "sr.npy", tmp_path / "hr.npy", 4, progress=progress)
+    assert r["lpips"] is None and r["psnr"] == pytest.approx(psnr(fixture("bicubic"), fixture("hr"), 255, border=4))
+    assert len(progress.warnings) == 1 and "LPIPS skipped" in progress.warnings[0]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcmsr.choices import CONFIG_NAMES
 from lcmsr.config import ModelConfig, named_config, paper_config, small_config, tiny_config
 from lcmsr.model import LCMSR, ModelInfo, build_model, count_parameters
 from lcmsr.nn import CondNet, LatentDenoiser, ResidualEncoder, SRDecoder
@@ -129,7 +130,7 @@ def test_sr_with_caller_noise_is_reproducible_and_checked():
 
 
 def test_config_round_trips_through_json():
-    for name in ("paper", "small", "tiny"):
+    for name in CONFIG_NAMES:  # every size a user can choose
         for scale in (2, 3, 4, 8):
             cfg = named_config(name, scale=scale, bands=4)
             again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))

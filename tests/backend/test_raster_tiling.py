@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lcmsr.raster.tiling import RowBandBlender, axis_starts, blend_window, plan_tiles
+from lcmsr.raster.tiling import BlockBlender, axis_starts, blend_window, plan_tiles
 
 
 @pytest.mark.parametrize("width,height", [(300, 200), (257, 256), (1000, 33), (64, 64)])
@@ -57,34 +57,14 @@ def test_blend_window_is_positive_smooth_and_flat_on_the_raster_border():
     assert wc[0, 0] == 1.0 and wc[-1, -1] < 0.01  # flat at the raster edge, ramped towards the neighbour
 
 
-def test_blender_reassembles_a_field_exactly_and_bounds_memory():
-    rng = np.random.default_rng(0)
-    width, height, scale, bands = 150, 110, 2, 2
-    truth = rng.random((bands, height * scale, width * scale)).astype(np.float32)
-    plan = plan_tiles(width, height, tile=40, overlap=8, align=4)
-    blender = RowBandBlender(plan, bands, scale)
-    assert blender._sum.shape == (bands, plan.tile_h * scale, width * scale)  # one row band, not the raster
-    out = np.full_like(truth, np.nan)
-    rows_seen = 0
-    for t in plan.tiles:
-        hr = np.zeros((bands, t.h * scale, t.w * scale), np.float32)
-        rh, rw = min(t.h * scale, height * scale - t.y * scale), min(t.w * scale, width * scale - t.x * scale)
-        hr[:, :rh, :rw] = truth[:, t.y * scale:t.y * scale + rh, t.x * scale:t.x * scale + rw]
-        for strip in blender.add(t, hr, np.ones((bands, t.read_h, t.read_w), bool)):
-            assert strip.y == rows_seen  # strips come in order, without gaps
-            out[:, strip.y:strip.y + strip.value.shape[1]] = strip.value
-            assert strip.valid.all()
-            rows_seen += strip.value.shape[1]
-    assert rows_seen == height * scale
-    np.testing.assert_allclose(out, truth, rtol=1e-5, atol=1e-6)
-
-
+# Exact reassembly, spilling and bounded memory: tests/backend/test_perf_paths.py.
 def test_blender_marks_uncovered_skipped_tiles_invalid_and_rejects_disorder():
     plan = plan_tiles(64, 32, tile=32, overlap=0, align=1)
-    blender = RowBandBlender(plan, 1, 2)
+    blender = BlockBlender(plan, 1, 2, block=64)
     with pytest.raises(ValueError, match="out of order"):
         blender.add(plan.tiles[1], None, np.zeros((1, 32, 32), bool))
-    strips = blender.add(plan.tiles[0], np.ones((1, 64, 64), np.float32), np.ones((1, 32, 32), bool))
-    strips += blender.add(plan.tiles[1], None, np.zeros((1, 32, 32), bool))
-    (strip,) = strips
-    assert strip.valid[:, :, :64].all() and not strip.valid[:, :, 64:].any()
+    blocks = blender.add(plan.tiles[0], np.ones((1, 64, 64), np.float32), np.ones((1, 32, 32), bool))
+    blocks += blender.add(plan.tiles[1], None, np.zeros((1, 32, 32), bool))
+    assert [(b.x, b.y) for b in blocks] == [(0, 0), (64, 0)]
+    assert blocks[0].valid.all() and (blocks[0].value == 1).all()
+    assert not blocks[1].valid.any() and (blocks[1].value == 0).all()  # a skipped tile: no weight, nodata

@@ -119,7 +119,8 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
     assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 1000, 1)  # consistency takes 1-4 (checked by the backend), DDIM K
 
 
-def test_algorithm_modules_do_not_import_torch_or_lcmsr_at_module_level():
+def test_algorithm_modules_import_only_torch_free_choices_at_module_level():
+    """The toolbox lists the algorithms in a QGIS without torch; of the backend only lcmsr.choices is read then."""
     import ast
 
     folder = REPO / "lcmsr_qgis" / "algorithms"
@@ -129,7 +130,15 @@ def test_algorithm_modules_do_not_import_torch_or_lcmsr_at_module_level():
         for node in tree.body:  # module level only; imports inside functions run when an algorithm runs
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not [n for n in names if n.split(".")[0] in ("torch", "lcmsr")], f"{path.name}: {names}"
+            if isinstance(node, ast.ImportFrom) and node.module == "lcmsr":
+                names = [f"lcmsr.{a.name}" for a in node.names]
+            assert not [n for n in names if n.split(".")[0] in ("torch", "lcmsr") and n != "lcmsr.choices"], \
+                f"{path.name}: {names}"
+    import subprocess
+
+    probe = "import sys, lcmsr.choices; print(sorted({'torch', 'numpy', 'osgeo'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
 
 
 def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch):
@@ -271,6 +280,11 @@ def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
     with pytest.raises(QgsProcessingException, match="MODEL"):
         run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": str(tmp_path / "nope.safetensors"), "LPIPS": False,
                          "OUTPUT_HTML": str(tmp_path / "x.html")})
+    from lcmsr_qgis.settings import Settings
+
+    Settings().set("default_model", "")  # no default model: the run says what to give
+    with pytest.raises(QgsProcessingException, match="give a super-resolved raster or a model"):
+        run("evaluate", {"REFERENCE": str(SAMPLE_HR), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "y.html")})
 
 
 def _train_parameters(tmp_path, name, **extra):
@@ -414,13 +428,20 @@ def test_empty_model_chooses_by_domain_and_the_guard_can_be_overridden(provider,
     assert any("overridden" in w for w in feedback.warnings), feedback.warnings
 
 
-def test_the_plugins_copies_of_backend_choices_are_equal():
-    """Listing parameters must not need the backend, so the plugin repeats a few choices: they must agree."""
-    from lcmsr import choices
-    from lcmsr_qgis.algorithms import base, superresolve
-    from lcmsr_qgis.ui import settings_dialog
+def test_the_plugin_repeats_no_backend_choice():
+    """Scales, precisions, devices, output types, model sizes and samplers are read from lcmsr.choices
+    (torch-free, shipped in the plugin zip): no list in the plugin's source restates two of them."""
+    import ast
 
-    assert tuple(base.SCALES) == choices.SCALES
-    assert tuple(superresolve.PRECISION_VALUES) == choices.PRECISIONS == tuple(settings_dialog.PRECISION_CHOICES)
-    assert tuple(superresolve.OUTPUT_TYPE_VALUES) == choices.OUTPUT_TYPES
-    assert superresolve.samplers()[0] == list(choices.SAMPLER_NAMES)
+    from lcmsr import choices
+
+    sets = {name: set(getattr(choices, name)) for name in
+            ("SCALES", "PRECISIONS", "TRAIN_PRECISIONS", "OUTPUT_TYPES", "DEVICES", "CONFIG_NAMES", "SAMPLER_NAMES")}
+    copies = []
+    for path in sorted((REPO / "lcmsr_qgis").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and all(isinstance(e, ast.Constant) for e in node.elts):
+                values = {e.value for e in node.elts}
+                copies += [f"{path.name}:{node.lineno} repeats {name}" for name, ref in sets.items()
+                           if len(values & ref) >= 2]
+    assert not copies, copies

@@ -1,4 +1,5 @@
-"""'Super-resolve active layer' as a QgsTask: the layer appears after finished(); cancel leaves nothing."""
+"""'Super-resolve active layer' runs the toolbox's lcmsr:superresolve as a background task with the
+plugin settings as its parameters: the layer appears once the task has finished; cancel leaves nothing."""
 import time
 from pathlib import Path
 
@@ -9,6 +10,20 @@ from conftest import write_tiny_model
 from lcmsr_qgis.settings import PREFIX, Settings
 
 SAMPLE_LR = Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon_lr.tif"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def provider(qgis_processing):
+    from lcmsr_qgis.provider import LcmsrProvider
+
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.providerById("lcmsr") is None:
+        added = LcmsrProvider()
+        registry.addProvider(added)
+    yield
+    if added is not None:
+        registry.removeProvider(added)
 
 
 @pytest.fixture(scope="module")
@@ -30,38 +45,53 @@ def active_layer(qgis_iface, qgis_new_project):
             QgsSettings().remove(key)
 
 
-def wait_for(task, timeout=120.0):
-    """finished() is delivered through the event loop: spin it until the task is done and finished() ran."""
-    from lcmsr_qgis import tasks
-
+def wait_for(run, timeout=120.0):
+    """executed() is delivered through the event loop: spin it until the task is done and executed() ran."""
     deadline = time.monotonic() + timeout
-    while (task in tasks._RUNNING or task.status() not in (QgsTask.Complete, QgsTask.Terminated)) \
-            and time.monotonic() < deadline:
+    while not run.done and time.monotonic() < deadline:
         QgsApplication.processEvents()
         time.sleep(0.01)
-    assert task not in tasks._RUNNING, "finished() was not called in time"
+    assert run.done, "executed() was not called in time"
 
 
 def layer_names():
     return [layer.name() for layer in QgsProject.instance().mapLayers().values()]
 
 
-def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_layer, tiny_model, tmp_path):
-    from lcmsr_qgis.tasks import start_superresolve_active_layer
+def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_layer, tiny_model, tmp_path,
+                                                         monkeypatch):
+    import threading
+
+    from lcmsr_qgis import tasks
+    from lcmsr_qgis.algorithms.superresolve import SuperResolveAlgorithm
 
     Settings().set("tile", 64)
     Settings().set("overlap", 8)
+    Settings().set("batch", 3)
     Settings().set("device", "cpu")
+    Settings().set("precision", "bf16")
+    seen = {}
+    run_algorithm = SuperResolveAlgorithm.processAlgorithm
+
+    def spy(self, parameters, context, feedback):  # the toolbox's algorithm runs, off the main thread
+        seen.update(parameters=dict(parameters), main=threading.current_thread() is threading.main_thread())
+        return run_algorithm(self, parameters, context, feedback)
+
+    monkeypatch.setattr(SuperResolveAlgorithm, "processAlgorithm", spy)
     out = tmp_path / "sr.tif"
-    task = start_superresolve_active_layer(qgis_iface, output_path=str(out), model_path=tiny_model)
-    assert task is not None
-    assert "neon_lr x4 LCMSR" not in layer_names()  # nothing touches the project before finished()
-    wait_for(task)
-    assert task.error == "" and out.exists()
+    run = tasks.start_superresolve_active_layer(qgis_iface, output_path=str(out), model_path=tiny_model)
+    assert run is not None and isinstance(run.task, QgsTask)
+    assert "neon_lr x4 LCMSR" not in layer_names()  # nothing touches the project before the task has finished
+    wait_for(run)
+    assert run.error == "" and out.exists() and run.results["OUTPUT"] == str(out)
+    assert seen["main"] is False
+    assert {k: seen["parameters"][k] for k in ("TILE", "OVERLAP", "BATCH", "DEVICE", "PRECISION", "MODEL")} == \
+        {"TILE": 64, "OVERLAP": 8, "BATCH": 3, "DEVICE": 2, "PRECISION": 1, "MODEL": tiny_model}
     (added,) = QgsProject.instance().mapLayersByName("neon_lr x4 LCMSR")
-    assert added.isValid() and added.extent() == active_layer.extent()
+    assert added is run.layer and added.isValid() and added.extent() == active_layer.extent()
     assert (added.width(), added.height()) == (512, 512)
-    assert task.result.device == "cpu" and any("device cpu" in text for _, text in task.messages)
+    assert any("device cpu" in text for _, text in run.messages)
+    assert run not in tasks._RUNNING
 
 
 def test_cancel_leaves_no_file_and_no_layer(qgis_iface, active_layer, tiny_model, tmp_path):
@@ -71,19 +101,22 @@ def test_cancel_leaves_no_file_and_no_layer(qgis_iface, active_layer, tiny_model
     Settings().set("tile", 16)
     Settings().set("overlap", 2)
     Settings().set("batch", 1)
+    Settings().set("device", "cpu")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    task = start_superresolve_active_layer(qgis_iface, output_path=str(out_dir / "sr.tif"), model_path=tiny_model)
+    run = start_superresolve_active_layer(qgis_iface, output_path=str(out_dir / "sr.tif"), model_path=tiny_model)
+    task = run.task
     deadline = time.monotonic() + 60
     while task.progress() <= 0 and task.status() != QgsTask.Complete and time.monotonic() < deadline:
         QgsApplication.processEvents()
         time.sleep(0.005)
     assert task.status() == QgsTask.Running and 0 < task.progress() < 100
     task.cancel()
-    wait_for(task)
-    assert task.was_cancelled and task.status() == QgsTask.Terminated
+    wait_for(run)
+    assert run.was_cancelled and run.layer is None and run.results is None
     assert list(out_dir.iterdir()) == []
     assert layer_names() == ["neon_lr"]
+    assert "cancelled" in qgis_iface.messageBar().get_messages(0)[-1]  # Qgis.Info
 
 
 def test_a_failure_is_reported_and_adds_nothing(qgis_iface, active_layer, tmp_path):
@@ -101,3 +134,16 @@ def test_a_failure_is_reported_and_adds_nothing(qgis_iface, active_layer, tmp_pa
     assert "raster layer" in qgis_iface.messageBar().get_messages(1)[-1]  # Qgis.Warning
     del points
     assert sorted(layer_names()) == ["neon_lr", "points"] and not (tmp_path / "x.tif").exists()
+
+
+def test_an_error_of_the_algorithm_is_reported_by_its_sentence(qgis_iface, active_layer, tiny_model, tmp_path):
+    from lcmsr_qgis.tasks import start_superresolve_active_layer
+
+    Settings().set("tile", 64)
+    Settings().set("overlap", 40)   # passes the parameter's range, refused by the backend: half a tile at most
+    Settings().set("device", "cpu")
+    run = start_superresolve_active_layer(qgis_iface, output_path=str(tmp_path / "sr.tif"), model_path=tiny_model)
+    wait_for(run)
+    assert not run.was_cancelled and run.layer is None and "overlap" in run.error
+    assert run.error in qgis_iface.messageBar().get_messages(2)[-1]  # Qgis.Critical
+    assert layer_names() == ["neon_lr"] and list(tmp_path.iterdir()) == []

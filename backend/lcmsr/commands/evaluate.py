@@ -2,15 +2,16 @@
 
 ``--sr`` and ``--hr`` are two rasters, or two folders whose images are paired by
 file name (the paper's protocol: per-image metrics averaged over the test set,
-FID between the two folders).
+FID between the two folders).  ``--model`` instead of ``--sr`` degrades each HR
+raster by the model's scale, super-resolves it and scores the result
+(:func:`lcmsr.metrics.evaluate.evaluate_model`, which the plugin runs too).
 """
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from ._args import bands as _bands
 
@@ -18,17 +19,24 @@ from ._args import bands as _bands
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="PSNR / SSIM / LPIPS / FID of SR against HR",
                               description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    p.add_argument("--sr", required=True, help="SR raster, or folder of SR images")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--sr", help="SR raster, or folder of SR images")
+    given.add_argument("--model", metavar="M", help="model file: degrade each HR raster by its scale as in training, "
+                                                    "super-resolve it with M and score that")
     p.add_argument("--hr", required=True, help="HR raster, or folder of HR images with the same file names")
-    p.add_argument("--scale", type=int, default=4, help="SR factor = border crop in pixels for PSNR/SSIM (default 4)")
-    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to compare, e.g. 1,2,3 (default: all)")
+    p.add_argument("--scale", type=int, default=4,
+                   help="SR factor = border crop in pixels for PSNR/SSIM (default 4; with --model the model's)")
+    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to compare, e.g. 1,2,3; with --model the HR bands in the model's order "
+                        "(default: all)")
     p.add_argument("--data-range", type=float, default=None,
                    help="peak value range (default: 255 for 8-bit, else the HR min-max range)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--fid", action="store_true", help="also FID between the two folders (needs fetch_weights --fid)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] for LPIPS/FID (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] for LPIPS/FID and --model's SR (default auto)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--html", default=None, help="write a small HTML report to this file")
+    p.add_argument("--work-dir", default=None,
+                   help="with --model: keep the LR and SR rasters here (default: a temporary folder, removed)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +51,7 @@ def _pairs(sr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
     missing = sorted(hr.keys() - sr.keys())
     if missing:
         raise ValueError(f"{len(missing)} HR image(s) have no SR result in {sr_dir}, e.g. {missing[0]}")
-    return [(sr[k], hr[k]) for k in common]
+    return [(hr[k], sr[k]) for k in common]
 
 
 def _show(value) -> str:
@@ -65,66 +73,57 @@ def _finite(obj):
     return obj
 
 
-def _evaluate_pair(sr: Path, hr: Path, scale: int, bands, data_range, lpips: bool, device) -> dict:
-    from lcmsr.metrics.evaluate import evaluate_arrays, evaluate_rasters, read_image
-
-    if sr.suffix.lower() != ".npy" and hr.suffix.lower() != ".npy":
-        return evaluate_rasters(sr, hr, scale, bands=bands, data_range=data_range, lpips=lpips, device=device)
-    # Arrays saved by numpy ([C, H, W]); GDAL cannot read them.
-    a, b = read_image(sr), read_image(hr)
-    if bands:
-        a, b = a[[i - 1 for i in bands]], b[[i - 1 for i in bands]]
-    if a.shape != b.shape:
-        raise ValueError(f"SR {sr} has shape {a.shape} but HR {hr} has {b.shape}; they must match")
-    offset = 0.0
-    if data_range is None:
-        if b.dtype == np.uint8:
-            data_range = 255.0
-        else:
-            offset, data_range = float(b.min()), float(b.max()) - float(b.min())
-    return evaluate_arrays(a, b, scale, data_range, lpips, offset=offset, device=device)
-
-
 def run(args) -> int:
     from lcmsr.device import resolve_device
-    from lcmsr.metrics.evaluate import METRIC_KEYS, write_html_report
+    from lcmsr.metrics.evaluate import METRIC_KEYS, evaluate_model, evaluate_pair, write_html_report
+    from lcmsr.metrics.fid import list_images
 
     device = resolve_device(args.device).device
     bands = args.bands
-    sr, hr = Path(args.sr), Path(args.hr)
-    for p, what in ((sr, "--sr"), (hr, "--hr")):
-        if not p.exists():
+    hr = Path(args.hr)
+    sr = Path(args.sr) if args.sr else None
+    for p, what in ((sr, "--sr"), (hr, "--hr"), (args.model and Path(args.model), "--model")):
+        if p and not p.exists():
             raise FileNotFoundError(f"{what} {p} does not exist")
-    if sr.is_dir() != hr.is_dir():
+    if sr is not None and sr.is_dir() != hr.is_dir():
         raise ValueError("--sr and --hr must both be rasters or both be folders")
+    if args.fid and (sr is None or not sr.is_dir()):
+        raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
     kw = dict(bands=bands, data_range=args.data_range, lpips=not args.no_lpips, device=device)
 
-    if sr.is_dir():
-        rows = {}
-        for s, h in _pairs(sr, hr):
-            r = _evaluate_pair(s, h, args.scale, **kw)
-            rows[h.stem] = {k: r[k] for k in METRIC_KEYS}
-        mean = {k: (sum(r[k] for r in rows.values()) / len(rows) if rows[next(iter(rows))][k] is not None else None)
+    rows, scale = {}, args.scale
+    if args.model:
+        from lcmsr.raster.pipeline import SROptions
+        from lcmsr.weights import load_model
+
+        model, options = load_model(args.model, device=str(device)), SROptions(device=args.device)
+        with tempfile.TemporaryDirectory(prefix="lcmsr-eval-") as scratch:
+            for h in list_images(hr) if hr.is_dir() else [hr]:
+                r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,
+                                   lpips=kw["lpips"], device=device)
+                rows[h.stem if hr.is_dir() else h.name], scale = {k: r[k] for k in METRIC_KEYS}, r["scale"]
+    else:
+        for h, s in _pairs(sr, hr) if sr.is_dir() else [(hr, sr)]:
+            r = evaluate_pair(s, h, scale, **kw)
+            rows[h.stem if hr.is_dir() else s.name] = {k: r[k] for k in METRIC_KEYS}
+    if hr.is_dir():
+        first = next(iter(rows.values()))
+        mean = {k: (sum(r[k] for r in rows.values()) / len(rows) if first[k] is not None else None)
                 for k in METRIC_KEYS}
         if args.fid:
             from lcmsr.metrics.fid import fid
 
             mean["fid"] = fid(sr, hr, data_range=args.data_range or 255.0, device=device)
         rows["mean"] = mean
-        summary = mean
-    else:
-        if args.fid:
-            raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
-        r = _evaluate_pair(sr, hr, args.scale, **kw)
-        summary = {k: r[k] for k in METRIC_KEYS}
-        rows = {sr.name: summary}
 
     for name, r in rows.items():
         print(f"{name}: " + "  ".join(f"{k.upper()} {_show(v)}" for k, v in r.items()))
-    out = {"sr": str(sr), "hr": str(hr), "scale": args.scale, "bands": bands, "results": rows}
+    out = {"sr": str(sr) if sr else None, "model": args.model, "hr": str(hr), "scale": scale, "bands": bands,
+           "results": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(_finite(out), indent=2, allow_nan=False) + "\n")
     if args.html:
-        write_html_report(args.html, rows, f"LCMSR evaluation: {sr.name} vs {hr.name}")
+        what = f"{Path(args.model).name} on {hr.name}" if args.model else f"{sr.name} vs {hr.name}"
+        write_html_report(args.html, rows, f"LCMSR evaluation: {what}")
     return 0

@@ -1,7 +1,7 @@
 """``lcmsr sr IN OUT --model M``: super-resolve an image or a georeferenced raster."""
 from __future__ import annotations
 
-from ..choices import OUTPUT_TYPES, PRECISIONS, SAMPLER_ALIASES, SAMPLER_NAMES
+from ..choices import OUTPUT_TYPES, PRECISIONS, SAMPLER_ALIASES, SAMPLER_NAMES, SR_DEFAULTS
 from ._args import bands as _bands
 from ._args import positive as _positive
 
@@ -20,19 +20,24 @@ def register(subparsers) -> None:
                    help="run even when IN is outside the model's domain (pixel size, data type); it still warns")
     p.add_argument("--bands", type=_bands, default=None,
                    help="1-based input bands in the model's band order, e.g. 3,2,1 (default: all but alpha)")
-    p.add_argument("--tile", type=_positive, default=256, help="LR pixels per tile side (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles (default 32)")
-    p.add_argument("--batch", type=_positive, default=8, help="tiles per model call (default 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16 autocast on CUDA (default fp32)")
-    p.add_argument("--steps", type=_positive, default=1, help="sampling steps (default 1: the method's single step)")
-    p.add_argument("--sampler", default="consistency", choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),
+    d = SR_DEFAULTS
+    p.add_argument("--tile", type=_positive, default=d["tile"], help="LR pixels per tile side (default %(default)s)")
+    p.add_argument("--overlap", type=int, default=d["overlap"],
+                   help="LR pixels shared by neighbouring tiles (default %(default)s)")
+    p.add_argument("--batch", type=_positive, default=d["batch"], help="tiles per model call (default %(default)s)")
+    p.add_argument("--device", default=d["device"], help="auto | cpu | cuda | cuda:N (default %(default)s)")
+    p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
+                   help="bf16 autocast on CUDA or a CPU with native bf16, else fp32 with a warning "
+                        "(default %(default)s)")
+    p.add_argument("--steps", type=_positive, default=d["steps"],
+                   help="sampling steps (default %(default)s: the method's single step)")
+    p.add_argument("--sampler", default=d["sampler"], choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),
                    help="consistency (the method: 1-4 steps), faithful (the CondNet regression latent, no noise: "
                         "never invents detail), or the ddim/ddpm multi-step baselines; condnet = faithful")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same output")
-    p.add_argument("--output-type", default="input", choices=OUTPUT_TYPES,
-                   help="data type of OUT: the input's (rounded, clipped) or float32")
+    p.add_argument("--seed", type=int, default=d["seed"],
+                   help="noise seed: the same seed gives the same output (default %(default)s)")
+    p.add_argument("--output-type", default=d["output_type"], choices=OUTPUT_TYPES,
+                   help="data type of OUT: the input's (rounded, clipped) or float32 (default %(default)s)")
     p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF with overviews")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (first call compiles; falls back to eager, saying so)")

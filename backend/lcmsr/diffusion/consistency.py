@@ -151,9 +151,6 @@ class EMA:
         self.module.load_state_dict(shadow, strict=True)
         self.num_updates = int(state["num_updates"])
 
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict(self.module.state_dict())
-
     def to(self, device) -> "EMA":
         self.module.to(device)
         return self

@@ -218,6 +218,84 @@ def read_image(path) -> np.ndarray:
                      for b in range(1, ds.RasterCount + 1)])
 
 
+# --------------------------------------------------------------------------- one pair, one model
+# What `lcmsr eval` and the plugin's evaluate algorithm both run.
+
+def evaluate_pair(sr, hr, scale: int, bands: Sequence[int] | None = None, *, data_range: float | None = None,
+                  lpips: bool = True, device: str | torch.device = "cpu", progress=None) -> dict:
+    """Metrics of one SR image against its HR reference: two rasters (streamed, :func:`evaluate_rasters`)
+    or two ``.npy`` arrays ``[C, H, W]`` (:func:`evaluate_arrays`; data range as for rasters).
+
+    With ``progress`` given, missing LPIPS weights are a warning and LPIPS is None; without, they raise
+    :class:`~lcmsr.metrics.fetch_weights.MetricWeightsMissing` (whose message says how to get them).
+    """
+    from .fetch_weights import MetricWeightsMissing
+
+    if lpips and progress is not None:
+        try:
+            return evaluate_pair(sr, hr, scale, bands, data_range=data_range, lpips=True, device=device)
+        except MetricWeightsMissing as exc:
+            progress.warn(f"LPIPS skipped: {exc}")
+            lpips = False
+    sr, hr = Path(sr), Path(hr)
+    if sr.suffix.lower() != ".npy" and hr.suffix.lower() != ".npy":
+        return evaluate_rasters(sr, hr, scale, bands=bands, data_range=data_range, lpips=lpips, device=device)
+    # Arrays saved by numpy; GDAL cannot read them.
+    a, b = read_image(sr), read_image(hr)
+    if bands:
+        a, b = a[[i - 1 for i in bands]], b[[i - 1 for i in bands]]
+    if a.shape != b.shape:
+        raise ValueError(f"SR {sr} has shape {a.shape} but HR {hr} has {b.shape}; they must match")
+    offset = 0.0
+    if data_range is None:
+        if b.dtype == np.uint8:
+            data_range = 255.0
+        else:
+            offset, data_range = float(b.min()), float(b.max()) - float(b.min())
+    return evaluate_arrays(a, b, scale, data_range, lpips, offset=offset, device=device)
+
+
+def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, options=None, lpips: bool = True,
+                   device: str | torch.device = "cpu", progress=None) -> dict:
+    """The paper's protocol on one HR raster: degrade it by the model's scale as training does, super-resolve
+    the result with ``model`` (an LCMSR or a model file) and score it against the reference.
+
+    ``bands``: the reference's bands in the model's order (default: all but an alpha band).  ``options``: the
+    :class:`~lcmsr.raster.pipeline.SROptions` of the super-resolution (its ``bands`` are set here).
+    The LR and SR rasters are written into ``work_dir``.  Returns :func:`evaluate_pair`'s dict plus
+    ``"sr"`` (the SR raster's path) and ``"scale"``.  ``progress`` as for :func:`evaluate_pair`.
+    """
+    import dataclasses
+
+    from ..progress import Progress, SubProgress
+    from ..raster import io as rio
+    from ..raster.degrade import degrade
+    from ..raster.pipeline import SROptions, superresolve
+    from ..weights import read_info
+
+    progress = progress or Progress()
+    scale = int((read_info(model) if isinstance(model, (str, os.PathLike)) else model.info).scale)
+    os.makedirs(work_dir, exist_ok=True)
+    lr, sr = os.path.join(work_dir, "lr.tif"), os.path.join(work_dir, "sr.tif")
+    ds = rio.open_raster(hr)
+    bands, count = rio.select_bands(ds, bands, os.fspath(hr)), ds.RasterCount
+    ds = None
+    progress.info(f"Degrading {hr} x{scale} into {lr}")
+    # The LR holds the chosen bands in model order, so the SR has them in that order too ...
+    degrade(hr, lr, scale, SubProgress(progress, 0.0, 0.1), bands=bands)
+    progress.info(f"Super-resolving into {sr}")
+    options = dataclasses.replace(options or SROptions(), bands=None)
+    superresolve(lr, sr, model, options, SubProgress(progress, 0.1, 0.9))
+    # ... and it is scored against those bands of the reference, in that order.
+    reference = hr if bands == list(range(1, count + 1)) else rio.band_subset(
+        hr, os.path.join(work_dir, "reference.vrt"), bands)
+    progress.check()
+    progress.report(0.9, "scoring")
+    result = evaluate_pair(sr, reference, scale, lpips=lpips, device=device, progress=progress)
+    progress.report(1.0, "done")
+    return dict(result, sr=sr, scale=scale)
+
+
 # --------------------------------------------------------------------------- report
 
 def _fmt(value) -> str:

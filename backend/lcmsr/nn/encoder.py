@@ -48,9 +48,6 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.mean + self.std * gaussian_noise(self.mean.shape, generator, self.mean.device, self.mean.dtype)
 
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) per sample, summed over latent elements: shape [B]."""
         return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))

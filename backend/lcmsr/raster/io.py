@@ -172,6 +172,14 @@ def select_bands(ds: gdal.Dataset, bands, path: str) -> list[int]:
     return chosen
 
 
+def band_subset(src: str, dst: str, bands: list[int]) -> str:
+    """A VRT at ``dst`` holding ``src``'s 1-based ``bands`` in that order (no pixel is copied)."""
+    # The returned dataset is not kept: dropping it closes it, which writes the VRT.
+    _call(f"selecting bands {list(bands)} of {src}", gdal.Translate, os.fspath(dst), os.fspath(src),
+          format="VRT", bandList=[int(b) for b in bands])
+    return os.fspath(dst)
+
+
 def check_band_count(bands: list[int], expected: int, path: str, total: int) -> None:
     """The model's band count must equal the number of selected bands; say how to fix it."""
     if len(bands) == expected:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from .. import catalog
-from ..choices import OUTPUT_TYPES, PRECISIONS, canonical_sampler
-from ..device import resolve_device
+from ..choices import OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, canonical_sampler
+from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
@@ -57,22 +57,22 @@ _QUEUE_BLOCKS = 8
 
 @dataclass
 class SROptions:
+    """One job's options; the defaults (and the CLI's and the plugin's) are lcmsr.choices.SR_DEFAULTS."""
     bands: list[int] | None = None   # 1-based input bands in model order; None = all (alpha excluded)
-    tile: int = 256                  # LR pixels per tile side
-    overlap: int = 32                # LR pixels shared by neighbouring tiles
-    batch: int = 8
-    device: str = "auto"
-    precision: str = "fp32"          # "fp32" | "bf16" (bf16 autocast on CUDA; on the CPU with cpu_bf16)
-    steps: int = 1
-    sampler: str = "consistency"
-    seed: int = 0
-    output_type: str = "input"       # "input" (the input's data type) | "float32"
+    tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side
+    overlap: int = SR_DEFAULTS["overlap"]    # LR pixels shared by neighbouring tiles
+    batch: int = SR_DEFAULTS["batch"]        # tiles per model call
+    device: str = SR_DEFAULTS["device"]
+    precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name: bf16 on CUDA or a CPU with native bf16
+    steps: int = SR_DEFAULTS["steps"]
+    sampler: str = SR_DEFAULTS["sampler"]
+    seed: int = SR_DEFAULTS["seed"]
+    output_type: str = SR_DEFAULTS["output_type"]  # "input" (the input's data type) | "float32"
     cog: bool = False
     # Speed options (lcmsr.inference): results equal fp32 eager up to float (channels_last) or bf16 rounding.
     channels_last: bool | None = None  # None: yes (measured faster on CPU and CUDA)
     compile: bool = False              # torch.compile, eager fallback (said) where it fails
     cuda_graphs: bool = False          # CUDA: replay each tile shape as a CUDA graph
-    cpu_bf16: bool = False             # let precision="bf16" run on the CPU (AVX512-BF16/AMX CPUs gain ~2x)
     # The domain guard: an input outside the model's domain stops the job unless this is set (then it warns).
     ignore_domain: bool = False
     # Model files (or folders) to choose from when no model is given, besides the bundled ones.
@@ -321,7 +321,6 @@ class _Job:
         self.batch = options.batch
         self.tiles_run = 0
         self.skipped = 0
-        self.blender_stats: dict = {}
         self.draws = model.noise_draws(options.steps, options.sampler)
         self.runner = Inference(model, device, InferenceOptions(
             precision=precision, channels_last=options.channels_last, compile=options.compile,
@@ -472,8 +471,6 @@ class _Job:
                                 pass
                             writer.join(timeout=0.1)
         finally:
-            self.blender_stats = {"peak_open_blocks": blender.peak_open, "spilled_blocks": blender.spilled_blocks,
-                                  "stripe_cols": stripe_cols}
             blender.close()
 
     def serve(self, tile: int) -> None:
@@ -596,9 +593,12 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     else:
         device, reason = torch.device(device), "chosen for this process of a sharded job"
     precision = options.precision
-    if precision == "bf16" and device.type != "cuda" and not options.cpu_bf16:
-        progress.warn("bf16 runs only on CUDA unless cpu_bf16 is set: using fp32 on the CPU")
-        precision = "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        # As in training: bf16 where it is computed natively; emulated it would be slower than fp32.
+        native, why = cpu_native_bf16()
+        if not native:
+            progress.warn(f"bf16 requested but {why}: using fp32")
+            precision = "fp32"
     progress.info(f"device {device} ({reason}), precision {precision}")
     worker = exchange is not None and exchange.rank != 0
 

@@ -12,8 +12,7 @@ handed out as soon as the last tile touching it was added.  In any order of a
 wide or high, so no order alone keeps it bounded: blocks on a stripe's right
 edge, which wait for the next stripe, are spilled to a scratch folder on disk
 and read back when that stripe reaches them.  In memory: the blocks under about
-one tile of the current stripe.  :class:`RowBandBlender` (row-major, one row
-band of the whole width) is the simpler predecessor, kept for its callers.
+one tile of the current stripe.
 
 Pure numpy: no GDAL, no torch.
 """
@@ -149,84 +148,7 @@ def blend_window(tile: Tile, overlap_hr: int, scale: int) -> np.ndarray:
     return np.outer(wy, wx)
 
 
-@dataclass
-class Strip:
-    """Finished HR rows ``[y, y + rows)`` over the full output width."""
-    y: int
-    value: np.ndarray   # [C, rows, W*s] float32, the blended result (0 where weight is 0)
-    valid: np.ndarray   # [C, rows, W*s] bool, nearest-upsampled LR validity (False where no tile ran)
-
-
-class RowBandBlender:
-    """Accumulates weighted tiles for the current row band and hands out finished strips.
-
-    Tiles must be added in plan order (row-major).  ``hr`` is ``None`` for a
-    skipped tile (all nodata): it contributes no weight but its validity is
-    recorded.  Memory: two float32 buffers of [C, tile_h*s, W*s] and one LR bool
-    mask of [C, tile_h, W].
-    """
-
-    def __init__(self, plan: TilePlan, bands: int, scale: int):
-        self.plan, self.bands, self.scale = plan, bands, scale
-        self.out_w, self.out_h = plan.width * scale, plan.height * scale
-        self._rows_hr = plan.tile_h * scale
-        self._top = 0        # HR row of buffer row 0 (always a multiple of scale)
-        self._next = 0       # index of the next tile expected
-        self._sum = np.zeros((bands, self._rows_hr, self.out_w), np.float32)
-        self._wsum = np.zeros((self._rows_hr, self.out_w), np.float32)
-        self._valid = np.zeros((bands, plan.tile_h, plan.width), bool)
-
-    def add(self, tile: Tile, hr: np.ndarray | None, valid: np.ndarray) -> list[Strip]:
-        """Add one tile's HR output ``[C, h*s, w*s]`` and LR validity ``[C, read_h, read_w]``."""
-        if tile.index != self._next:
-            raise ValueError(f"tile {tile.index} added out of order (expected {self._next})")
-        self._next += 1
-        strips = []
-        s = self.scale
-        if tile.y * s > self._top:
-            strips.append(self._advance(tile.y * s))
-        r0 = tile.y * s - self._top
-        rows = min(tile.h * s, self.out_h - tile.y * s)
-        cols = min(tile.w * s, self.out_w - tile.x * s)
-        x0 = tile.x * s
-        if hr is not None:
-            if hr.shape != (self.bands, tile.h * s, tile.w * s):
-                raise ValueError(f"tile {tile.index}: model output {tuple(hr.shape)} is not "
-                                 f"{(self.bands, tile.h * s, tile.w * s)}")
-            w = blend_window(tile, self.plan.overlap * s, s)[:rows, :cols]
-            self._sum[:, r0:r0 + rows, x0:x0 + cols] += hr[:, :rows, :cols] * w
-            self._wsum[r0:r0 + rows, x0:x0 + cols] += w
-        lr0 = tile.y - self._top // s
-        self._valid[:, lr0:lr0 + tile.read_h, tile.x:tile.x + tile.read_w] |= valid[:, :tile.read_h, :tile.read_w]
-        if self._next == len(self.plan.tiles):
-            strips.append(self._advance(self.out_h))
-        return strips
-
-    def _advance(self, new_top: int) -> Strip:
-        """Emit HR rows [top, new_top) and move the buffer down so that it starts at ``new_top``."""
-        s = self.scale
-        n = min(new_top, self.out_h) - self._top
-        covered = self._wsum[:n] > 0
-        value = self._sum[:, :n].copy()
-        value /= np.where(covered, self._wsum[:n], 1)[None]
-        value[:, ~covered] = 0
-        valid = np.repeat(np.repeat(self._valid[:, :n // s], s, axis=1), s, axis=2)
-        valid &= covered[None]
-        strip = Strip(self._top, value, valid)
-        keep = self._rows_hr - n
-        if keep > 0:
-            # Rows still reachable by the next tile row move to the top; the rest restarts empty.
-            self._sum[:, :keep] = self._sum[:, n:]
-            self._wsum[:keep] = self._wsum[n:]
-            self._valid[:, :keep // s] = self._valid[:, n // s:]
-        self._sum[:, max(keep, 0):] = 0
-        self._wsum[max(keep, 0):] = 0
-        self._valid[:, max(keep, 0) // s:] = False
-        self._top = new_top
-        return strip
-
-
-# ---------------------------------------------------------------- bounded in both directions
+# ---------------------------------------------------------------- the blend, bounded in both directions
 
 @dataclass
 class Block:

@@ -114,8 +114,3 @@ def init_distributed(device_request: str = "auto") -> DistContext:
         initialized = True
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device,
                        device_reason=f"rank {rank}/{world}: {reason}", initialized_here=initialized)
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(
-        module, torch.nn.parallel.DistributedDataParallel) else module

@@ -6,7 +6,6 @@ evaluation, one decoder pass.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch

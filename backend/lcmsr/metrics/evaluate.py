@@ -246,8 +246,8 @@ def read_image(path) -> np.ndarray:
         values, _ = reader.read(0, 0, reader.width, reader.height)
     finally:
         reader.close()
-    # In the file's own data type (callers tell 8-bit from other data by it); float32 holds
-    # every value of the 8- and 16-bit types images come in exactly.
+    # In the file's own data type (callers tell 8-bit from other data by it); the reader's float32
+    # holds every 8- and 16-bit value exactly (32-bit integers above 2**24 are rounded).
     return values.astype(np.result_type(*reader.dtypes), copy=False)
 
 

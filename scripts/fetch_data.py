@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+from lcmsr.atomic import AtomicPath  # noqa: E402  (torch-free, GDAL-free)
+
 MANIFEST_VERSION = 1
 
 
@@ -330,14 +333,8 @@ def pixels_sha256(array) -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicPath(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def manifest_entry(root: str | os.PathLike, rel: str, split: str, source: dict, licence: str,
@@ -526,28 +523,27 @@ def write_geotiff(path: Path, array, geotransform, epsg: int | None = None, wkt:
     gdal = _gdal()
     from osgeo import gdal_array, osr
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.tif")
     bands, rows, cols = array.shape
     dtype = gdal_array.NumericTypeCodeToGDALTypeCode(array.dtype)
     opts = ["COMPRESS=DEFLATE", "PREDICTOR=2", "TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256"]
-    ds = gdal.GetDriverByName("GTiff").Create(str(tmp), cols, rows, bands, dtype, options=opts)
-    ds.SetGeoTransform(tuple(float(g) for g in geotransform))
-    srs = osr.SpatialReference()
-    if epsg is not None:
-        srs.ImportFromEPSG(epsg)
-        ds.SetProjection(srs.ExportToWkt())
-    elif wkt:
-        ds.SetProjection(wkt)
-    for i in range(bands):
-        ds.GetRasterBand(i + 1).WriteArray(array[i])
-        if i < len(descriptions):
-            ds.GetRasterBand(i + 1).SetDescription(descriptions[i])
-    if bands == 3 and array.dtype.name == "uint8":
-        for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
-            ds.GetRasterBand(i + 1).SetColorInterpretation(ci)
-    ds.FlushCache()
-    ds = None
-    os.replace(tmp, path)
+    with AtomicPath(path, suffix=".tif") as tmp:
+        ds = gdal.GetDriverByName("GTiff").Create(tmp, cols, rows, bands, dtype, options=opts)
+        ds.SetGeoTransform(tuple(float(g) for g in geotransform))
+        srs = osr.SpatialReference()
+        if epsg is not None:
+            srs.ImportFromEPSG(epsg)
+            ds.SetProjection(srs.ExportToWkt())
+        elif wkt:
+            ds.SetProjection(wkt)
+        for i in range(bands):
+            ds.GetRasterBand(i + 1).WriteArray(array[i])
+            if i < len(descriptions):
+                ds.GetRasterBand(i + 1).SetDescription(descriptions[i])
+        if bands == 3 and array.dtype.name == "uint8":
+            for i, ci in enumerate((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)):
+                ds.GetRasterBand(i + 1).SetColorInterpretation(ci)
+        ds.FlushCache()
+        ds = None
 
 
 def neon_geotransform(lower_left: tuple[float, float], rows: int, gsd: float = NEON_GSD) -> tuple:

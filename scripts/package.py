@@ -9,6 +9,9 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "backend"))
+from lcmsr.atomic import AtomicPath  # noqa: E402  (torch-free, GDAL-free)
+
 PLUGIN = "lcmsr_qgis"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
@@ -35,7 +38,6 @@ def walk(src: Path):
 def build(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PLUGIN}-{version()}.zip"
-    tmp = target.with_suffix(".zip.partial")
     entries = []
     for path in walk(REPO / PLUGIN):
         rel = path.relative_to(REPO / PLUGIN)
@@ -51,7 +53,7 @@ def build(out_dir: Path) -> Path:
     entries.append((REPO / "resources" / "icon.svg", Path(PLUGIN) / "resources" / "icon.svg"))
     # Explicit folder entries: some unzip code (older QGIS installers) only creates folders it is told about.
     folders = sorted({str(p) + "/" for _, arc in entries for p in arc.parents if str(p) != "."})
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with AtomicPath(target, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for folder in folders:
             info = zipfile.ZipInfo(folder, date_time=(2026, 1, 1, 0, 0, 0))
             info.external_attr = (0o40755 << 16) | 0x10
@@ -61,7 +63,6 @@ def build(out_dir: Path) -> Path:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, src.read_bytes())
-    os.replace(tmp, target)
     return target
 
 

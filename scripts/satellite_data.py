@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+from lcmsr.atomic import AtomicPath  # noqa: E402
 from lcmsr.domain import robust_range  # noqa: E402  (the stretch inference applies)
 
 L8_TRAIN = "train/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
@@ -78,9 +78,8 @@ def build(data: Path, out: Path) -> dict:
 
     def save(split: str, name: str, a: np.ndarray, source: str, band: int, role: str, rng: list[float]):
         path = out / split / f"{name}.npy"
-        tmp = path.with_name(path.name + ".part.npy")
-        np.save(tmp, a[None])
-        os.replace(tmp, path)
+        with AtomicPath(path, suffix=".npy") as tmp:  # the suffix keeps np.save from appending one
+            np.save(tmp, a[None])
         record[split].append({"file": str(path.relative_to(out)), "source": source, "band": band, "role": role,
                               "stretch_lo_hi": rng, "shape": list(a.shape),
                               "valid": float(np.isfinite(a).mean())})

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import AtomicPath
 from .model import FORMAT_VERSION, LCMSR, ModelInfo
 
 SUPPORTED_FORMAT_VERSIONS = (1, FORMAT_VERSION)  # 1: written before the domain existed (domain unknown)
@@ -81,20 +80,9 @@ def save_model(path, model: LCMSR, info: ModelInfo | None = None, storage: str =
     meta = dict(info.to_dict(), format_version=FORMAT_VERSION)
     tensors = _inference_state(model, storage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        meta_json = json.dumps(meta)
+    meta_json = json.dumps(meta)
+    with AtomicPath(path, fsync=True) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: meta_json, DIGEST_KEY: content_digest(meta_json, tensors)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 

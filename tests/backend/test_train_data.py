@@ -123,7 +123,7 @@ def test_gdal_source_band_selection_alpha_and_mask(tmp_path):
     assert sset.bands == [1, 2, 3] and sset.data_type == "Byte"  # alpha is not a band to learn
     data, valid = sset.sources[0].read(40, 0, 16, 8, [2])
     assert data.shape == (1, 8, 16) and np.array_equal(data[0], rgb[1, :8, 40:56])
-    assert not valid[:, :8].any() and valid[:, 8:].all()
+    assert valid.shape == (1, 8, 16) and not valid[0, :, :8].any() and valid[0, :, 8:].all()
     sampler = PatchSampler(sset, 2, 32, byte_norm(), seed=3, multiple=16, augment=False)
     hr, _ = sampler.sample(8)
     assert hr.shape == (8, 3, 32, 32)

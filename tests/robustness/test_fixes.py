@@ -116,6 +116,7 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run_to_the_same_destinat
     pytest.importorskip("osgeo.gdal")
     import numpy as np
 
+    from lcmsr import atomic
     from lcmsr.raster import io
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -123,8 +124,8 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run_to_the_same_destinat
     try:
         child.send_signal(signal.SIGKILL)
         child.wait()
-        dead = tmp_path / f".out.tif.partial-{io._HOST_TAG}-{child.pid}-0badcafe"
-        busy = tmp_path / f".out.tif.partial-{io._HOST_TAG}-{alive.pid}-0badcafe"
+        dead = tmp_path / f".out.tif.partial-{atomic.HOST_TAG}-{child.pid}-0badcafe"
+        busy = tmp_path / f".out.tif.partial-{atomic.HOST_TAG}-{alive.pid}-0badcafe"
         other_host = tmp_path / f".out.tif.partial-ffffff-{child.pid}-0badcafe"
         for p in (dead, busy, other_host):
             p.write_bytes(b"half a GeoTIFF")

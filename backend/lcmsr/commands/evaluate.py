@@ -26,10 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("--hr", required=True, help="HR raster, or folder of HR images with the same file names")
     p.add_argument("--scale", type=int, default=4,
                    help="SR factor = border crop in pixels for PSNR/SSIM (default 4; with --model the model's)")
-    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to compare, e.g. 1,2,3; with --model the HR bands in the model's order "
-                        "(default: all)")
+    p.add_argument("--bands", type=_bands, default=None,
+                   help="1-based bands to compare, e.g. 1,2,3; with --model the HR bands in the model's order "
+                        "(default: all but alpha bands)")
     p.add_argument("--data-range", type=float, default=None,
-                   help="peak value range (default: 255 for 8-bit, else the HR min-max range)")
+                   help="peak value range (default: 255 for 8-bit, else the min-max range of HR's valid "
+                        "values); nodata pixels of SR or HR rasters are left out of every metric")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--fid", action="store_true", help="also FID between the two folders (needs fetch_weights --fid)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] for LPIPS/FID and --model's SR (default auto)")

@@ -119,12 +119,9 @@ def diagnostics() -> str:
              f"torch           {torch.__version__}",
              f"torch CUDA      {torch.version.cuda or 'none (CPU-only build)'}",
              f"numpy           {numpy.__version__}"]
-    try:
-        from osgeo import gdal
+    from ..raster import gdal_version
 
-        lines.append(f"GDAL            {gdal.__version__}")
-    except ImportError:
-        lines.append("GDAL            not importable (needed only for raster input/output)")
+    lines.append(f"GDAL            {gdal_version() or 'not importable (needed only for raster input/output)'}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)

@@ -6,8 +6,9 @@ in-memory images; ``evaluate_rasters`` streams two rasters tile by tile so a
 large scene never has to fit in memory; ``write_html_report`` writes a small
 self-contained table.
 
-GDAL is imported lazily inside the raster readers only, so this module (and
-``evaluate_arrays``) runs on machines without GDAL.
+Rasters are read through :class:`lcmsr.raster.io.WindowReader` (imported on use, so this
+module and ``evaluate_arrays`` run on machines without GDAL), with the validity rule of
+inference and training: nodata is excluded from every metric.
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import html
 import importlib.util
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import AtomicPath
 from .psnr_ssim import SSIM_WINDOW, psnr, psnr_from_mse, ssim, ssim_map
 
 METRIC_KEYS = ("psnr", "ssim", "lpips")
@@ -72,44 +73,50 @@ def evaluate_arrays(sr, hr, scale: int, data_range: float, lpips: bool = True, *
 
 # --------------------------------------------------------------------------- rasters
 
-def _gdal():
-    """GDAL as the raster package uses it: the process-wide exception mode is left as the host set it
-    (QGIS shares it), so every call goes through lcmsr.raster.io, which works in either mode."""
+def _rio():
+    """lcmsr.raster.io, the one GDAL reader; imported on use so this module runs without GDAL."""
     try:
-        from osgeo import gdal  # lazy: only raster evaluation needs GDAL
+        from ..raster import io as rio
     except ImportError as exc:
         raise RuntimeError("reading rasters needs GDAL (python3-gdal / osgeo), which is not importable here; "
                            "use evaluate_arrays on arrays, or .npy images") from exc
-    return gdal
+    return rio
 
 
-def _open(path, what: str):
-    _gdal()
-    from ..raster import io as rio
-
+def _reader(path, what: str, bands: Sequence[int] | None):
+    rio = _rio()
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} raster {path} does not exist")
     try:
-        return rio.open_raster(path)
+        return rio.WindowReader(path, list(bands) if bands else None)
     except rio.RasterError as exc:
         raise ValueError(f"{what} raster {exc}") from None
 
 
-def _check_bands(ds, path, bands: Sequence[int] | None) -> list[int]:
-    n = ds.RasterCount
-    bands = list(bands) if bands else list(range(1, n + 1))
-    for b in bands:
-        if not 1 <= int(b) <= n:
-            raise ValueError(f"{path} has {n} bands; band {b} does not exist (bands are numbered from 1)")
-    return [int(b) for b in bands]
+def _pair(sr, hr, x: int, y: int, w: int, h: int, neutral: float):
+    """SR and HR windows as float64 plus where both are valid (lcmsr.raster.validity's rule).
+
+    Values invalid in either get HR's filled value (validity.fill_invalid) in both, so a hole
+    adds no error and reaches LPIPS the way holes reach every network of lcmsr."""
+    from ..raster.validity import fill_invalid
+
+    a, va = sr.read(x, y, w, h)
+    b, vb = hr.read(x, y, w, h)
+    ok = va & vb
+    fill_invalid(b, ok, neutral)
+    a[~ok] = b[~ok]
+    return a.astype(np.float64), b.astype(np.float64), ok
 
 
-def _read(ds, bands: list[int], x: int, y: int, w: int, h: int) -> np.ndarray:
-    from ..raster import io as rio
-
-    where = f"reading window x={x} y={y} {w}x{h} of {ds.GetDescription()}"
-    return np.stack([rio._call(where, ds.GetRasterBand(b).ReadAsArray, x, y, w, h) for b in bands]
-                    ).astype(np.float64)
+def _valid_range(reader, tile: int) -> tuple[float, float]:
+    """(min, max) of the reader's valid values, read window by window."""
+    lo, hi = math.inf, -math.inf
+    for y0, y1, _ in _tiles(0, reader.height, tile):
+        for x0, x1, _ in _tiles(0, reader.width, tile):
+            v, ok = reader.read(x0, y0, x1 - x0, y1 - y0)
+            if ok.any():
+                lo, hi = min(lo, float(v[ok].min())), max(hi, float(v[ok].max()))
+    return lo, hi
 
 
 def _tiles(start: int, stop: int, tile: int):
@@ -123,38 +130,51 @@ def _tiles(start: int, stop: int, tile: int):
 def evaluate_rasters(sr_path, hr_path, scale: int, bands: Sequence[int] | None = None, *,
                      data_range: float | None = None, lpips: bool = True,
                      device: str | torch.device = "cpu", tile: int = DEFAULT_TILE) -> dict:
-    """Metrics of an SR raster against an HR raster of the same size (1-based ``bands``).
+    """Metrics of an SR raster against an HR raster of the same size (1-based ``bands``;
+    None: every band except alpha bands).
 
-    ``data_range``: 255 for Byte rasters; for other types the HR range
+    Nodata is excluded: a value invalid in SR or HR by :mod:`lcmsr.raster.validity`'s rule
+    (the band's nodata value, its mask, non-finite) counts in no PSNR sum, no SSIM window
+    that covers it counts, and LPIPS sees it filled the same in both.
+    ``data_range``: 255 for Byte rasters; for other types the range of HR's valid values
     (max - min over the selected bands), unless given.  PSNR and SSIM are exact
-    whole-image values even when read tile by tile; LPIPS is the area-weighted
-    mean of per-tile LPIPS when the raster is larger than one ``tile``.
+    whole-image values even when read tile by tile; LPIPS is the mean of per-tile LPIPS
+    weighted by valid pixels when the raster is larger than one ``tile``.
     Returns ``psnr``, ``ssim``, ``lpips`` (None when off) plus ``data_range``,
     ``bands``, ``width``, ``height``.
     """
-    sr_ds, hr_ds = _open(sr_path, "SR"), _open(hr_path, "HR")
-    if (sr_ds.RasterXSize, sr_ds.RasterYSize) != (hr_ds.RasterXSize, hr_ds.RasterYSize):
-        raise ValueError(f"SR {sr_path} is {sr_ds.RasterXSize}x{sr_ds.RasterYSize} pixels but HR {hr_path} is "
-                         f"{hr_ds.RasterXSize}x{hr_ds.RasterYSize}; they must match")
-    b_hr = _check_bands(hr_ds, hr_path, bands)
-    b_sr = _check_bands(sr_ds, sr_path, bands)
-    if len(b_sr) != len(b_hr) or (bands is None and sr_ds.RasterCount != hr_ds.RasterCount):
-        raise ValueError(f"SR {sr_path} has {sr_ds.RasterCount} bands but HR {hr_path} has {hr_ds.RasterCount}; "
-                         f"pass bands= to compare a selection")
-    w, h = hr_ds.RasterXSize, hr_ds.RasterYSize
+    sr, hr = _reader(sr_path, "SR", bands), _reader(hr_path, "HR", bands)
+    try:
+        return _evaluate_readers(sr, hr, sr_path, hr_path, scale, data_range, lpips, device, tile)
+    finally:
+        sr.close()
+        hr.close()
+
+
+def _evaluate_readers(sr, hr, sr_path, hr_path, scale, data_range, lpips, device, tile) -> dict:
+    if (sr.width, sr.height) != (hr.width, hr.height):
+        raise ValueError(f"SR {sr_path} is {sr.width}x{sr.height} pixels but HR {hr_path} is "
+                         f"{hr.width}x{hr.height}; they must match")
+    if len(sr.bands) != len(hr.bands):
+        raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr_path} has {len(hr.bands)} "
+                         f"(alpha bands excluded); pass bands= to compare a selection")
+    w, h = hr.width, hr.height
     if h <= 2 * scale + SSIM_WINDOW - 1 or w <= 2 * scale + SSIM_WINDOW - 1:
         raise ValueError(f"{hr_path} ({w}x{h}) is too small for a {scale}-pixel border crop and 11x11 SSIM windows")
+    tile = max(int(tile), SSIM_WINDOW + 1)
 
-    gdal = _gdal()
     offset = 0.0
     if data_range is None:
-        if hr_ds.GetRasterBand(b_hr[0]).DataType == gdal.GDT_Byte:
+        if hr.dtypes[0] == np.uint8:
             data_range = 255.0
         else:
-            mins, maxs = zip(*(hr_ds.GetRasterBand(b).ComputeRasterMinMax(False) for b in b_hr))
-            offset, data_range = float(min(mins)), float(max(maxs) - min(mins))
+            lo, hi = _valid_range(hr, tile)
+            if lo > hi:
+                raise ValueError(f"HR {hr_path} has no valid pixel in the selected bands (all nodata)")
+            offset, data_range = lo, hi - lo
             if data_range <= 0:
                 raise ValueError(f"HR {hr_path} is constant (value {offset}); give data_range explicitly")
+    neutral = offset + data_range / 2
 
     from .lpips import MIN_LPIPS_SIZE, get_lpips
 
@@ -162,35 +182,40 @@ def evaluate_rasters(sr_path, hr_path, scale: int, bands: Sequence[int] | None =
     sq_err, n_px = 0.0, 0
     ssim_sum, n_win = 0.0, 0
     lp_sum, lp_area = 0.0, 0
-    tile = max(int(tile), SSIM_WINDOW + 1)
     # PSNR/SSIM on the border-cropped region, LPIPS on the whole image (see module doc).
     for y0, y1, y2 in _tiles(scale, h - scale, tile):
         for x0, x1, x2 in _tiles(scale, w - scale, tile):
-            a = _read(sr_ds, b_sr, x0, y0, x2 - x0, y2 - y0)
-            b = _read(hr_ds, b_hr, x0, y0, x2 - x0, y2 - y0)
-            sq_err += float(((a[:, :y1 - y0, :x1 - x0] - b[:, :y1 - y0, :x1 - x0]) ** 2).sum())
-            n_px += a.shape[0] * (y1 - y0) * (x1 - x0)
+            a, b, ok = _pair(sr, hr, x0, y0, x2 - x0, y2 - y0, neutral)
+            core = ok[:, :y1 - y0, :x1 - x0]
+            sq_err += float(((a[:, :y1 - y0, :x1 - x0] - b[:, :y1 - y0, :x1 - x0]) ** 2)[core].sum())
+            n_px += int(core.sum())
             if a.shape[1] >= SSIM_WINDOW and a.shape[2] >= SSIM_WINDOW:
-                m = ssim_map(torch.from_numpy(a), torch.from_numpy(b), data_range)
-                ssim_sum += float(m.mean(dim=1).sum())
-                n_win += m.shape[-2] * m.shape[-1]
+                m = ssim_map(torch.from_numpy(a), torch.from_numpy(b), data_range)[0]
+                # A window counts, per band, only when all its pixels are valid there.
+                holes = torch.from_numpy((~ok).astype(np.float64))[:, None]
+                whole = torch.nn.functional.avg_pool2d(holes, SSIM_WINDOW, stride=1)[:, 0] == 0
+                ssim_sum += float(m[whole].sum())
+                n_win += int(whole.sum())
+    if n_px == 0:
+        raise ValueError(f"no pixel inside the {scale}-pixel border is valid in both SR {sr_path} and HR {hr_path}")
     if net is not None:
         for y0, y1, _ in _tiles(0, h, tile):
             for x0, x1, _ in _tiles(0, w, tile):
                 if min(y1 - y0, x1 - x0) < MIN_LPIPS_SIZE:
                     continue  # a sliver at the edge: too small for AlexNet, carries little area
-                a = torch.from_numpy(_read(sr_ds, b_sr, x0, y0, x1 - x0, y1 - y0))[None]
-                b = torch.from_numpy(_read(hr_ds, b_hr, x0, y0, x1 - x0, y1 - y0))[None]
+                a, b, ok = _pair(sr, hr, x0, y0, x1 - x0, y1 - y0, neutral)
+                area = int(ok.any(axis=0).sum())
+                if area == 0:
+                    continue
                 with torch.no_grad():
-                    d = net(_to_model_space(a, data_range, offset).to(device),
-                            _to_model_space(b, data_range, offset).to(device))
-                area = (y1 - y0) * (x1 - x0)
+                    d = net(_to_model_space(torch.from_numpy(a)[None], data_range, offset).to(device),
+                            _to_model_space(torch.from_numpy(b)[None], data_range, offset).to(device))
                 lp_sum += float(d.mean()) * area
                 lp_area += area
     return {"psnr": psnr_from_mse(sq_err / n_px, data_range),
-            "ssim": ssim_sum / n_win,
-            "lpips": lp_sum / lp_area if net is not None else None,
-            "data_range": data_range, "bands": b_hr, "width": w, "height": h}
+            "ssim": ssim_sum / n_win if n_win else math.nan,
+            "lpips": lp_sum / lp_area if net is not None and lp_area else None,
+            "data_range": data_range, "bands": hr.bands, "width": w, "height": h}
 
 
 def read_image(path) -> np.ndarray:
@@ -210,12 +235,20 @@ def read_image(path) -> np.ndarray:
             raise RuntimeError(f"{path}: reading images needs GDAL or Pillow; neither is importable here") from None
         a = np.asarray(Image.open(path))
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    from ..raster import io as rio
-
-    ds = _open(path, "image")
-    # In the file's own data type (callers tell 8-bit from other data by it).
-    return np.stack([rio._call(f"reading band {b} of {path}", ds.GetRasterBand(b).ReadAsArray)
-                     for b in range(1, ds.RasterCount + 1)])
+    if not path.exists():
+        raise FileNotFoundError(f"image raster {path} does not exist")
+    rio = _rio()
+    try:
+        reader = rio.WindowReader(path, list(range(1, rio.layout(path).count + 1)))  # alpha too: images
+    except rio.RasterError as exc:
+        raise ValueError(f"image raster {exc}") from None
+    try:
+        values, _ = reader.read(0, 0, reader.width, reader.height)
+    finally:
+        reader.close()
+    # In the file's own data type (callers tell 8-bit from other data by it); the reader's float32
+    # holds every 8- and 16-bit value exactly (32-bit integers above 2**24 are rounded).
+    return values.astype(np.result_type(*reader.dtypes), copy=False)
 
 
 # --------------------------------------------------------------------------- one pair, one model
@@ -335,14 +368,6 @@ th,td{{border:1px solid #bbb;padding:.3em .8em;text-align:right}}thead th{{backg
 """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(doc)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with AtomicPath(path) as tmp:
+        Path(tmp).write_text(doc, encoding="utf-8")
     return path

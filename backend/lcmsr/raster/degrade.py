@@ -17,7 +17,8 @@ import torch
 from ..ops import downsample_bicubic
 from ..progress import Progress
 from . import io
-from .pipeline import _Recording, fill_invalid
+from .pipeline import _Recording
+from .validity import fill_invalid
 
 BLOCK_LR = 2 * io.BLOCK   # output pixels per block side: whole GeoTIFF tiles, each written once
 MARGIN_LR = 3             # antialiased bicubic reaches 2 LR pixels each side; 3 leaves room

@@ -11,6 +11,7 @@ from osgeo import gdal
 from .. import domain as dom
 from ..domain import InputFacts
 from . import io
+from .validity import valid_values
 
 STRETCH_SAMPLE = 1024   # the stretch is measured on at most this many pixels along each side
 
@@ -116,14 +117,11 @@ def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
         where = f"measuring the value range of band {b} of {path}"
         a = io._call(where, band.ReadAsArray, 0, 0, w, h, bw, bh)
         a = a.astype(io.numpy_dtype(band.DataType), copy=False)
-        valid = np.ones(a.shape, bool)
         nodata = band.GetNoDataValue()
-        if nodata is not None:
-            valid &= io._not_nodata(a, nodata)
-        elif band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
+        valid = valid_values(a, nodata)
+        if nodata is None and band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
             valid &= io._call(where, band.GetMaskBand().ReadAsArray, 0, 0, w, h, bw, bh) != 0
         v = a[valid].astype(np.float64)
-        v = v[np.isfinite(v)]
         if v.size == 0:
             raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
                                  f"super-resolve")

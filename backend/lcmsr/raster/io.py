@@ -12,18 +12,17 @@ opened read-only.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import secrets
 import shutil
-import socket
 from dataclasses import dataclass, field
 
 import numpy as np
 from osgeo import gdal
 
+from .. import atomic
 from ..progress import Cancelled, Progress
+from .validity import valid_values
 
 BLOCK = 256  # output GeoTIFF tile size (pixels)
 
@@ -261,34 +260,51 @@ def source_warnings(info: SourceInfo) -> list[str]:
     return out
 
 
-def _not_nodata(band: np.ndarray, nodata: float) -> np.ndarray:
-    """Validity by nodata value, compared in the band's own type as GDAL does (a float32 band's
-    -3.4e38 nodata only matches after rounding it to float32)."""
-    if math.isnan(nodata):
-        return ~np.isnan(band)
-    if band.dtype.kind in "iu":
-        info = np.iinfo(band.dtype)
-        if nodata != int(nodata) or not info.min <= nodata <= info.max:
-            return np.ones(band.shape, bool)  # a value the type cannot hold marks nothing
-        return band != int(nodata)
-    return band != band.dtype.type(nodata)
+@dataclass
+class Layout:
+    """What a raster holds, before any band is chosen (training sources, evaluation)."""
+    width: int
+    height: int
+    count: int
+    data_type: str                       # GDAL name of band 1's type, e.g. "Byte", "UInt16"
+    band_names: list[str]                # description, else colour interpretation, else "band N"
+    default_bands: list[int]             # 1-based, every band except alpha bands (may be empty)
+
+
+def layout(path: str | os.PathLike) -> Layout:
+    path = os.fspath(path)
+    ds = open_raster(path)
+    names, default = [], []
+    for i in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(i)
+        interp = band.GetColorInterpretation()
+        desc = band.GetDescription() or gdal.GetColorInterpretationName(interp)
+        names.append(desc if desc and desc != "Undefined" else f"band {i}")
+        if interp != gdal.GCI_AlphaBand:
+            default.append(i)
+    return Layout(ds.RasterXSize, ds.RasterYSize, ds.RasterCount,
+                  gdal.GetDataTypeName(ds.GetRasterBand(1).DataType), names, default)
 
 
 class WindowReader:
-    """Reads windows of the selected bands as float32 with a per-band validity mask.
+    """THE window reader of lcmsr: inference, degrading, training patches and evaluation all read
+    pixels through it.  Windows of the selected bands come as float32 with a per-band validity mask.
 
-    Opens its own read-only handle, so each thread that reads owns one.  A pixel
-    is invalid when it equals the band's nodata value, its mask or alpha band is
-    0, or (float bands) it is NaN.
+    Opens its own read-only handle, so each thread that reads owns one.  The validity rule is
+    :mod:`lcmsr.raster.validity`'s: a value is invalid where it equals its band's nodata value,
+    where the band's mask or alpha band is 0 (bands without a nodata value), or where it is not finite.
     """
 
-    def __init__(self, path: str, bands: list[int]):
-        self.path, self.bands = path, list(bands)
-        self._ds = open_raster(path)
+    def __init__(self, path: str | os.PathLike, bands: list[int] | None):
+        """``bands``: 1-based, checked; None = every band except alpha bands."""
+        self.path = os.fspath(path)
+        self._ds = open_raster(self.path)
+        self.width, self.height = self._ds.RasterXSize, self._ds.RasterYSize
+        self.bands = select_bands(self._ds, bands, self.path)
         rb = [self._ds.GetRasterBand(b) for b in self.bands]
-        self._nodata = [b.GetNoDataValue() for b in rb]
+        self.nodata = [b.GetNoDataValue() for b in rb]
         self._flags = [b.GetMaskFlags() for b in rb]
-        self._dtypes = [numpy_dtype(b.DataType) for b in rb]
+        self.dtypes = [numpy_dtype(b.DataType) for b in rb]
         self._mask_bands = [b.GetMaskBand() if f & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA)
                             and not f & gdal.GMF_NODATA else None for b, f in zip(rb, self._flags)]
 
@@ -301,20 +317,16 @@ class WindowReader:
         valid = np.ones(raw.shape, bool)
         shared_masks: dict[int, np.ndarray] = {}
         for i, b in enumerate(self.bands):
-            band = raw[i].astype(self._dtypes[i], copy=False)
+            band = raw[i].astype(self.dtypes[i], copy=False)
             values[i] = band
-            nodata = self._nodata[i]
-            if nodata is not None:
-                valid[i] = _not_nodata(band, nodata)
-            elif self._mask_bands[i] is not None:
+            valid[i] = valid_values(band, self.nodata[i])
+            if self.nodata[i] is None and self._mask_bands[i] is not None:
                 key = b if not self._flags[i] & gdal.GMF_PER_DATASET else 0
                 if key not in shared_masks:
                     mask = _call(f"reading the mask of band {b} of {self.path}", self._mask_bands[i].ReadAsArray,
                                  x, y, w, h)
                     shared_masks[key] = mask != 0
-                valid[i] = shared_masks[key]
-            if band.dtype.kind == "f":
-                valid[i] &= np.isfinite(band)
+                valid[i] &= shared_masks[key]
         return values, valid
 
     def close(self) -> None:
@@ -602,27 +614,14 @@ def _verify(path: str, spec: OutputSpec, what: str) -> None:
     ds = None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # e.g. another user's process: alive, not ours to judge
-    return True
-
-
-# Temp names carry a short tag of the host, so that a folder shared over the network is never swept
-# of files that processes on another machine are still writing.
-_HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
-
-
 class AtomicRaster:
     """``with AtomicRaster(dst, spec) as writer:`` — a GeoTIFF under a temporary name, renamed on success.
 
     Any exception (including :class:`Cancelled`) removes the temporary file and
     leaves an existing ``dst`` untouched.  With ``cog=True`` the finished GeoTIFF
     is translated to a Cloud Optimized GeoTIFF (with overviews) before the rename.
+    Temporary names and the sweep of a killed run's leftovers are :mod:`lcmsr.atomic`'s; the
+    rename is done here because GDAL's side-car files (``.aux.xml``) move with the raster.
     """
 
     def __init__(self, dst: str, spec: OutputSpec, progress: Progress | None = None, cog: bool = False):
@@ -632,39 +631,16 @@ class AtomicRaster:
         self._temps: list[str] = []
 
     def _temp_name(self) -> str:
-        # Not mkstemp: its 0600 mode would stick to the output; GDAL creates the file with the umask.
-        # The host and process id in the name let a later run remove what a killed one left behind.
-        folder, name = os.path.split(self.dst)
-        while True:
-            path = os.path.join(folder, f".{name}.partial-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}")
-            if not os.path.exists(path):
-                break
+        # lcmsr.atomic's names (the host and process id let a later run remove what a killed one left
+        # behind); not pre-created, so GDAL creates the file with the umask.
+        path = atomic.temp_path(self.dst)
         self._temps.append(path)
         return path
 
-    def _sweep_stale(self) -> None:
-        """Remove temporary files of this destination left by processes of this host that no longer
-        exist (kill -9, power loss): they can never be finished, and nobody else would delete them."""
-        folder, name = os.path.split(self.dst)
-        prefix = f".{name}.partial-{_HOST_TAG}-"
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            return
-        for entry in entries:
-            if not entry.startswith(prefix):
-                continue
-            pid_text = entry[len(prefix):].split("-", 1)[0]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
-                continue
-            try:
-                os.remove(os.path.join(folder, entry))
-                self.progress.info(f"removed {entry}, left in {folder} by an interrupted run")
-            except OSError:
-                pass  # best effort: another run may be sweeping it at the same moment
-
     def __enter__(self) -> RasterWriter:
-        self._sweep_stale()
+        folder = os.path.dirname(self.dst)
+        for entry in atomic.sweep_stale(folder):
+            self.progress.info(f"removed {entry}, left in {folder} by an interrupted run")
         tmp = self._temp_name()
         try:
             self.writer = RasterWriter(tmp, self.spec, what=f"the output {self.dst}")

@@ -44,9 +44,9 @@ from ..progress import Progress
 from . import io
 from .facts import band_ranges, input_facts
 from .tiling import BlockBlender, plan_tiles, stripe_columns
+from .validity import fill_invalid, neutral_values
 
 NOISE_BLOCK = 32          # latent pixels per noise block
-FILL_ITERATIONS = 8       # nodata holes are filled from valid neighbours this many pixels deep
 _QUEUE_TILES = 2          # reader look-ahead, in batches
 # Stripe width in HR pixels: rasters at most this wide are one stripe written in full-width strips;
 # wider ones run in stripes of about this width, written in GeoTIFF-tile-aligned blocks.
@@ -166,40 +166,6 @@ def position_noise(seed: int, top: int, left: int, h: int, w: int, channels: int
     return out
 
 
-# ---------------------------------------------------------------- nodata fill
-
-def fill_invalid(values: np.ndarray, valid: np.ndarray, neutral: np.ndarray) -> None:
-    """In place: invalid pixels take the mean of valid neighbours, grown FILL_ITERATIONS pixels deep,
-    and the band's valid mean beyond that, so nodata values never reach the network."""
-    for c in range(values.shape[0]):
-        ok = valid[c]
-        if ok.all():
-            continue
-        v = values[c]
-        if not ok.any():
-            v[:] = neutral[c]
-            continue
-        known = ok.astype(np.float32)
-        acc = np.where(ok, v, 0).astype(np.float32)
-        for _ in range(FILL_ITERATIONS):
-            missing = known == 0
-            if not missing.any():
-                break
-            s, n = _box3(acc * known), _box3(known)
-            grow = missing & (n > 0)
-            acc[grow] = s[grow] / n[grow]
-            known[grow] = 1
-        rest = known == 0
-        acc[rest] = v[ok].mean(dtype=np.float64)
-        v[~ok] = acc[~ok]
-
-
-def _box3(a: np.ndarray) -> np.ndarray:
-    p = np.pad(a, 1)
-    h, w = a.shape
-    return sum(p[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
-
-
 # ---------------------------------------------------------------- threads
 
 _END = object()
@@ -221,8 +187,9 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 class _Reader(threading.Thread):
-    """Reads tiles in the given order, fills nodata, pads to the tile size; owns its own GDAL handle,
-    reopened for every tile row so that GDAL's block cache never holds more than one row of input."""
+    """Reads tiles in the given order, fills invalid values (:mod:`lcmsr.raster.validity`), pads to the
+    tile size; owns its own GDAL handle, reopened for every tile row so that GDAL's block cache never
+    holds more than one row of input."""
 
     def __init__(self, path, bands, tiles, neutral, out: queue.Queue, stop: threading.Event):
         super().__init__(name="lcmsr-reader", daemon=True)
@@ -430,7 +397,7 @@ class _Job:
         self.tiles_run = self.skipped = 0
         blender = BlockBlender(plan, len(self.info.bands), self.scale, block=block, stripe_cols=stripe_cols,
                                spill_dir=os.path.dirname(os.path.abspath(self.dst)))
-        neutral = np.array([(lo + hi) / 2 for lo, hi in zip(self.norm.lo, self.norm.hi)], np.float32)
+        neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
         blocks_q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
@@ -477,7 +444,7 @@ class _Job:
         """A non-zero rank of a sharded job: read the same tiles, run the batches it owns, send them."""
         plan, stripe_cols, _ = self._plan(tile)
         order = BlockBlender(plan, len(self.info.bands), self.scale, stripe_cols=stripe_cols).order
-        neutral = np.array([(lo + hi) / 2 for lo, hi in zip(self.norm.lo, self.norm.hi)], np.float32)
+        neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
         reader = _Reader(self.src, self.info.bands, order, neutral, tiles_q, stop)

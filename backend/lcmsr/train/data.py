@@ -1,8 +1,10 @@
 """Training patches: random HR windows from arrays or rasters, their LR, augmentation, normalisation.
 
 Sources are numpy arrays ``(C, H, W)`` (or ``(H, W)``) or paths of anything GDAL
-reads (GeoTIFF, PNG, JPEG ...).  GDAL is imported only inside :class:`RasterSource`
-so that array training works on machines without it (the CUDA servers).
+reads (GeoTIFF, PNG, JPEG ...).  Rasters are read through :class:`lcmsr.raster.io.WindowReader`,
+imported only inside :class:`RasterSource`, so that array training works on machines without
+GDAL (the CUDA servers).  Arrays and rasters share one validity rule and one fill rule
+(:mod:`lcmsr.raster.validity`, numpy only), the ones inference uses.
 
 Everything random goes through one ``numpy.random.Generator`` whose state is a
 JSON-able dict (:meth:`PatchSampler.state_dict`), so a resumed run draws exactly
@@ -21,6 +23,7 @@ import torch
 
 from ..normalization import Normalization
 from ..ops import downsample_bicubic
+from ..raster.validity import fill_invalid, neutral_values, valid_values
 
 # numpy dtype -> GDAL data-type name (what ModelInfo.data_type records).
 _GDAL_NAMES = {
@@ -47,7 +50,7 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Window -> (float32 ``[C, h, w]`` raw values, bool ``[h, w]`` valid mask)."""
+        """Window -> (float32 ``[C, h, w]`` raw values, bool ``[C, h, w]`` per-band validity)."""
 
     def check_bands(self, bands: Sequence[int]) -> None:
         for b in bands:
@@ -60,7 +63,7 @@ class Source(abc.ABC):
 
 
 class ArraySource(Source):
-    """An in-memory ``(C, H, W)`` array; ``nodata`` marks pixels where every band has that value."""
+    """An in-memory ``(C, H, W)`` array; a value equal to ``nodata`` (or not finite) is invalid in its band."""
 
     def __init__(self, array: np.ndarray, name: str = "array", nodata: float | None = None):
         a = np.asarray(array)
@@ -77,71 +80,41 @@ class ArraySource(Source):
         self.default_bands = list(range(1, self.count + 1))
 
     def read(self, x, y, w, h, bands):
-        data = self.array[[b - 1 for b in bands], y:y + h, x:x + w].astype(np.float32)
-        invalid = np.zeros((h, w), bool)
-        if self.nodata is not None:
-            invalid = np.all(data == np.float32(self.nodata), axis=0)
-        return data, _finite(data, ~invalid)
+        raw = self.array[[b - 1 for b in bands], y:y + h, x:x + w]
+        valid = np.stack([valid_values(band, self.nodata) for band in raw])  # in the array's own type
+        return raw.astype(np.float32), valid
 
 
 class RasterSource(Source):
-    """A file read window by window through GDAL (imported here, lazily)."""
+    """A file read window by window through :class:`lcmsr.raster.io.WindowReader`, as inference reads."""
 
     def __init__(self, path: str | os.PathLike):
-        from osgeo import gdal  # only raster sources need GDAL
-
         self.name = os.fspath(path)
+        try:
+            from ..raster import io  # GDAL lives in lcmsr.raster; imported here so array training needs none
+        except ImportError as exc:
+            raise RuntimeError(f"training on {self.name} needs GDAL (python3-gdal / osgeo), which is not "
+                               f"importable here ({exc}); convert the rasters to (C, H, W) .npy arrays where "
+                               f"GDAL is installed") from None
         if not os.path.exists(self.name):
             raise FileNotFoundError(f"training source {self.name} does not exist")
-        try:
-            ds = gdal.Open(self.name, gdal.GA_ReadOnly)
-        except RuntimeError as exc:  # when some other module enabled gdal.UseExceptions()
-            raise ValueError(f"GDAL cannot open {self.name}: {exc}") from None
-        if ds is None:
-            raise ValueError(f"GDAL cannot open {self.name}: {gdal.GetLastErrorMsg() or 'unknown format'}")
-        if ds.RasterCount == 0:
-            raise ValueError(f"{self.name} has no raster bands")
-        self._gdal, self._ds = gdal, ds
-        self.width, self.height, self.count = ds.RasterXSize, ds.RasterYSize, ds.RasterCount
-        self.data_type = gdal.GetDataTypeName(ds.GetRasterBand(1).DataType)
-        self.band_names, self.default_bands = [], []
-        for i in range(1, self.count + 1):
-            band = ds.GetRasterBand(i)
-            interp = band.GetColorInterpretation()
-            desc = band.GetDescription() or gdal.GetColorInterpretationName(interp)
-            self.band_names.append(desc if desc and desc != "Undefined" else f"band {i}")
-            if interp != gdal.GCI_AlphaBand:
-                self.default_bands.append(i)
+        lay = io.layout(self.name)  # a RasterError (a ValueError) names the file and the problem
+        self.width, self.height, self.count = lay.width, lay.height, lay.count
+        self.data_type, self.band_names, self.default_bands = lay.data_type, lay.band_names, lay.default_bands
         if not self.default_bands:
             raise ValueError(f"{self.name}: every band is an alpha band")
+        self._io, self._readers = io, {}
 
     def read(self, x, y, w, h, bands):
-        gdal = self._gdal
-        data = np.empty((len(bands), h, w), np.float32)
-        # A pixel is nodata only where every selected band says so (GDAL's mask band covers
-        # nodata values, alpha bands and .msk files alike); a dark pixel with one zero channel is kept.
-        invalid = np.ones((h, w), bool)
-        for k, b in enumerate(bands):
-            band = self._ds.GetRasterBand(b)
-            arr = band.ReadAsArray(x, y, w, h)
-            if arr is None:
-                raise ValueError(f"{self.name}: cannot read band {b} window x={x} y={y} {w}x{h}: "
-                                 f"{gdal.GetLastErrorMsg()}")
-            data[k] = arr
-            if band.GetMaskFlags() == gdal.GMF_ALL_VALID:
-                invalid[:] = False
-            else:
-                invalid &= band.GetMaskBand().ReadAsArray(x, y, w, h) == 0
-        return data, _finite(data, ~invalid)
+        key = tuple(bands)
+        if key not in self._readers:
+            self._readers[key] = self._io.WindowReader(self.name, list(bands))
+        return self._readers[key].read(x, y, w, h)
 
     def close(self) -> None:
-        self._ds = None
-
-
-def _finite(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data).all(axis=0)
-    return valid
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
 
 def _npy_source(path: str) -> ArraySource:
@@ -224,6 +197,7 @@ def compute_normalization(sset: SourceSet, rng: np.random.Generator, max_pixels:
         for _ in range(n_windows):
             x, y = int(rng.integers(0, s.width - w + 1)), int(rng.integers(0, s.height - h + 1))
             data, valid = s.read(x, y, w, h, sset.bands)
+            valid = valid.all(axis=0)  # pixels with every band valid, so bands keep their pairing
             if valid.any():
                 samples.append(data[:, valid])
     if not samples:
@@ -255,8 +229,8 @@ class PatchSampler:
     """Random HR/LR patch pairs in model space.
 
     ``normalization`` maps raw values to model space (``.forward``).  Patches with more
-    than ``max_nodata`` of their pixels nodata are redrawn; the few nodata pixels of an
-    accepted patch are filled with the patch's per-band valid mean so they carry no edge.
+    than ``max_nodata`` of their values invalid are redrawn; the few invalid values of an
+    accepted patch are filled by :func:`lcmsr.raster.validity.fill_invalid`, as inference fills them.
     """
 
     def __init__(self, sset: SourceSet, scale: int, patch: int, normalization, seed: int,
@@ -274,6 +248,7 @@ class PatchSampler:
         self.sset, self.sources = sset, usable
         self.skipped = [s.name for s in sset.sources if s not in usable]
         self.scale, self.patch, self.norm = scale, patch, normalization
+        self.neutral = neutral_values(normalization)
         self.augment, self.max_nodata, self.max_tries = augment, max_nodata, max_tries
         area = np.array([(s.width - patch + 1) * (s.height - patch + 1) for s in usable], np.float64)
         self.weights = area / area.sum()
@@ -293,9 +268,7 @@ class PatchSampler:
             data, valid = s.read(x, y, p, p, self.sset.bands)
             if 1.0 - valid.mean() > self.max_nodata:
                 continue
-            if not valid.all():
-                mean = data[:, valid].mean(axis=1)
-                data[:, ~valid] = mean[:, None]
+            fill_invalid(data, valid, self.neutral)
             if self.augment:
                 data = dihedral(data, int(self.rng.integers(0, 8)))
             return np.ascontiguousarray(data)
@@ -330,8 +303,7 @@ def validation_pairs(sset: SourceSet, scale: int, crop: int, normalization, max_
             data, valid = s.read(x, y, c, c, sset.bands)
             if 1.0 - valid.mean() > max_nodata:
                 continue
-            if not valid.all():
-                data[:, ~valid] = data[:, valid].mean(axis=1)[:, None]
+            fill_invalid(data, valid, neutral_values(normalization))
             hr_raw = torch.from_numpy(data)[None]
             lr_raw = make_lr(hr_raw, scale, sset.data_type)
             pairs.append((normalization.forward(hr_raw).float(), normalization.forward(lr_raw).float()))

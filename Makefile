@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench data robustness screenshots model model-aerial model-satellite clean dev-plugin
+.PHONY: setup test test-fast package demo bench data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -58,6 +58,10 @@ bench: setup
 # Fault injection and fuzzing (<= 10 min); a quick subset runs inside `make test` (tests/robustness/).
 robustness: setup
 	$(PY) scripts/robustness.py --out docs/RELIABILITY.md
+
+# Mutation testing of diffusion/ and train/ (mutmut, in a scratch copy; docs/MUTATION.md reads its survivors).
+mutation: setup
+	bash scripts/mutation.sh $(BUILD)/mutation
 
 # Photographs of the real QGIS desktop (plugin installed from the zip) for the README.
 screenshots: setup

@@ -19,6 +19,7 @@ mkdir -p "$work/tests"
 cp "$top/tests/conftest.py" "$work/tests/"
 cp -r "$top/tests/backend" "$top/tests/fixtures" "$work/tests/"
 cp -r "$top/resources" "$work/resources"
+cp -r "$top/docs" "$work/docs"   # a test runs the sampler example in DESIGN.md
 cp "$top/pytest.ini" "$work/"
 # The tests that state the method's behaviour; the slow learning and multi-process ones stay out.
 tests=${MUTATION_TESTS:-"tests/backend/test_diffusion.py tests/backend/test_samplers.py tests/backend/test_method_training.py tests/backend/test_train_loop.py tests/backend/test_networks.py tests/backend/test_weights.py"}
@@ -30,6 +31,7 @@ tests=${MUTATION_TESTS:-"tests/backend/test_diffusion.py tests/backend/test_samp
   echo "    lcmsr/train/*"
   echo "also_copy="
   echo "    resources"
+  echo "    docs"
   echo "    pytest.ini"
   printf 'pytest_add_cli_args=\n    -m\n    not slow\n    -p\n    no:cacheprovider\n    -p\n    no:qgis\n'
   echo "pytest_add_cli_args_test_selection="

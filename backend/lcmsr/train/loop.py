@@ -159,12 +159,21 @@ def parse_override(text: str) -> dict:
 
 
 class Stage(abc.ABC):
-    """One training stage: networks, optimisers and one optimisation step (stage1/stage2 implement it)."""
+    """One training stage: networks, optimisers and one optimisation step (stage1/2/3 implement it).
+
+    A stage is a plain object constructed with what it starts from (stage 2: the stage-1
+    checkpoint; stage 3: the model file) and handed to :func:`run_training`, which attaches
+    the run (options, devices, progress) and calls :meth:`setup`.
+    """
 
     name = "stage"
     export_final: str | None = None   # also write the final checkpoint here (stage 1's --out)
+    # Stages that continue earlier work (2, 3) start from its normalisation and config.
+    base_normalization: Normalization | None = None
+    base_config: dict | None = None
 
-    def __init__(self, opts: TrainOptions, ctx: DistContext, progress: Progress):
+    def attach(self, opts: TrainOptions, ctx: DistContext, progress: Progress) -> None:
+        """The run this stage takes part in: called by the loop before :meth:`setup`."""
         self.opts, self.ctx, self.progress = opts, ctx, progress
         self.device = ctx.device
         self.bf16 = False
@@ -259,9 +268,8 @@ def _finite_or_none(v):
     return v if v is None or math.isfinite(v) else None
 
 
-def run_training(stage_cls, opts: TrainOptions, progress: Progress | None = None,
-                 normalization: Normalization | None = None, base_config: dict | None = None) -> TrainResult:
-    """Train ``stage_cls`` under ``opts``.  Stage 2 passes the stage-1 normalisation and config."""
+def run_training(stage: Stage, opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
+    """Train ``stage`` under ``opts`` (from its ``base_normalization`` and ``base_config`` where it has them)."""
     progress = progress or Progress()
     if opts.iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {opts.iterations}")
@@ -271,7 +279,7 @@ def run_training(stage_cls, opts: TrainOptions, progress: Progress | None = None
         raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got '{opts.pixel_loss}'")
     ctx = init_distributed(opts.device)
     try:
-        return _run(stage_cls, opts, progress if ctx.is_main else _Quiet(progress), ctx, normalization, base_config)
+        return _run(stage, opts, progress if ctx.is_main else _Quiet(progress), ctx)
     finally:
         ctx.close()
 
@@ -306,9 +314,10 @@ def _choose_bf16(precision: str, device: torch.device) -> tuple[bool, str]:
     return False, f"bf16 is not used on {device.type}"
 
 
-def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config) -> TrainResult:
+def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
     t_start = time.monotonic()
-    stage: Stage = stage_cls(opts, ctx, progress)
+    stage.attach(opts, ctx, progress)
+    normalization = stage.base_normalization
     ckdir = Path(opts.checkpoint_dir or os.path.join("checkpoints", stage.name))
     if ctx.is_main:
         progress.info(f"{stage.name}: {ctx.device_reason}" if ctx.device_reason else f"{stage.name}: {ctx.device}")
@@ -320,7 +329,7 @@ def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config
         normalization = Normalization.from_dict(resume_ck.state["run"]["normalization"])
     elif normalization is None:
         normalization = compute_normalization(sset, np.random.default_rng(rank_seed(opts.seed, 0, STREAM_NORM)))
-    config = build_config(opts, len(sset.bands), base_config)
+    config = build_config(opts, len(sset.bands), stage.base_config)
     if normalization.bands != len(sset.bands):
         raise ValueError(f"the normalisation has {normalization.bands} band(s) but {len(sset.bands)} band(s) "
                          f"are selected from the training sources")

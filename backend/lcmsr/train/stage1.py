@@ -185,4 +185,4 @@ def train_autoencoder(opts: TrainOptions, progress: Progress | None = None) -> T
     """Stage 1.  The result's ``checkpoint`` (and ``opts.out`` if set) is what stage 2 starts from."""
     if opts.scale is None:
         opts = dataclasses.replace(opts, scale=4)
-    return run_training(AutoencoderStage, opts, progress)
+    return run_training(AutoencoderStage(), opts, progress)

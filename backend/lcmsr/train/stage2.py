@@ -27,7 +27,13 @@ PAPER_BATCH = 16
 
 class ConsistencyStage(Stage):
     name = "consistency"
-    stage1: ckpt.Checkpoint  # set by train_consistency before setup
+
+    def __init__(self, stage1: ckpt.Checkpoint):
+        """``stage1``: the finished stage-1 checkpoint (:func:`load_stage1`): frozen E and D, the latent
+        scale, and the normalisation and config this stage continues."""
+        self.stage1 = stage1
+        self.base_normalization = Normalization.from_dict(stage1.state["run"]["normalization"])
+        self.base_config = stage1.state["run"]["config"]
 
     def setup(self, config, normalization, sset):
         opts, ctx = self.opts, self.ctx
@@ -157,6 +163,4 @@ def train_consistency(opts: TrainOptions, progress: Progress | None = None) -> T
     if opts.bands is not None and list(opts.bands) != list(run1["bands"]):
         raise ValueError(f"bands {list(opts.bands)} differ from the stage-1 bands {run1['bands']} ({s1.path})")
     opts = dataclasses.replace(opts, scale=o1["scale"], bands=list(run1["bands"]), config=o1["config"])
-    stage_cls = type("ConsistencyStage", (ConsistencyStage,), {"stage1": s1})
-    return run_training(stage_cls, opts, progress, normalization=Normalization.from_dict(run1["normalization"]),
-                        base_config=run1["config"])
+    return run_training(ConsistencyStage(s1), opts, progress)

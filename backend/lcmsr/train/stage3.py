@@ -35,8 +35,12 @@ DEFAULT_LR = 1e-4
 
 class DecoderAlignStage(Stage):
     name = "decoder"
-    base: "LCMSR"  # noqa: F821 - set by train_decoder before setup (the loaded model file)
-    base_path: str
+
+    def __init__(self, base, base_path: str):
+        """``base``: the loaded model file (an LCMSR) whose decoder is tuned; ``base_path`` names it."""
+        self.base, self.base_path = base, str(base_path)
+        self.base_normalization = base.info.normalization
+        self.base_config = base.info.config.to_dict()
 
     def setup(self, config, normalization, sset):
         opts, ctx = self.opts, self.ctx
@@ -139,6 +143,4 @@ def train_decoder(opts: TrainOptions, progress: Progress | None = None) -> Train
     if opts.bands is not None and len(opts.bands) != info.bands:
         raise ValueError(f"{len(opts.bands)} band(s) selected but the model {opts.base_model} has {info.bands}")
     opts = dataclasses.replace(opts, scale=info.scale, config=info.config.name)
-    stage_cls = type("DecoderAlignStage", (DecoderAlignStage,), {"base": base, "base_path": str(opts.base_model)})
-    return run_training(stage_cls, opts, progress, normalization=info.normalization,
-                        base_config=info.config.to_dict())
+    return run_training(DecoderAlignStage(base, opts.base_model), opts, progress)

@@ -40,7 +40,7 @@ def options(**changes) -> TrainOptions:
 def ready(stage, **changes):
     """``stage`` set up as run_training would (without training), and a sampler of real patches."""
     torch.manual_seed(0)
-    opts = options(**changes)
+    opts = options(**changes).for_stage(stage.name)
     stage.attach(opts, init_distributed("cpu"), Progress())
     sset = SourceSet.open(opts.sources, opts.bands)
     norm = stage.base_normalization or compute_normalization(sset, np.random.default_rng(0))

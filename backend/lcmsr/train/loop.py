@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -33,67 +32,19 @@ from ..device import cpu_native_bf16
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Cancelled, Progress
+from ..train_options import TrainOptions
 from . import checkpoint as ckpt
-from .data import PatchSampler, SourceSet, compute_normalization, describe_source, validation_pairs
+from .data import PatchSampler, SourceSet, compute_normalization, validation_pairs
 from .ddp import DistContext, init_distributed, rank_seed
 
 # Seed streams (rank_seed's third argument): one independent generator per purpose.
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_NORM, STREAM_VAL, STREAM_SCALE = range(6)
 
 
-PIXEL_LOSSES = ("l1", "l2")
-
-
 def pixel_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-pixel |d| ("l1") or d² ("l2") in fp32, unreduced."""
     d = pred.float() - target.float()
     return d.abs() if kind == "l1" else d.pow(2)
-
-
-@dataclass
-class TrainOptions:
-    sources: list = field(default_factory=list)          # paths or (C, H, W) arrays
-    val_sources: list = field(default_factory=list)
-    scale: int = 4
-    bands: list[int] | None = None                        # 1-based; None: all but alpha
-    patch: int = 256                                      # HR patch side
-    iterations: int = 1000
-    batch: int = 8
-    lr: float | None = None                               # None: the stage's paper value
-    seed: int = 0
-    checkpoint_dir: str | None = None                     # None: checkpoints/<stage>
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 1
-    val_every: int = 500
-    val_crop: int = 256
-    val_max_crops: int = 4
-    resume: bool | str = False                            # True: newest in checkpoint_dir (fresh if none)
-    device: str = "auto"
-    precision: str = "auto"                               # auto | fp32 | bf16 (CUDA, or a CPU with native bf16)
-    config: str = "small"                                 # tiny | small | paper
-    overrides: dict = field(default_factory=dict)         # nested config changes, e.g. {"consistency": {"loss": "pseudo_huber"}}
-    out: str | None = None                                # stage 1: autoencoder checkpoint; stage 2: model file
-    stage1: str | None = None                             # stage 2: the stage-1 checkpoint
-    log_every: int = 50
-    # stage 1
-    lpips: bool = True
-    lpips_weight: float = 1.0
-    pixel_loss: str = "l1"                                # stages 1 and 3: "l1" (paper) | "l2" (favours PSNR)
-    gan_start: int | None = None                          # step the discriminator switches on; None: never
-    disc_weight: float = 0.5                              # times the adaptive weight (LDM)
-    # stage 2: the stage-1 normalisation and band names come with the stage-1 checkpoint
-    # stage 3 (decoder alignment): the model file whose decoder is tuned to its one-step latents
-    base_model: str | None = None
-
-    def describe(self) -> dict:
-        """JSON-able record of the options (arrays become short descriptions)."""
-        # Not dataclasses.asdict: it would deep-copy every training array at each checkpoint.
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("sources", "val_sources")}
-        d = json.loads(json.dumps(d))
-        d["sources"] = [describe_source(s, i) for i, s in enumerate(self.sources)]
-        d["val_sources"] = [describe_source(s, i) for i, s in enumerate(self.val_sources)]
-        return d
 
 
 # Options that define the run: resuming under different values would not be the same run.
@@ -271,12 +222,7 @@ def _finite_or_none(v):
 def run_training(stage: Stage, opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     """Train ``stage`` under ``opts`` (from its ``base_normalization`` and ``base_config`` where it has them)."""
     progress = progress or Progress()
-    if opts.iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {opts.iterations}")
-    if opts.batch < 1:
-        raise ValueError(f"batch must be at least 1, got {opts.batch}")
-    if opts.pixel_loss not in PIXEL_LOSSES:
-        raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got '{opts.pixel_loss}'")
+    opts = opts.for_stage(stage.name)  # the stage's defaults filled in, every value checked
     ctx = init_distributed(opts.device)
     try:
         return _run(stage, opts, progress if ctx.is_main else _Quiet(progress), ctx)
@@ -335,8 +281,6 @@ def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
                          f"are selected from the training sources")
     run = Run(opts, ctx, config, normalization, sset)
 
-    if opts.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got '{opts.precision}'")
     stage.bf16, why = _choose_bf16(opts.precision, ctx.device)
     if ctx.is_main:
         progress.info(f"{stage.name}: {'bf16 autocast' if stage.bf16 else 'fp32'} ({why})")

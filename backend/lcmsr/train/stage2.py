@@ -18,11 +18,10 @@ from ..model import ModelInfo, build_model
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Progress
+from ..train_options import PAPER_LR, TrainOptions
 from . import checkpoint as ckpt
-from .loop import STREAM_NOISE, Stage, TrainOptions, TrainResult, run_training
+from .loop import STREAM_NOISE, Stage, TrainResult, run_training
 
-PAPER_LR = 1.6e-4      # at a total batch of 16
-PAPER_BATCH = 16
 
 
 class ConsistencyStage(Stage):
@@ -53,7 +52,8 @@ class ConsistencyStage(Stage):
         self.condnet_ddp = ctx.wrap(self.model.condnet)
         self.denoiser_ddp = ctx.wrap(self.model.denoiser)
         self.ema = EMA(self.model.denoiser, decay=config.consistency.ema_decay)
-        lr = opts.lr if opts.lr is not None else PAPER_LR * opts.batch * ctx.world_size / PAPER_BATCH
+        paper_lr, paper_batch = PAPER_LR[self.name]
+        lr = opts.lr if opts.lr is not None else paper_lr * opts.batch * ctx.world_size / paper_batch
         self.learning_rate = lr
         params = list(self.model.condnet.parameters()) + list(self.model.denoiser.parameters())
         self.opt = torch.optim.AdamW(params, lr=lr)

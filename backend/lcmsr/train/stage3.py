@@ -27,10 +27,10 @@ from ..config import LATENT_FACTOR
 from ..model import ModelInfo
 from ..ops import upsample_bicubic
 from ..progress import Progress
+from ..train_options import DECODER_LR, TrainOptions
 from . import checkpoint as ckpt
-from .loop import STREAM_NOISE, Stage, TrainOptions, TrainResult, pixel_loss, run_training
+from .loop import STREAM_NOISE, Stage, TrainResult, pixel_loss, run_training
 
-DEFAULT_LR = 1e-4
 
 
 class DecoderAlignStage(Stage):
@@ -54,7 +54,7 @@ class DecoderAlignStage(Stage):
             frozen.eval().requires_grad_(False)
         self.decoder_ddp = ctx.wrap(self.model.decoder)
         self.lpips = self.load_lpips() if opts.lpips and opts.lpips_weight > 0 else None
-        self.learning_rate = opts.lr if opts.lr is not None else DEFAULT_LR
+        self.learning_rate = opts.lr if opts.lr is not None else DECODER_LR
         self.opt = torch.optim.Adam(self.model.decoder.parameters(), lr=self.learning_rate)
         self.noise_gen = self.generator("noise", STREAM_NOISE)
 

@@ -74,7 +74,8 @@ class TrainOptions:
     stage1: str | None = _option(None, "stage-1 checkpoint (directory, .json or .safetensors)",
                                  stages=("consistency",), required=("consistency",))
     # stage 3: the model file whose decoder is tuned to its one-step latents
-    base_model: str | None = _option(None, "the model file to start from (.safetensors)", stages=("decoder",), required=("decoder",))
+    base_model: str | None = _option(None, "the model file to start from (.safetensors)", stages=("decoder",),
+                                     required=("decoder",))
     # stages 1 and 3: the reconstruction loss
     lpips: bool = _option(True, "add the perceptual (LPIPS) term", stages=("autoencoder", "decoder"))
     lpips_weight: float | None = _option(None, "weight of LPIPS next to the pixel loss (lower favours PSNR)",

@@ -43,7 +43,8 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
 
     def add_stage_parameters(self):
         self.add_advanced(
-            QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss", options=[PIXEL_LOSS_LABELS[k] for k in PIXEL_LOSSES],
+            QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss",
+                                       options=[PIXEL_LOSS_LABELS[k] for k in PIXEL_LOSSES],
                                        defaultValue=PIXEL_LOSSES.index(option_default("pixel_loss", self.STAGE))),
             self.number_parameter(self.LPIPS_WEIGHT, "LPIPS weight"))
 

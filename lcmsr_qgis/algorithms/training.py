@@ -177,8 +177,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             out=out,
         )
         for name, field in self.NUMBERS.items():
-            read = self.parameterAsDouble if isinstance(option_default(field, self.STAGE), float) else self.parameterAsInt
-            options[field] = read(parameters, name, context)
+            double = isinstance(option_default(field, self.STAGE), float)
+            options[field] = (self.parameterAsDouble if double else self.parameterAsInt)(parameters, name, context)
         if not self.FROM_STAGE1:
             options["config"] = CONFIG_VALUES[self.parameterAsEnum(parameters, self.CONFIG, context)]
         options.update(self.stage_options(parameters, context))

@@ -147,6 +147,45 @@ def test_stage1_step_follows_pixel_plus_lpips_with_learned_logvar_plus_weighted_
         assert max(distance(bad, want, part) for part in ("encoder.", "decoder.", "logvar")) > 1e-2, what
 
 
+def test_stage1_gan_term_has_the_adaptive_weight_and_the_discriminator_the_hinge_loss():
+    """From gan_start on, the generator's gradient gains d_weight * grad(-D(rec)) with
+    d_weight = disc_weight * ||grad_last nll|| / (||grad_last g|| + 1e-4) at the decoder's last layer, and the
+    discriminator takes a hinge step on real HR against the detached reconstruction; before gan_start, neither."""
+    w_disc = 0.8
+    stage, sampler = ready(AutoencoderStage(), gan_start=1, disc_weight=w_disc)
+    hr, lr = sampler.sample(2)
+    named = dict(stage.net.named_parameters())
+    named_d = dict(stage.disc.named_parameters())
+    noise = stage.posterior_gen.get_state()
+    real_disc_opt, stage.opt_disc = stage.opt_disc, _GradientRecorder(named_d)
+    grads = {}
+    for step in (0, 1):  # off, then on
+        stage.posterior_gen.set_state(noise)
+        grads[step] = step_gradients(stage, hr, lr, named, step=step)
+    disc_grads, stage.opt_disc = stage.opt_disc.grads, real_disc_opt
+
+    stage.posterior_gen.set_state(noise)
+    post = stage.model.encoder(hr, upsample_bicubic(lr, 4))
+    rec = stage.model.decoder(lr, post.sample(stage.posterior_gen))
+    logvar = stage.net.logvar
+    nll = ((rec - hr).abs() / logvar.exp() + logvar).sum() / hr.shape[0]
+    kl = 0.5 * (post.mean.pow(2) + post.logvar.exp() - 1 - post.logvar).sum(dim=(1, 2, 3)).mean()
+    base = nll + stage.config.consistency.kl_weight * kl
+    g_loss = -stage.disc(rec).mean()
+    last = stage.model.decoder.tail.weight
+    g_nll, g_g = (torch.autograd.grad(x, last, retain_graph=True)[0] for x in (nll, g_loss))
+    d_weight = w_disc * float(g_nll.norm() / (g_g.norm() + 1e-4))
+    assert distance(grads[0], reference_gradients(base, named)) < 1e-4, "the GAN term acts before gan_start"
+    want = reference_gradients(base + d_weight * g_loss, named)
+    assert distance(grads[1], want) < 1e-4
+    assert distance(reference_gradients(base, named), want, "decoder.") > 1e-2  # the GAN term shows
+    assert distance(reference_gradients(base + d_weight / w_disc * g_loss, named), want, "decoder.") > 1e-2
+    logits = stage.disc(torch.cat([hr, rec.detach()]))  # one batch, as the step's BatchNorm sees it
+    real, fake = logits[:2], logits[2:]
+    hinge = 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+    assert distance(disc_grads, reference_gradients(hinge, named_d)) < 1e-4
+
+
 def _record_encoder_calls(monkeypatch):
     from lcmsr.nn.encoder import ResidualEncoder
 
@@ -335,7 +374,8 @@ def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run
     pixel, lpips = (out - hr).pow(2).mean(), stage.lpips(hr, out).float().mean()
     want = reference_gradients(pixel + w * lpips, named)
     assert distance(got, want) < 1e-4
-    for what, bad in {"pixel dropped": w * lpips, "LPIPS dropped": pixel, "LPIPS weight ignored": pixel + lpips}.items():
+    wrong = {"pixel dropped": w * lpips, "LPIPS dropped": pixel, "LPIPS weight ignored": pixel + lpips}
+    for what, bad in wrong.items():
         assert distance(reference_gradients(bad, named), want) > 1e-2, what
 
 

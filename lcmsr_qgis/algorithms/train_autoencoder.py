@@ -1,8 +1,6 @@
 """`lcmsr:train_autoencoder` — stage 1: the residual encoder E and the SR decoder D."""
 from __future__ import annotations
 
-from lcmsr.choices import PIXEL_LOSS_LABELS, PIXEL_LOSSES
-from lcmsr.train_options import option_default
 from qgis.core import QgsProcessingParameterEnum
 
 from .training import TrainingAlgorithm
@@ -42,6 +40,9 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
             "settings to continue exactly where it stopped.")
 
     def add_stage_parameters(self):
+        from lcmsr.choices import PIXEL_LOSS_LABELS, PIXEL_LOSSES
+        from lcmsr.train_options import option_default
+
         self.add_advanced(
             QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss",
                                        options=[PIXEL_LOSS_LABELS[k] for k in PIXEL_LOSSES],
@@ -49,6 +50,8 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
             self.number_parameter(self.LPIPS_WEIGHT, "LPIPS weight"))
 
     def stage_options(self, parameters, context):
+        from lcmsr.choices import PIXEL_LOSSES
+
         weight = self.parameterAsDouble(parameters, self.LPIPS_WEIGHT, context)
         return {"pixel_loss": PIXEL_LOSSES[self.parameterAsEnum(parameters, self.PIXEL_LOSS, context)],
                 "lpips": weight > 0}

@@ -5,8 +5,9 @@ decoder D; stage 2 (`lcmsr:train_consistency`) learns CondNet and the latent
 consistency denoiser from the stage-1 checkpoint and writes the model file;
 the optional stage 3 (`lcmsr:train_decoder`) tunes that model's decoder to the
 latents its one-step sampler produces and writes a new model file.
-Defaults, minima and labels of the numeric parameters come from the backend's one
-definition of the options, lcmsr.train_options (torch-free, so listing needs no torch).
+Defaults and minima of the parameters come from the backend's one definition of the
+options, lcmsr.train_options (torch-free: listing the algorithms needs no torch; it is
+imported where parameters are built, so importing these modules needs no backend).
 Cancelling saves a resumable checkpoint (the backend does it); the error then
 says which folder to give as RESUME.
 """
@@ -29,8 +30,6 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
-
-from lcmsr.train_options import DECODER_LR, PAPER_LR, option, option_default  # torch-free
 
 from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
 
@@ -90,6 +89,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         """Stage 2 adds the stage-1 checkpoint here."""
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        from lcmsr.train_options import option_default
+
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "Training rasters (high resolution)",
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
@@ -132,6 +133,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
 
     def number_parameter(self, name: str, label: str) -> QgsProcessingParameterNumber:
         """The parameter ``name`` with the default and minimum of its TrainOptions field for this stage."""
+        from lcmsr.train_options import option, option_default
+
         field = option(self.NUMBERS[name])
         default = option_default(field.name, self.STAGE)
         kind = QgsProcessingParameterNumber.Type.Double if isinstance(default, float) else \
@@ -144,6 +147,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             self.addParameter(parameter)
 
     def learning_rate_label(self) -> str:
+        from lcmsr.train_options import DECODER_LR, PAPER_LR
+
         if self.STAGE not in PAPER_LR:
             return f"Learning rate (empty: {DECODER_LR:g}, decayed to 0 on a cosine)"
         lr, batch = PAPER_LR[self.STAGE]
@@ -154,6 +159,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         return {}
 
     def options(self, parameters, context) -> dict:
+        from lcmsr.train_options import option_default
+
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
         if not layers:
             raise QgsProcessingException(f"{self.INPUTS}: give at least one training raster")

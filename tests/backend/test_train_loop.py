@@ -274,3 +274,12 @@ def test_cli_options_are_the_train_options_of_the_stage(command, stage, tmp_path
     assert not {f.name for f in dataclasses.fields(TrainOptions)} - {f.name for f in stage_options(stage)} & set(vars(args))
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "a.tif", *required, "--precision", "fp16"])
+
+
+def test_train_options_import_without_torch():
+    """The plugin lists its training parameters from lcmsr.train_options in a QGIS that may lack torch."""
+    probe = ("import sys; sys.modules['torch'] = None; import lcmsr.train_options as o; "
+             "print(sorted({'torch', 'numpy', 'osgeo'} & {k for k, v in sys.modules.items() if v is not None}), "
+             "o.option_default('batch', 'consistency'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "16"]

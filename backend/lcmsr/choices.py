@@ -1,6 +1,9 @@
 """Choices users make, defined once and torch-free: the CLI, the plugin and the backend read them here."""
 from __future__ import annotations
 
+PIXEL_LOSSES = ("l1", "l2")                    # training stages 1 and 3: the paper's L1, or L2 (favours PSNR)
+PIXEL_LOSS_LABELS = {"l1": "L1 (the paper's)", "l2": "L2 (favours PSNR; the shipped model's recipe)"}
+
 # The samplers, one line each: name -> (module, class, label).  This file stays torch-free (the CLI and
 # the plugin list names and labels from it); lcmsr.diffusion.make_sampler imports the class when one is
 # made.  The order is the plugin's enum order.  A new sampler is a module implementing

@@ -1,21 +1,19 @@
 """`lcmsr:train_autoencoder` — stage 1: the residual encoder E and the SR decoder D."""
 from __future__ import annotations
 
-from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterNumber
+from qgis.core import QgsProcessingParameterEnum
 
 from .training import TrainingAlgorithm
-
-PIXEL_LOSSES = [("l1", "L1 (the paper's)"), ("l2", "L2 (favours PSNR; the shipped model's recipe)")]
 
 
 class TrainAutoencoderAlgorithm(TrainingAlgorithm):
     PIXEL_LOSS = "PIXEL_LOSS"
     LPIPS_WEIGHT = "LPIPS_WEIGHT"
 
+    STAGE = "autoencoder"
     STAGE_NAME = "stage 1 (autoencoder)"
     BACKEND_FUNCTION = "train_autoencoder"
-    DEFAULT_BATCH = 8
-    PAPER_LR = 3.6e-5     # METHOD.md stage 1: Adam lr 3.6e-5 at batch 8
+    NUMBERS = dict(TrainingAlgorithm.NUMBERS, LPIPS_WEIGHT="lpips_weight")
     OUTPUT_DESCRIPTION = "Stage-1 autoencoder checkpoint (.safetensors)"
 
     def name(self):
@@ -42,15 +40,18 @@ class TrainAutoencoderAlgorithm(TrainingAlgorithm):
             "settings to continue exactly where it stopped.")
 
     def add_stage_parameters(self):
-        loss = QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss", options=[label for _, label in PIXEL_LOSSES],
-                                          defaultValue=0)
-        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Type.Double,
-                                              defaultValue=1.0, minValue=0.0, maxValue=10.0)
-        for parameter in (loss, weight):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-            self.addParameter(parameter)
+        from lcmsr.choices import PIXEL_LOSS_LABELS, PIXEL_LOSSES
+        from lcmsr.train_options import option_default
+
+        self.add_advanced(
+            QgsProcessingParameterEnum(self.PIXEL_LOSS, "Pixel loss",
+                                       options=[PIXEL_LOSS_LABELS[k] for k in PIXEL_LOSSES],
+                                       defaultValue=PIXEL_LOSSES.index(option_default("pixel_loss", self.STAGE))),
+            self.number_parameter(self.LPIPS_WEIGHT, "LPIPS weight"))
 
     def stage_options(self, parameters, context):
+        from lcmsr.choices import PIXEL_LOSSES
+
         weight = self.parameterAsDouble(parameters, self.LPIPS_WEIGHT, context)
-        return {"pixel_loss": PIXEL_LOSSES[self.parameterAsEnum(parameters, self.PIXEL_LOSS, context)][0],
-                "lpips": weight > 0, "lpips_weight": weight}
+        return {"pixel_loss": PIXEL_LOSSES[self.parameterAsEnum(parameters, self.PIXEL_LOSS, context)],
+                "lpips": weight > 0}

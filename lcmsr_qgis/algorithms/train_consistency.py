@@ -9,11 +9,10 @@ from .training import TrainingAlgorithm
 class TrainConsistencyAlgorithm(TrainingAlgorithm):
     AUTOENCODER = "AUTOENCODER"
 
+    STAGE = "consistency"
     STAGE_NAME = "stage 2 (consistency)"
     FROM_STAGE1 = True
     BACKEND_FUNCTION = "train_consistency"
-    DEFAULT_BATCH = 16
-    PAPER_LR = 1.6e-4     # METHOD.md stage 2: AdamW lr 1.6e-4 at batch 16
     OUTPUT_DESCRIPTION = "Model file (.safetensors)"
 
     def name(self):

@@ -1,8 +1,7 @@
 """`lcmsr:train_decoder` — optional stage 3: the decoder tuned to the one-step sampler's latents."""
 from __future__ import annotations
 
-from qgis.core import QgsProcessingException, QgsProcessingParameterDefinition, QgsProcessingParameterFile, \
-    QgsProcessingParameterNumber
+from qgis.core import QgsProcessingException, QgsProcessingParameterFile
 
 from .training import TrainingAlgorithm
 
@@ -11,12 +10,12 @@ class TrainDecoderAlgorithm(TrainingAlgorithm):
     MODEL = "MODEL"
     LPIPS_WEIGHT = "LPIPS_WEIGHT"
 
+    STAGE = "decoder"
     STAGE_NAME = "stage 3 (decoder alignment)"
     FROM_STAGE1 = True
     PREVIOUS = "the model's"
     BACKEND_FUNCTION = "train_decoder"
-    DEFAULT_BATCH = 8
-    DEFAULT_LR = 1e-4
+    NUMBERS = dict(TrainingAlgorithm.NUMBERS, LPIPS_WEIGHT="lpips_weight")
     OUTPUT_DESCRIPTION = "Aligned model file (.safetensors)"
 
     def name(self):
@@ -39,21 +38,15 @@ class TrainDecoderAlgorithm(TrainingAlgorithm):
             "PSNR; higher: more texture).<br>"
             "<b>Cancel</b> saves a resumable checkpoint: run again with <b>Resume</b> set to that folder.")
 
-    def learning_rate_label(self) -> str:
-        return f"Learning rate (empty: {self.DEFAULT_LR:g}, decayed to 0 on a cosine)"
-
     def add_stage_parameters(self):
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model file to align (output of stage 2)", QgsProcessingParameterFile.Behavior.File,
             fileFilter="LCMSR models (*.safetensors)"))
-        weight = QgsProcessingParameterNumber(self.LPIPS_WEIGHT, "LPIPS weight", QgsProcessingParameterNumber.Type.Double,
-                                              defaultValue=0.1, minValue=0.0, maxValue=10.0)
-        weight.setFlags(weight.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-        self.addParameter(weight)
+        self.add_advanced(self.number_parameter(self.LPIPS_WEIGHT, "LPIPS weight"))
 
     def stage_options(self, parameters, context):
         model = (self.parameterAsFile(parameters, self.MODEL, context) or "").strip()
         if not model:
             raise QgsProcessingException(f"{self.MODEL}: give the model file to align")
         weight = self.parameterAsDouble(parameters, self.LPIPS_WEIGHT, context)
-        return {"base_model": model, "pixel_loss": "l2", "lpips": weight > 0, "lpips_weight": weight}
+        return {"base_model": model, "lpips": weight > 0}   # the pixel loss: the stage's default, l2

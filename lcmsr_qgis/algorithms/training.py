@@ -5,6 +5,9 @@ decoder D; stage 2 (`lcmsr:train_consistency`) learns CondNet and the latent
 consistency denoiser from the stage-1 checkpoint and writes the model file;
 the optional stage 3 (`lcmsr:train_decoder`) tunes that model's decoder to the
 latents its one-step sampler produces and writes a new model file.
+Defaults and minima of the parameters come from the backend's one definition of the
+options, lcmsr.train_options (torch-free: listing the algorithms needs no torch; it is
+imported where parameters are built, so importing these modules needs no backend).
 Cancelling saves a resumable checkpoint (the backend does it); the error then
 says which folder to give as RESUME.
 """
@@ -71,13 +74,14 @@ class TrainingAlgorithm(LcmsrAlgorithm):
     VAL_PSNR = "VAL_PSNR"
     BICUBIC_PSNR = "BICUBIC_PSNR"
 
+    STAGE = ""               # the lcmsr.train stage: "autoencoder" | "consistency" | "decoder"
     STAGE_NAME = ""          # for messages
-    BACKEND_FUNCTION = ""    # lcmsr.train.train_autoencoder | train_consistency
+    BACKEND_FUNCTION = ""    # lcmsr.train.train_autoencoder | train_consistency | train_decoder
     FROM_STAGE1 = False      # stages 2 and 3: scale, bands and config come from the previous stage
     PREVIOUS = "the stage-1"  # what they come from, for the parameter labels
-    DEFAULT_BATCH = 8
-    PAPER_LR = 0.0
     OUTPUT_DESCRIPTION = ""
+    # Numeric parameters and the TrainOptions field each one sets (the stage ones add theirs).
+    NUMBERS = {"ITERATIONS": "iterations", "PATCH": "patch", "BATCH": "batch", "SEED": "seed"}
 
     GROUP, GROUP_ID = TRAINING_GROUP
 
@@ -85,6 +89,8 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         """Stage 2 adds the stage-1 checkpoint here."""
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        from lcmsr.train_options import option_default
+
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "Training rasters (high resolution)",
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
@@ -102,24 +108,16 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands, e.g. 1,2,3 (empty: all but alpha)",
                                                            optional=True))
             self.addParameter(QgsProcessingParameterEnum(self.CONFIG, "Model size", options=CONFIG_LABELS,
-                                                         defaultValue=CONFIG_VALUES.index("small")))
-        self.addParameter(QgsProcessingParameterNumber(self.ITERATIONS, "Iterations",
-                                                       QgsProcessingParameterNumber.Type.Integer, defaultValue=1000,
-                                                       minValue=1))
+                                                         defaultValue=CONFIG_VALUES.index(
+                                                             option_default("config", self.STAGE))))
+        self.addParameter(self.number_parameter(self.ITERATIONS, "Iterations"))
         self.add_device_parameter(self.DEVICE)
-        advanced = [
-            QgsProcessingParameterNumber(self.PATCH, "HR patch size (pixels)", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=256, minValue=16, maxValue=2048),
-            QgsProcessingParameterNumber(self.BATCH, "Batch size", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=self.DEFAULT_BATCH, minValue=1, maxValue=1024),
-            QgsProcessingParameterNumber(self.LEARNING_RATE, self.learning_rate_label(),
-                                         QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0),
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=0, minValue=0),
-        ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-            self.addParameter(parameter)
+        self.add_advanced(self.number_parameter(self.PATCH, "HR patch size (pixels)"),
+                          self.number_parameter(self.BATCH, "Batch size"),
+                          QgsProcessingParameterNumber(self.LEARNING_RATE, self.learning_rate_label(),
+                                                       QgsProcessingParameterNumber.Type.Double, optional=True,
+                                                       minValue=0.0),
+                          self.number_parameter(self.SEED, "Random seed"))
         self.addParameter(QgsProcessingParameterFile(
             self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", QgsProcessingParameterFile.Behavior.Folder,
             optional=True))
@@ -133,15 +131,36 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_PSNR, "Validation PSNR (dB, model space)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic PSNR on the same crops (dB)"))
 
+    def number_parameter(self, name: str, label: str) -> QgsProcessingParameterNumber:
+        """The parameter ``name`` with the default and minimum of its TrainOptions field for this stage."""
+        from lcmsr.train_options import option, option_default
+
+        field = option(self.NUMBERS[name])
+        default = option_default(field.name, self.STAGE)
+        kind = QgsProcessingParameterNumber.Type.Double if isinstance(default, float) else \
+            QgsProcessingParameterNumber.Type.Integer
+        return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
+
+    def add_advanced(self, *parameters) -> None:
+        for parameter in parameters:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            self.addParameter(parameter)
+
     def learning_rate_label(self) -> str:
-        return (f"Learning rate (empty: the paper's {self.PAPER_LR:g} per batch of {self.DEFAULT_BATCH}, "
-                f"scaled with the batch)")
+        from lcmsr.train_options import DECODER_LR, PAPER_LR
+
+        if self.STAGE not in PAPER_LR:
+            return f"Learning rate (empty: {DECODER_LR:g}, decayed to 0 on a cosine)"
+        lr, batch = PAPER_LR[self.STAGE]
+        return f"Learning rate (empty: the paper's {lr:g} per batch of {batch}, scaled with the batch)"
 
     def stage_options(self, parameters, context) -> dict:
         """TrainOptions fields only this stage has."""
         return {}
 
     def options(self, parameters, context) -> dict:
+        from lcmsr.train_options import option_default
+
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
         if not layers:
             raise QgsProcessingException(f"{self.INPUTS}: give at least one training raster")
@@ -158,16 +177,15 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             val_sources=[self.gdal_source(validation, self.VALIDATION)] if validation is not None else [],
             scale=self._scale(parameters, context),
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context), self.BANDS),
-            patch=self.parameterAsInt(parameters, self.PATCH, context),
-            iterations=self.parameterAsInt(parameters, self.ITERATIONS, context),
-            batch=self.parameterAsInt(parameters, self.BATCH, context),
             lr=learning_rate if learning_rate > 0 else None,
-            seed=self.parameterAsInt(parameters, self.SEED, context),
             checkpoint_dir=self._checkpoint_dir(parameters, context, out),
             resume=resume or False,
             device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)),
             out=out,
         )
+        for name, field in self.NUMBERS.items():
+            double = isinstance(option_default(field, self.STAGE), float)
+            options[field] = (self.parameterAsDouble if double else self.parameterAsInt)(parameters, name, context)
         if not self.FROM_STAGE1:
             options["config"] = CONFIG_VALUES[self.parameterAsEnum(parameters, self.CONFIG, context)]
         options.update(self.stage_options(parameters, context))

@@ -206,7 +206,7 @@ def test_stage3_resume_is_exact_and_bad_requests_are_refused(tmp_path):
     with pytest.raises(ValueError, match="uint16.*Byte|UInt16.*Byte"):
         train_decoder(options(tmp_path, "y", sources=[texture(96, 96, 0, dtype=np.uint16)],
                               out=str(tmp_path / "y.safetensors"), **o))
-    with pytest.raises(ValueError, match="pixel loss"):
+    with pytest.raises(ValueError, match="pixel_loss must be one of l1, l2"):
         train_decoder(options(tmp_path, "z", out=str(tmp_path / "z.safetensors"), pixel_loss="l3", **o))
     from lcmsr.weights import ModelFileError
 
@@ -248,3 +248,38 @@ def test_cli_trains_all_three_stages(tmp_path):
     aligned = load_model(tmp_path / "m3.safetensors")
     assert aligned.config.consistency.loss == "pseudo_huber"
     assert aligned.info.training["decoder_alignment"]["steps"] == 3
+
+
+@pytest.mark.parametrize("command,stage", [("train-autoencoder", "autoencoder"), ("train-consistency", "consistency"),
+                                           ("train-decoder", "decoder")])
+def test_cli_options_are_the_train_options_of_the_stage(command, stage, tmp_path):
+    """The CLI's defaults are TrainOptions' for that stage: parsing only the required arguments gives the
+    options the backend would fill in itself, and every option the stage takes is there."""
+    import dataclasses
+
+    from lcmsr.cli import build_parser
+    from lcmsr.commands.train import options_from_args
+    from lcmsr.train_options import stage_options
+
+    required = {"train-consistency": ["--stage1", "s1", "--out", "m.safetensors"],
+                "train-decoder": ["--model", "m.safetensors", "--out", "m3.safetensors"]}.get(command, [])
+    args = build_parser().parse_args([command, "a.tif", *required])
+    opts = options_from_args(args)
+    expected = TrainOptions(sources=["a.tif"], stage1=opts.stage1, base_model=opts.base_model, out=opts.out)
+    assert opts.for_stage(stage) == expected.for_stage(stage)
+    assert (opts.batch, opts.lpips_weight, opts.pixel_loss) == {
+        "autoencoder": (8, 1.0, "l1"), "consistency": (16, None, None), "decoder": (8, 0.1, "l2")}[stage]
+    taken = {f.name for f in stage_options(stage)} - {"sources", "resume"}
+    assert taken <= set(vars(args)), taken - set(vars(args))
+    assert not {f.name for f in dataclasses.fields(TrainOptions)} - {f.name for f in stage_options(stage)} & set(vars(args))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "a.tif", *required, "--precision", "fp16"])
+
+
+def test_train_options_import_without_torch():
+    """The plugin lists its training parameters from lcmsr.train_options in a QGIS that may lack torch."""
+    probe = ("import sys; sys.modules['torch'] = None; import lcmsr.train_options as o; "
+             "print(sorted({'torch', 'numpy', 'osgeo'} & {k for k, v in sys.modules.items() if v is not None}), "
+             "o.option_default('batch', 'consistency'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "16"]

@@ -348,6 +348,31 @@ def test_training_parameters_are_checked_before_the_backend_runs(provider, tmp_p
     assert not (tmp_path / "bad_ck").exists() or not list((tmp_path / "bad_ck").iterdir())
 
 
+def test_training_parameters_show_the_backend_defaults_of_their_stage(provider):
+    """The training algorithms' parameters read lcmsr.train_options: same defaults, minima and choices
+    per stage as the CLI and the backend (stage 2's batch is the paper's 16, stage 3's LPIPS weight 0.1)."""
+    from lcmsr.choices import PIXEL_LOSSES
+    from lcmsr.train_options import option, option_default
+
+    fields = {"ITERATIONS": "iterations", "PATCH": "patch", "BATCH": "batch", "SEED": "seed",
+              "LPIPS_WEIGHT": "lpips_weight"}
+    for name, stage in (("train_autoencoder", "autoencoder"), ("train_consistency", "consistency"),
+                        ("train_decoder", "decoder")):
+        algorithm = provider.algorithm(name)
+        for parameter, field in fields.items():
+            definition = algorithm.parameterDefinition(parameter)
+            if stage not in option(field).metadata["stages"]:
+                assert definition is None, (name, parameter)
+                continue
+            assert definition.defaultValue() == option_default(field, stage), (name, parameter)
+            assert definition.minimum() == option(field).metadata["minimum"], (name, parameter)
+    assert provider.algorithm("train_consistency").parameterDefinition("BATCH").defaultValue() == 16
+    assert provider.algorithm("train_decoder").parameterDefinition("LPIPS_WEIGHT").defaultValue() == 0.1
+    pixel = provider.algorithm("train_autoencoder").parameterDefinition("PIXEL_LOSS")
+    assert len(pixel.options()) == len(PIXEL_LOSSES)
+    assert PIXEL_LOSSES[pixel.defaultValue()] == option_default("pixel_loss", "autoencoder") == "l1"
+
+
 def test_every_algorithm_dialog_builds_a_widget_for_each_parameter(provider, qgis_iface, monkeypatch):
     import processing
 

@@ -1,69 +1,70 @@
 """``lcmsr train-autoencoder`` (stage 1), ``lcmsr train-consistency`` (stage 2) and
 ``lcmsr train-decoder`` (optional stage 3: the decoder aligned with the one-step sampler).
 
-Both run alone or under ``torchrun --nproc_per_node=N -m lcmsr train-...`` (DDP).
+They run alone or under ``torchrun --nproc_per_node=N -m lcmsr train-...`` (DDP).
+Their options are generated from :class:`lcmsr.train_options.TrainOptions`: defaults, choices and
+help are written there once.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
 
-from ..choices import SCALES, TRAIN_PRECISIONS
+from ..train_options import TrainOptions, option, option_default, stage_options
 from ._args import bands as _bands
 
+# Fields the CLI spells its own way: positional sources, --val, --set, --resume/--resume-from, --no-lpips.
+_SPECIAL = ("sources", "val_sources", "overrides", "resume", "lpips")
+_FLAGS = {"base_model": "--model"}
+_TYPES = {"bands": _bands}
 
-def _common(p: argparse.ArgumentParser, stage: str) -> None:
-    p.add_argument("sources", nargs="+", help="training rasters or images (anything GDAL reads), or (C, H, W) "
-                   ".npy arrays (no GDAL needed: scripts/pack_training_data.py)")
-    p.add_argument("--val", nargs="+", default=[], metavar="RASTER",
-                   help="validation rasters: PSNR vs bicubic is logged every --val-every steps")
-    p.add_argument("--config", default="small", help="model size: tiny | small | paper (default small)")
+
+def _add_options(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("sources", nargs="+", help=option("sources").metadata["help"] +
+                   " (no GDAL needed for .npy: scripts/pack_training_data.py)")
+    p.add_argument("--val", dest="val_sources", nargs="+", default=[], metavar="RASTER",
+                   help=option("val_sources").metadata["help"].replace("val_every", "--val-every"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config value, e.g. consistency.loss=pseudo_huber (repeatable)")
-    p.add_argument("--bands", type=_bands, default=None, help="1-based bands to train on, e.g. 1,2,3 "
-                   "(default: all but alpha)")
-    p.add_argument("--scale", type=int, default=None, choices=SCALES,
-                   help="SR factor (stage 1 default 4; stage 2 takes the stage-1 value)")
-    p.add_argument("--patch", type=int, default=256, help="HR patch side in pixels (default 256)")
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=8, help="patches per step and process")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for this stage)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: the local GPU)")
-    p.add_argument("--precision", default="auto", choices=TRAIN_PRECISIONS,
-                   help="auto = bf16 autocast on CUDA, fp32 on the CPU")
-    p.add_argument("--checkpoint-dir", default=None, help=f"default checkpoints/{stage}")
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--keep-checkpoints", type=int, default=1)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir (start fresh if there is none)")
     p.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
                    help="continue from this checkpoint (.json, .safetensors or a checkpoint directory)")
+    hints = typing.get_type_hints(TrainOptions)
+    for f in stage_options(stage):
+        if f.name == "lpips":
+            p.add_argument("--no-lpips", dest="lpips", action="store_false",
+                           help="no perceptual (LPIPS) term: the pixel loss only")
+        if f.name in _SPECIAL:
+            continue
+        meta, default = f.metadata, option_default(f.name, stage)
+        required = stage in meta["required"]
+        shown = "" if default is None or required else f" (default {default})"
+        p.add_argument(_FLAGS.get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, default=default,
+                       type=_TYPES.get(f.name, _scalar(hints[f.name])), choices=meta["choices"], required=required,
+                       help=meta["help"] + shown)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _scalar(hint):
+    """int for ``int | None``, etc.; None (argparse's str) for strings."""
+    kinds = [k for k in (typing.get_args(hint) or (hint,)) if k in (int, float)]
+    return kinds[0] if kinds else None
 
 
 def register(subparsers) -> None:
     p1 = subparsers.add_parser("train-autoencoder", help="stage 1: the residual autoencoder E/D",
                                description="Train the stage-1 residual autoencoder (encoder E(HR, LR↑), "
                                            "SR decoder D(LR, z)).")
-    _common(p1, "autoencoder")
-    p1.add_argument("--out", default=None, help="also write the finished autoencoder here (X.safetensors + X.json)")
-    p1.add_argument("--no-lpips", action="store_true", help="L1 only, no perceptual loss")
-    p1.add_argument("--lpips-weight", type=float, default=1.0,
-                    help="weight of LPIPS against L1 (paper: 1.0; lower favours PSNR over perceptual sharpness)")
-    _pixel_loss(p1)
-    p1.add_argument("--gan-start", type=int, default=None, metavar="STEP",
-                    help="switch the PatchGAN discriminator on at this step (default: off)")
+    _add_options(p1, "autoencoder")
     p1.set_defaults(func=run_autoencoder)
 
     p2 = subparsers.add_parser("train-consistency", help="stage 2: CondNet + latent consistency denoiser",
                                description="Train CondNet and the consistency denoiser on a frozen stage-1 "
                                            "autoencoder and write the inference model file.")
-    _common(p2, "consistency")
-    p2.add_argument("--stage1", required=True, help="stage-1 checkpoint (directory, .json or .safetensors)")
-    p2.add_argument("--out", required=True, help="the model file to write (.safetensors)")
+    _add_options(p2, "consistency")
     p2.set_defaults(func=run_consistency)
 
     p3 = subparsers.add_parser("train-decoder", help="stage 3 (optional): align the decoder with one-step sampling",
@@ -71,38 +72,19 @@ def register(subparsers) -> None:
                                            "one-step sampler produces (CondNet and denoiser frozen) and write "
                                            "a new model file.  Not in the paper: it closes the gap between the "
                                            "true latent stage 1 decodes and the sampled one inference decodes.")
-    _common(p3, "decoder")
-    p3.add_argument("--model", dest="base_model", required=True, help="the model file to start from (.safetensors)")
-    p3.add_argument("--out", required=True, help="the model file to write (.safetensors)")
-    p3.add_argument("--no-lpips", action="store_true", help="pixel loss only, no perceptual loss")
-    p3.add_argument("--lpips-weight", type=float, default=0.1, help="weight of LPIPS next to the pixel loss "
-                    "(default 0.1)")
-    _pixel_loss(p3, default="l2")
+    _add_options(p3, "decoder")
     p3.set_defaults(func=run_decoder)
 
 
-def _pixel_loss(p: argparse.ArgumentParser, default: str = "l1") -> None:
-    p.add_argument("--pixel-loss", choices=("l1", "l2"), default=default,
-                   help=f"per-pixel loss: l1 (the paper's) or l2 (favours PSNR); default {default}")
-
-
-def options_from_args(args):
-    from ..train.loop import TrainOptions, parse_override
+def options_from_args(args) -> TrainOptions:
+    from ..train.loop import parse_override
 
     overrides: dict = {}
     for text in args.overrides:
-        change = parse_override(text)
-        overrides = _merge_free(overrides, change)
-    return TrainOptions(
-        sources=list(args.sources), val_sources=list(args.val), scale=args.scale, bands=args.bands,
-        patch=args.patch, iterations=args.iterations, batch=args.batch, lr=args.lr, seed=args.seed,
-        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, val_every=args.val_every, log_every=args.log_every,
-        resume=args.resume_from or args.resume, device=args.device, precision=args.precision, config=args.config,
-        overrides=overrides, out=args.out, stage1=getattr(args, "stage1", None),
-        lpips=not getattr(args, "no_lpips", False), lpips_weight=getattr(args, "lpips_weight", 1.0),
-        gan_start=getattr(args, "gan_start", None), pixel_loss=getattr(args, "pixel_loss", "l1"),
-        base_model=getattr(args, "base_model", None))
+        overrides = _merge_free(overrides, parse_override(text))
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions) if hasattr(args, f.name)}
+    given.update(overrides=overrides, resume=args.resume_from or args.resume)
+    return TrainOptions(**given)
 
 
 def _merge_free(a: dict, b: dict) -> dict:

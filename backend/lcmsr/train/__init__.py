@@ -6,7 +6,8 @@ stage 3 (the decoder aligned with the one-step sampler).
 .safetensors + JSON, resumable exactly; ``torchrun`` runs them on several GPUs or
 nodes (:mod:`.ddp`).
 """
-from .loop import TrainingDiverged, TrainOptions, TrainResult
+from ..train_options import TrainOptions
+from .loop import TrainingDiverged, TrainResult
 from .stage1 import train_autoencoder
 from .stage2 import train_consistency
 from .stage3 import train_decoder

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -33,67 +32,19 @@ from ..device import cpu_native_bf16
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Cancelled, Progress
+from ..train_options import TrainOptions
 from . import checkpoint as ckpt
-from .data import PatchSampler, SourceSet, compute_normalization, describe_source, validation_pairs
+from .data import PatchSampler, SourceSet, compute_normalization, validation_pairs
 from .ddp import DistContext, init_distributed, rank_seed
 
 # Seed streams (rank_seed's third argument): one independent generator per purpose.
 STREAM_INIT, STREAM_DATA, STREAM_NOISE, STREAM_NORM, STREAM_VAL, STREAM_SCALE = range(6)
 
 
-PIXEL_LOSSES = ("l1", "l2")
-
-
 def pixel_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-pixel |d| ("l1") or d² ("l2") in fp32, unreduced."""
     d = pred.float() - target.float()
     return d.abs() if kind == "l1" else d.pow(2)
-
-
-@dataclass
-class TrainOptions:
-    sources: list = field(default_factory=list)          # paths or (C, H, W) arrays
-    val_sources: list = field(default_factory=list)
-    scale: int = 4
-    bands: list[int] | None = None                        # 1-based; None: all but alpha
-    patch: int = 256                                      # HR patch side
-    iterations: int = 1000
-    batch: int = 8
-    lr: float | None = None                               # None: the stage's paper value
-    seed: int = 0
-    checkpoint_dir: str | None = None                     # None: checkpoints/<stage>
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 1
-    val_every: int = 500
-    val_crop: int = 256
-    val_max_crops: int = 4
-    resume: bool | str = False                            # True: newest in checkpoint_dir (fresh if none)
-    device: str = "auto"
-    precision: str = "auto"                               # auto | fp32 | bf16 (CUDA, or a CPU with native bf16)
-    config: str = "small"                                 # tiny | small | paper
-    overrides: dict = field(default_factory=dict)         # nested config changes, e.g. {"consistency": {"loss": "pseudo_huber"}}
-    out: str | None = None                                # stage 1: autoencoder checkpoint; stage 2: model file
-    stage1: str | None = None                             # stage 2: the stage-1 checkpoint
-    log_every: int = 50
-    # stage 1
-    lpips: bool = True
-    lpips_weight: float = 1.0
-    pixel_loss: str = "l1"                                # stages 1 and 3: "l1" (paper) | "l2" (favours PSNR)
-    gan_start: int | None = None                          # step the discriminator switches on; None: never
-    disc_weight: float = 0.5                              # times the adaptive weight (LDM)
-    # stage 2: the stage-1 normalisation and band names come with the stage-1 checkpoint
-    # stage 3 (decoder alignment): the model file whose decoder is tuned to its one-step latents
-    base_model: str | None = None
-
-    def describe(self) -> dict:
-        """JSON-able record of the options (arrays become short descriptions)."""
-        # Not dataclasses.asdict: it would deep-copy every training array at each checkpoint.
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("sources", "val_sources")}
-        d = json.loads(json.dumps(d))
-        d["sources"] = [describe_source(s, i) for i, s in enumerate(self.sources)]
-        d["val_sources"] = [describe_source(s, i) for i, s in enumerate(self.val_sources)]
-        return d
 
 
 # Options that define the run: resuming under different values would not be the same run.
@@ -159,12 +110,21 @@ def parse_override(text: str) -> dict:
 
 
 class Stage(abc.ABC):
-    """One training stage: networks, optimisers and one optimisation step (stage1/stage2 implement it)."""
+    """One training stage: networks, optimisers and one optimisation step (stage1/2/3 implement it).
+
+    A stage is a plain object constructed with what it starts from (stage 2: the stage-1
+    checkpoint; stage 3: the model file) and handed to :func:`run_training`, which attaches
+    the run (options, devices, progress) and calls :meth:`setup`.
+    """
 
     name = "stage"
     export_final: str | None = None   # also write the final checkpoint here (stage 1's --out)
+    # Stages that continue earlier work (2, 3) start from its normalisation and config.
+    base_normalization: Normalization | None = None
+    base_config: dict | None = None
 
-    def __init__(self, opts: TrainOptions, ctx: DistContext, progress: Progress):
+    def attach(self, opts: TrainOptions, ctx: DistContext, progress: Progress) -> None:
+        """The run this stage takes part in: called by the loop before :meth:`setup`."""
         self.opts, self.ctx, self.progress = opts, ctx, progress
         self.device = ctx.device
         self.bf16 = False
@@ -259,19 +219,13 @@ def _finite_or_none(v):
     return v if v is None or math.isfinite(v) else None
 
 
-def run_training(stage_cls, opts: TrainOptions, progress: Progress | None = None,
-                 normalization: Normalization | None = None, base_config: dict | None = None) -> TrainResult:
-    """Train ``stage_cls`` under ``opts``.  Stage 2 passes the stage-1 normalisation and config."""
+def run_training(stage: Stage, opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
+    """Train ``stage`` under ``opts`` (from its ``base_normalization`` and ``base_config`` where it has them)."""
     progress = progress or Progress()
-    if opts.iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {opts.iterations}")
-    if opts.batch < 1:
-        raise ValueError(f"batch must be at least 1, got {opts.batch}")
-    if opts.pixel_loss not in PIXEL_LOSSES:
-        raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got '{opts.pixel_loss}'")
+    opts = opts.for_stage(stage.name)  # the stage's defaults filled in, every value checked
     ctx = init_distributed(opts.device)
     try:
-        return _run(stage_cls, opts, progress if ctx.is_main else _Quiet(progress), ctx, normalization, base_config)
+        return _run(stage, opts, progress if ctx.is_main else _Quiet(progress), ctx)
     finally:
         ctx.close()
 
@@ -306,9 +260,10 @@ def _choose_bf16(precision: str, device: torch.device) -> tuple[bool, str]:
     return False, f"bf16 is not used on {device.type}"
 
 
-def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config) -> TrainResult:
+def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
     t_start = time.monotonic()
-    stage: Stage = stage_cls(opts, ctx, progress)
+    stage.attach(opts, ctx, progress)
+    normalization = stage.base_normalization
     ckdir = Path(opts.checkpoint_dir or os.path.join("checkpoints", stage.name))
     if ctx.is_main:
         progress.info(f"{stage.name}: {ctx.device_reason}" if ctx.device_reason else f"{stage.name}: {ctx.device}")
@@ -320,14 +275,12 @@ def _run(stage_cls, opts, progress, ctx: DistContext, normalization, base_config
         normalization = Normalization.from_dict(resume_ck.state["run"]["normalization"])
     elif normalization is None:
         normalization = compute_normalization(sset, np.random.default_rng(rank_seed(opts.seed, 0, STREAM_NORM)))
-    config = build_config(opts, len(sset.bands), base_config)
+    config = build_config(opts, len(sset.bands), stage.base_config)
     if normalization.bands != len(sset.bands):
         raise ValueError(f"the normalisation has {normalization.bands} band(s) but {len(sset.bands)} band(s) "
                          f"are selected from the training sources")
     run = Run(opts, ctx, config, normalization, sset)
 
-    if opts.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got '{opts.precision}'")
     stage.bf16, why = _choose_bf16(opts.precision, ctx.device)
     if ctx.is_main:
         progress.info(f"{stage.name}: {'bf16 autocast' if stage.bf16 else 'fp32'} ({why})")

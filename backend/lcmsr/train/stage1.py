@@ -10,8 +10,6 @@ authors measured it on E(HR, HR) by mistake, METHOD.md).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn as nn
 
@@ -19,13 +17,12 @@ from ..model import build_model
 from ..nn.discriminator import PatchDiscriminator, hinge_d_loss
 from ..ops import upsample_bicubic
 from ..progress import Progress
+from ..train_options import PAPER_LR, TrainOptions
 from . import checkpoint as ckpt
 from .data import PatchSampler
 from .ddp import rank_seed
-from .loop import STREAM_NOISE, STREAM_SCALE, Stage, TrainOptions, TrainResult, pixel_loss, run_training
+from .loop import STREAM_NOISE, STREAM_SCALE, Stage, TrainResult, pixel_loss, run_training
 
-PAPER_LR = 3.6e-5      # at a total batch of 8
-PAPER_BATCH = 8
 
 
 class _Autoencoder(nn.Module):
@@ -58,7 +55,8 @@ class AutoencoderStage(Stage):
         self.net_ddp = ctx.wrap(self.net)
         self.lpips = self.load_lpips() if opts.lpips else None
         # LDM's linear scaling of the learning rate with the total batch.
-        lr = opts.lr if opts.lr is not None else PAPER_LR * opts.batch * ctx.world_size / PAPER_BATCH
+        paper_lr, paper_batch = PAPER_LR[self.name]
+        lr = opts.lr if opts.lr is not None else paper_lr * opts.batch * ctx.world_size / paper_batch
         self.learning_rate = lr
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr, betas=(0.5, 0.9))
         self.disc = self.disc_ddp = self.opt_disc = None
@@ -183,6 +181,4 @@ class AutoencoderStage(Stage):
 
 def train_autoencoder(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     """Stage 1.  The result's ``checkpoint`` (and ``opts.out`` if set) is what stage 2 starts from."""
-    if opts.scale is None:
-        opts = dataclasses.replace(opts, scale=4)
-    return run_training(AutoencoderStage, opts, progress)
+    return run_training(AutoencoderStage(), opts, progress)

@@ -18,16 +18,21 @@ from ..model import ModelInfo, build_model
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Progress
+from ..train_options import PAPER_LR, TrainOptions
 from . import checkpoint as ckpt
-from .loop import STREAM_NOISE, Stage, TrainOptions, TrainResult, run_training
+from .loop import STREAM_NOISE, Stage, TrainResult, run_training
 
-PAPER_LR = 1.6e-4      # at a total batch of 16
-PAPER_BATCH = 16
 
 
 class ConsistencyStage(Stage):
     name = "consistency"
-    stage1: ckpt.Checkpoint  # set by train_consistency before setup
+
+    def __init__(self, stage1: ckpt.Checkpoint):
+        """``stage1``: the finished stage-1 checkpoint (:func:`load_stage1`): frozen E and D, the latent
+        scale, and the normalisation and config this stage continues."""
+        self.stage1 = stage1
+        self.base_normalization = Normalization.from_dict(stage1.state["run"]["normalization"])
+        self.base_config = stage1.state["run"]["config"]
 
     def setup(self, config, normalization, sset):
         opts, ctx = self.opts, self.ctx
@@ -47,7 +52,8 @@ class ConsistencyStage(Stage):
         self.condnet_ddp = ctx.wrap(self.model.condnet)
         self.denoiser_ddp = ctx.wrap(self.model.denoiser)
         self.ema = EMA(self.model.denoiser, decay=config.consistency.ema_decay)
-        lr = opts.lr if opts.lr is not None else PAPER_LR * opts.batch * ctx.world_size / PAPER_BATCH
+        paper_lr, paper_batch = PAPER_LR[self.name]
+        lr = opts.lr if opts.lr is not None else paper_lr * opts.batch * ctx.world_size / paper_batch
         self.learning_rate = lr
         params = list(self.model.condnet.parameters()) + list(self.model.denoiser.parameters())
         self.opt = torch.optim.AdamW(params, lr=lr)
@@ -157,6 +163,4 @@ def train_consistency(opts: TrainOptions, progress: Progress | None = None) -> T
     if opts.bands is not None and list(opts.bands) != list(run1["bands"]):
         raise ValueError(f"bands {list(opts.bands)} differ from the stage-1 bands {run1['bands']} ({s1.path})")
     opts = dataclasses.replace(opts, scale=o1["scale"], bands=list(run1["bands"]), config=o1["config"])
-    stage_cls = type("ConsistencyStage", (ConsistencyStage,), {"stage1": s1})
-    return run_training(stage_cls, opts, progress, normalization=Normalization.from_dict(run1["normalization"]),
-                        base_config=run1["config"])
+    return run_training(ConsistencyStage(s1), opts, progress)

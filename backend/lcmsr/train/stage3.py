@@ -27,16 +27,20 @@ from ..config import LATENT_FACTOR
 from ..model import ModelInfo
 from ..ops import upsample_bicubic
 from ..progress import Progress
+from ..train_options import DECODER_LR, TrainOptions
 from . import checkpoint as ckpt
-from .loop import STREAM_NOISE, Stage, TrainOptions, TrainResult, pixel_loss, run_training
+from .loop import STREAM_NOISE, Stage, TrainResult, pixel_loss, run_training
 
-DEFAULT_LR = 1e-4
 
 
 class DecoderAlignStage(Stage):
     name = "decoder"
-    base: "LCMSR"  # noqa: F821 - set by train_decoder before setup (the loaded model file)
-    base_path: str
+
+    def __init__(self, base, base_path: str):
+        """``base``: the loaded model file (an LCMSR) whose decoder is tuned; ``base_path`` names it."""
+        self.base, self.base_path = base, str(base_path)
+        self.base_normalization = base.info.normalization
+        self.base_config = base.info.config.to_dict()
 
     def setup(self, config, normalization, sset):
         opts, ctx = self.opts, self.ctx
@@ -50,7 +54,7 @@ class DecoderAlignStage(Stage):
             frozen.eval().requires_grad_(False)
         self.decoder_ddp = ctx.wrap(self.model.decoder)
         self.lpips = self.load_lpips() if opts.lpips and opts.lpips_weight > 0 else None
-        self.learning_rate = opts.lr if opts.lr is not None else DEFAULT_LR
+        self.learning_rate = opts.lr if opts.lr is not None else DECODER_LR
         self.opt = torch.optim.Adam(self.model.decoder.parameters(), lr=self.learning_rate)
         self.noise_gen = self.generator("noise", STREAM_NOISE)
 
@@ -139,6 +143,4 @@ def train_decoder(opts: TrainOptions, progress: Progress | None = None) -> Train
     if opts.bands is not None and len(opts.bands) != info.bands:
         raise ValueError(f"{len(opts.bands)} band(s) selected but the model {opts.base_model} has {info.bands}")
     opts = dataclasses.replace(opts, scale=info.scale, config=info.config.name)
-    stage_cls = type("DecoderAlignStage", (DecoderAlignStage,), {"base": base, "base_path": str(opts.base_model)})
-    return run_training(stage_cls, opts, progress, normalization=info.normalization,
-                        base_config=info.config.to_dict())
+    return run_training(DecoderAlignStage(base, opts.base_model), opts, progress)

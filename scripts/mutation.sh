@@ -4,6 +4,7 @@
 # scratch copy laid out that way (the checkout is never mutated); the report lands in $OUT.
 # Usage: scripts/mutation.sh [OUT_DIR]     (make mutation; about 1-2 h on 2 cores)
 set -euo pipefail
+set -f   # MUTATION_FILES holds globs for mutmut, not for the shell
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$top/build/mutation}
 work=$out/run
@@ -22,13 +23,12 @@ cp -r "$top/resources" "$work/resources"
 cp -r "$top/docs" "$work/docs"   # a test runs the sampler example in DESIGN.md
 cp "$top/pytest.ini" "$work/"
 # The tests that state the method's behaviour; the slow learning and multi-process ones stay out.
-tests=${MUTATION_TESTS:-"tests/backend/test_diffusion.py tests/backend/test_samplers.py tests/backend/test_method_training.py tests/backend/test_train_loop.py tests/backend/test_networks.py tests/backend/test_weights.py"}
+tests=${MUTATION_TESTS:-"tests/backend/test_diffusion.py tests/backend/test_samplers.py tests/backend/test_method_training.py tests/backend/test_train_loop.py tests/backend/test_train_data.py"}
 {
   echo "[mutmut]"
   echo "source_paths=lcmsr"
   echo "only_mutate="
-  echo "    lcmsr/diffusion/*"
-  echo "    lcmsr/train/*"
+  for g in ${MUTATION_FILES:-lcmsr/diffusion/* lcmsr/train/*}; do echo "    $g"; done
   echo "also_copy="
   echo "    resources"
   echo "    docs"

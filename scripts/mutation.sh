@@ -41,6 +41,7 @@ tests=${MUTATION_TESTS:-"tests/backend/test_diffusion.py tests/backend/test_samp
 } > "$work/setup.cfg"
 cd "$work"
 export PYTHONPATH=$tools OMP_NUM_THREADS=1 QT_QPA_PLATFORM=offscreen
+export LCMSR_METRIC_WEIGHTS=${LCMSR_METRIC_WEIGHTS:-$top/build/metric-weights}   # the LPIPS terms are under test
 "$py" -m mutmut run --max-children "${MUTATION_JOBS:-2}" 2>&1 | tail -n 30 | tee "$out/run.log"
 "$py" -m mutmut results --all true > "$out/results.txt" 2>&1 || true
 grep -E ': (survived|no tests|timeout|suspicious)' "$out/results.txt" > "$out/survivors.txt" || true

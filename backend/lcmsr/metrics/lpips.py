@@ -32,9 +32,14 @@ _EPS = 1e-10  # as in the reference: x / (||x|| + eps), not a clamp
 
 
 def _alexnet_features() -> nn.Sequential:
-    import torchvision
-
-    return torchvision.models.alexnet(weights=None).features
+    """torchvision's ``alexnet().features``, layer for layer (the weight file's key layout), in plain torch:
+    the plugin's own PyTorch install has no torchvision, and LPIPS needs nothing else from it."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
 
 
 def min_lpips_size() -> int:

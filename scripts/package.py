@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Build dist/lcmsr_qgis-<version>.zip: the plugin folder at the zip's root, installable with
 QGIS's "Install from ZIP", with the backend bundled under lcmsr_qgis/ext/ and the shipped
-model, sample raster and icon under lcmsr_qgis/resources/."""
+models, LPIPS weights (float16), sample raster and icon under lcmsr_qgis/resources/.
+
+The official plugin repository (plugins.qgis.org) accepts it: <= 25 MB, LICENSE in the plugin
+folder, no __pycache__/.pyc/.git, the required metadata (tests/process/test_qgis_process.py checks
+those rules on the built file)."""
 import argparse
 import os
 import sys
@@ -13,7 +17,7 @@ sys.path.insert(0, str(REPO / "backend"))
 from lcmsr.atomic import AtomicPath  # noqa: E402  (torch-free, GDAL-free)
 
 PLUGIN = "lcmsr_qgis"
-SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+SKIP_DIRS = {"__pycache__", "__MACOSX"}  # and every hidden folder (.git, .pytest_cache, ...): see walk
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 SKIP_NAME_ENDINGS = (".aux.xml",)  # GDAL/QGIS side files written next to rasters that were opened
 
@@ -28,10 +32,10 @@ def version() -> str:
 def walk(src: Path):
     """Files under src (following symlinks), sorted so the zip is reproducible."""
     for root, dirs, files in os.walk(src, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info"))
         for name in sorted(files):
             path = Path(root) / name
-            if path.suffix not in SKIP_SUFFIXES and not name.endswith(SKIP_NAME_ENDINGS):
+            if path.suffix not in SKIP_SUFFIXES and not name.endswith(SKIP_NAME_ENDINGS) and not name.startswith("."):
                 yield path
 
 
@@ -46,7 +50,7 @@ def build(out_dir: Path) -> Path:
         entries.append((path, Path(PLUGIN) / rel))
     for path in walk(REPO / "backend" / "lcmsr"):
         entries.append((path, Path(PLUGIN) / "ext" / "lcmsr" / path.relative_to(REPO / "backend" / "lcmsr")))
-    for sub in ("models", "sample"):
+    for sub in ("models", "metric-weights", "sample"):
         if (REPO / "resources" / sub).is_dir():
             for path in walk(REPO / "resources" / sub):
                 entries.append((path, Path(PLUGIN) / "resources" / path.relative_to(REPO / "resources")))

@@ -69,7 +69,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         return plugin_icon()
 
     def flags(self):
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel
+        return super().flags() | QgsProcessingAlgorithm.Flag.FlagCanCancel
 
     def canExecute(self):  # noqa: N802
         ok, message = environment.backend_status()

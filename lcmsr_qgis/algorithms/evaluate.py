@@ -1,7 +1,8 @@
 """`lcmsr:evaluate` — PSNR, SSIM and LPIPS of a super-resolved raster against its HR reference.
 
 Either the SR raster is given, or a model: then the reference is degraded with
-the training degradation, super-resolved and scored (the paper's protocol).
+the training degradation, super-resolved and scored (the paper's protocol), next
+to bicubic upsampling of the same LR.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
     SSIM = "SSIM"
     LPIPS_VALUE = "LPIPS_VALUE"
     SR_RASTER = "SR_RASTER"
+    BICUBIC_PSNR = "BICUBIC_PSNR"
+    BICUBIC_SSIM = "BICUBIC_SSIM"
+    BICUBIC_LPIPS = "BICUBIC_LPIPS"
 
     def name(self):
         return "evaluate"
@@ -54,9 +58,12 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             "<b>Reference</b>: the HR raster. Then either<br>"
             "• <b>SR raster</b>: a super-resolved raster of the same size (set <b>Scale</b> to its factor), or<br>"
             "• <b>Model</b>: the reference is degraded (antialiased bicubic, as in training), super-resolved with "
-            "the model and scored; the scale is the model's. Empty SR raster and model = the default model.<br>"
-            "<b>LPIPS</b> needs its weights (`make setup`); without them it is skipped with a warning.<br>"
-            "Outputs the three numbers and an HTML report.")
+            "the model and scored; the scale is the model's. Empty SR raster and model = the default model. "
+            "Bicubic upsampling of the same LR is scored too: the baseline the model has to beat.<br>"
+            "<b>LPIPS</b> (AlexNet) uses the float32 weights where they are found (the folder in "
+            "LCMSR_METRIC_WEIGHTS, or build/metric-weights of a source checkout), else the float16 copy bundled "
+            "with the plugin, which gives the same LPIPS within 2e-4.<br>"
+            "Outputs the three numbers (and the bicubic baseline's, with a model) and an HTML report.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference raster (high resolution)"))
@@ -76,6 +83,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.SSIM, "SSIM"))
         self.addOutput(QgsProcessingOutputNumber(self.LPIPS_VALUE, "LPIPS"))
         self.addOutput(QgsProcessingOutputRasterLayer(self.SR_RASTER, "Super-resolved raster that was scored"))
+        self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic baseline PSNR (dB, with a model)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_SSIM, "Bicubic baseline SSIM (with a model)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_LPIPS, "Bicubic baseline LPIPS (with a model)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
@@ -121,10 +131,16 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                                          device=device.device, progress=progress)
                 sr, scale = metrics["sr"], metrics["scale"]
                 title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
-            row = {k: metrics.get(k) for k in ("psnr", "ssim", "lpips")}
-            row.update(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
-            write_html_report(html, {os.path.basename(sr): row}, f"LCMSR evaluation: {title}")
+            extra = dict(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
+            rows = {os.path.basename(sr): dict({k: metrics.get(k) for k in ("psnr", "ssim", "lpips")}, **extra)}
+            bicubic = metrics.get("bicubic") or {}
+            if bicubic:
+                rows["bicubic"] = dict(bicubic, **extra)
+            write_html_report(html, rows, f"LCMSR evaluation: {title}")
         lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
         progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
+        if bicubic:
+            progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
         return {self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
-                self.OUTPUT_HTML: html, self.SR_RASTER: sr}
+                self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
+                self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips")}

@@ -92,7 +92,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         from lcmsr.train_options import option_default
 
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "Training rasters (high resolution)",
-                                                               QgsProcessing.TypeRaster))
+                                                               QgsProcessing.SourceType.TypeRaster))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
                                                             optional=True))
         self.add_stage_parameters()

@@ -166,14 +166,80 @@ def test_lpips_on_other_band_counts_averages_grey_bands():
         net(sr[..., :30, :30], hr[..., :30, :30])
 
 
-def test_missing_lpips_weights_say_which_file_and_how_to_fetch(tmp_path):
+def test_missing_lpips_weights_say_which_file_and_how_to_fetch(tmp_path, monkeypatch):
     from lcmsr.metrics.lpips import LPIPS
 
+    monkeypatch.setattr(fw, "bundled_weights_dir", lambda: tmp_path / "no-bundle")
     with pytest.raises(fw.MetricWeightsMissing) as err:
         LPIPS(weights_dir=tmp_path)
     msg = str(err.value)
     assert str(tmp_path / fw.LPIPS_FILE) in msg and "make setup" in msg and "fetch_weights" in msg
     assert isinstance(err.value, FileNotFoundError)
+
+
+# Real images for the float16 check: the NEON sample (HR, its x4 LR bicubic-upsampled, HR + noise), a
+# Sentinel-2 crop (4 bands: per-band grey) against its x4 bicubic round trip, and the fixture pairs.
+def _real_pairs():
+    import torch.nn.functional as F
+
+    from lcmsr.metrics.evaluate import read_image
+
+    repo = FIXTURES.parents[2]
+    hr = torch.from_numpy(read_image(repo / "resources" / "sample" / "neon_hr.tif").astype(np.float32))[None]
+    lr = torch.from_numpy(read_image(repo / "resources" / "sample" / "neon_lr.tif").astype(np.float32))[None]
+    hr, lr = hr / 127.5 - 1, lr / 127.5 - 1
+    up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+    noisy = (hr + 0.05 * torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    s2 = torch.from_numpy(read_image(FIXTURES.parent / "s2_t33uuu_256.tif").astype(np.float32))[None]
+    s2 = s2 / s2.max() * 2 - 1
+    s2_round = F.interpolate(F.interpolate(s2, scale_factor=0.25, mode="bicubic", antialias=True),
+                             size=s2.shape[-2:], mode="bicubic", align_corners=False)
+    hr_fx = _to_lpips_space(fixture("hr"))
+    return {"neon_bicubic": (up, hr), "neon_noisy": (noisy, hr), "s2_bicubic": (s2_round, s2),
+            "fixture_bicubic": (_to_lpips_space(fixture("bicubic")), hr_fx),
+            "fixture_noisy": (_to_lpips_space(fixture("noisy")), hr_fx)}
+
+
+@needs_lpips
+def test_bundled_float16_lpips_matches_the_float32_weights_on_real_images(tmp_path, monkeypatch):
+    """The plugin zip ships the float16 copy; a zip user gets it when no float32 file is found.  On real
+    images it moves LPIPS by < 2e-4 (measured: <= 6e-5; per-channel int8 moved it by 3e-3)."""
+    from lcmsr.metrics.lpips import LPIPS
+
+    bundled = fw.bundled_weights_dir() / fw.LPIPS_FP16_FILE
+    assert bundled.is_file(), f"{bundled} is missing: run fetch_weights --bundle"
+    full = LPIPS(weights_dir=WEIGHTS)
+    monkeypatch.setenv(fw.ENV_VAR, str(tmp_path / "empty"))  # as installed from the zip: no float32 file
+    half = LPIPS()
+    assert (full.weights_file.name, half.weights_file) == (fw.LPIPS_FILE, bundled)
+    with torch.no_grad():
+        for name, (a, b) in _real_pairs().items():
+            d32, d16 = float(full(a, b)), float(half(a, b))
+            assert d32 > 5e-3, name  # a real distance, not two near-identical images
+            assert d16 == pytest.approx(d32, abs=2e-4), name
+    # The bundled file is exactly the float16 rounding of the pinned weights (fetch_weights --bundle).
+    from safetensors.numpy import load_file
+
+    fw.write_lpips_fp16(WEIGHTS / fw.LPIPS_FILE, tmp_path / "again.safetensors")
+    again, shipped = load_file(str(tmp_path / "again.safetensors")), load_file(str(bundled))
+    assert fw.tensor_digest(again) == fw.tensor_digest(shipped) == fw.LPIPS_FP16_TENSORS_SHA256
+
+
+def test_a_foreign_bundled_file_is_refused_and_the_float32_file_wins(tmp_path, monkeypatch):
+    from safetensors.numpy import load_file, save_file
+
+    from lcmsr.metrics.lpips import LPIPS
+
+    tensors = load_file(str(fw.bundled_weights_dir() / fw.LPIPS_FP16_FILE))
+    tensors["lins.0.weight"] = tensors["lins.0.weight"] * np.float16(1.5)  # one head changed
+    (tmp_path / "bundle").mkdir()
+    save_file(tensors, str(tmp_path / "bundle" / fw.LPIPS_FP16_FILE))
+    monkeypatch.setattr(fw, "bundled_weights_dir", lambda: tmp_path / "bundle")
+    assert fw.lpips_weights_file(tmp_path / "empty") == tmp_path / "bundle" / fw.LPIPS_FP16_FILE
+    with pytest.raises(ValueError, match="not the pinned LPIPS AlexNet weights"):
+        LPIPS(weights_dir=tmp_path / "empty")
+    if HAVE_LPIPS:  # where the float32 file is, it is used, bundle or not
+        assert fw.lpips_weights_file(WEIGHTS) == WEIGHTS / fw.LPIPS_FILE
 
 
 # ----------------------------------------------------------------------------- fetch_weights
@@ -435,6 +501,72 @@ def test_eval_cli_with_a_model_scores_the_chosen_bands_against_the_same_referenc
     assert results["3,2,1"]["lpips"] is None and "PSNR" in capsys.readouterr().out
 
 
+@needs_lpips
+def test_eval_with_a_model_has_a_bicubic_row_in_json_html_and_stdout(tmp_path, capsys):
+    """Bicubic upsampling of the same LR is scored next to the model.  The untrained tiny model's decoder is
+    exactly bicubic (zero-initialised tail), so its row must equal the bicubic row: a baseline that upsampled
+    another way (nearest, shifted by half a pixel, the wrong LR) would not."""
+    from conftest import write_tiny_model
+    from lcmsr.cli import main
+
+    for d in ("hr", "work"):
+        (tmp_path / d).mkdir()
+    _write_tif(tmp_path / "hr" / "a.tif", fixture("hr"))
+    _write_tif(tmp_path / "hr" / "b.tif", np.ascontiguousarray(fixture("hr")[:, ::-1]))
+    model = write_tiny_model(tmp_path / "tiny_x4.safetensors")
+    js, page = tmp_path / "out.json", tmp_path / "report.html"
+    assert main(["eval", "--model", model, "--hr", str(tmp_path / "hr"), "--device", "cpu", "--json", str(js),
+                 "--html", str(page), "--work-dir", str(tmp_path / "work")]) == 0
+    out = json.loads(js.read_text())
+    assert set(out["bicubic"]) == set(out["results"]) == {"a", "b", "mean"}
+    for name in ("a", "b", "mean"):
+        model_row, bicubic_row = out["results"][name], out["bicubic"][name]
+        for k in ("psnr", "ssim", "lpips"):
+            assert bicubic_row[k] == pytest.approx(model_row[k], abs=1e-3), (name, k)
+    assert 15.0 < out["bicubic"]["a"]["psnr"] < 40.0 and out["bicubic"]["a"]["lpips"] > 0.05
+    assert out["bicubic"]["mean"]["psnr"] == pytest.approx((out["bicubic"]["a"]["psnr"] + out["bicubic"]["b"]["psnr"]) / 2)
+    stdout, text = capsys.readouterr().out, page.read_text(encoding="utf-8")
+    assert "bicubic: a: PSNR" in stdout and "bicubic: mean: PSNR" in stdout
+    assert "<th>bicubic: mean</th>" in text and f"<td>{out['bicubic']['mean']['psnr']:.4f}</td>" in text
+    # The bicubic raster is upsampling of the LR the model saw, on the SR's grid.
+    gdal = pytest.importorskip("osgeo.gdal")
+    lr, bic, sr = (gdal.Open(str(tmp_path / "work" / "a" / f"{n}.tif")) for n in ("lr", "bicubic", "sr"))
+    assert (bic.RasterXSize, bic.RasterYSize) == (sr.RasterXSize, sr.RasterYSize) == (64, 64)
+    assert bic.GetGeoTransform() == pytest.approx(sr.GetGeoTransform())
+    from lcmsr.ops import upsample_bicubic
+
+    expect = upsample_bicubic(torch.from_numpy(lr.ReadAsArray().astype(np.float32))[None], 4)[0].numpy()
+    assert np.abs(bic.ReadAsArray().astype(np.float32) - np.clip(np.round(expect), 0, 255)).max() <= 1
+
+
+def test_bicubic_raster_block_by_block_equals_one_call_and_keeps_nodata(tmp_path, monkeypatch):
+    gdal = pytest.importorskip("osgeo.gdal")
+    from lcmsr.ops import upsample_bicubic
+    from lcmsr.raster import bicubic
+
+    lr = fixture("hr")[:, :40, :44].astype(np.float32)
+    for name, hole in (("clean", False), ("holed", True)):
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / f"{name}.tif"), 44, 40, 3, gdal.GDT_Float32)
+        for i, band in enumerate(lr, 1):
+            if hole:
+                band = band.copy()
+                band[5:9, 30:36] = -1
+                ds.GetRasterBand(i).SetNoDataValue(-1)
+            ds.GetRasterBand(i).WriteArray(band)
+        ds = None
+    bicubic.bicubic_upsample(tmp_path / "clean.tif", tmp_path / "clean_x3.tif", 3)
+    bicubic.bicubic_upsample(tmp_path / "holed.tif", tmp_path / "whole_x3.tif", 3)
+    monkeypatch.setattr(bicubic, "BLOCK_LR", 7)  # blocks that cut through the hole and the image
+    bicubic.bicubic_upsample(tmp_path / "holed.tif", tmp_path / "blocks_x3.tif", 3)
+    clean, whole, blocks = (gdal.Open(str(tmp_path / f"{n}_x3.tif")).ReadAsArray() for n in ("clean", "whole", "blocks"))
+    expect = upsample_bicubic(torch.from_numpy(lr)[None], 3)[0].numpy()
+    np.testing.assert_allclose(clean, expect, atol=1e-3)  # float32 output: overshoot kept
+    assert whole.shape == (3, 120, 132)
+    np.testing.assert_allclose(blocks, whole, atol=1e-3)  # float32 sums of other lengths: ~1e-4 apart
+    assert (whole[:, 15:27, 90:108] == -1).all()  # the hole, 3x larger, is nodata
+    assert (whole[:, :15] != -1).all() and (whole[:, 27:] != -1).all()
+
+
 def test_missing_lpips_weights_are_a_warning_where_a_progress_listens(tmp_path, monkeypatch):
     from lcmsr.metrics.evaluate import evaluate_pair
     from lcmsr.progress import Progress
@@ -448,6 +580,7 @@ def test_missing_lpips_weights_are_a_warning_where_a_progress_listens(tmp_path, 
     for d, name in (("sr", "bicubic"), ("hr", "hr")):
         np.save(tmp_path / f"{d}.npy", fixture(name))
     monkeypatch.setenv(fw.ENV_VAR, str(tmp_path / "no-weights"))
+    monkeypatch.setattr(fw, "bundled_weights_dir", lambda: tmp_path / "no-bundle")
     with pytest.raises(fw.MetricWeightsMissing):
         evaluate_pair(tmp_path / "sr.npy", tmp_path / "hr.npy", 4)
     progress = Recording()

@@ -30,22 +30,66 @@ def test_plugin_loads_without_torch_and_says_so(tmp_path):
     assert out.stdout.startswith("False") and "torch" in out.stdout and "pip install" in out.stdout
 
 
-def test_package_zip_installs_and_loads(tmp_path):
-    dist = tmp_path / "dist"
+@pytest.fixture(scope="module")
+def release_zip(tmp_path_factory):
+    """The zip scripts/package.py builds, built once for this module."""
+    dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, str(REPO / "scripts" / "package.py"), "--out", str(dist)], check=True,
                    timeout=300, capture_output=True)
     (archive,) = dist.glob("lcmsr_qgis-*.zip")
-    with zipfile.ZipFile(archive) as zf:
-        names = zf.namelist()
-        assert {n.split("/")[0] for n in names} == {"lcmsr_qgis"}, "plugin folder must be the zip's only root"
-        for required in ("lcmsr_qgis/metadata.txt", "lcmsr_qgis/icon.svg", "lcmsr_qgis/LICENSE",
-                         "lcmsr_qgis/__init__.py", "lcmsr_qgis/ext/lcmsr/__init__.py"):
-            assert required in names, required
-        assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".aux.xml"))]
-        # Every bundled model is inside, and the zip stays within the plugin repository's 25 MB.
+    return archive
+
+
+def test_package_zip_meets_the_plugin_repository_rules(release_zip):
+    """What plugins.qgis.org's upload validator refuses, checked on the built file: size, forbidden and
+    unsafe entries, one top folder with __init__.py, metadata.txt and LICENSE, the required metadata."""
+    import configparser
+    import re
+    from urllib.parse import urlparse
+
+    assert release_zip.stat().st_size <= 25_000_000, f"{release_zip.stat().st_size} bytes: over the 25 MB limit"
+    with zipfile.ZipFile(release_zip) as zf:
+        assert zf.testzip() is None
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        for name in names:
+            parts = name.rstrip("/").split("/")
+            assert ".." not in name and not name.startswith("/"), name
+            assert ".pyc" not in name, name
+            assert not {"__MACOSX", ".git", "__pycache__"} & set(parts), name
+        # Regular files and folders only: a symlink (the checkout's LICENSE, metadata.txt and icon.svg are
+        # symlinks) must arrive as the file it points to.
+        for info in infos:
+            kind = (info.external_attr >> 16) & 0o170000
+            assert kind in (0, 0o100000, 0o040000), f"{info.filename}: not a regular file or folder"
+        (root,) = {n.split("/")[0] for n in names}
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]+", root) and names[0].startswith(root + "/")
+        for required in ("__init__.py", "metadata.txt", "LICENSE", "ext/lcmsr/__init__.py"):
+            assert f"{root}/{required}" in names, required
+        assert zf.read(f"{root}/LICENSE") == (REPO / "LICENSE").read_bytes()
+        meta = configparser.ConfigParser()
+        meta.optionxform = str
+        meta.read_string(zf.read(f"{root}/metadata.txt").decode("utf-8"))
+        general = dict(meta.items("general"))
+        for field in ("name", "description", "version", "qgisMinimumVersion", "author", "email", "about",
+                      "tracker", "repository"):
+            assert general.get(field, "").strip(), f"metadata.txt: {field} is missing or empty"
+        for field in ("tracker", "repository", "homepage"):
+            url = urlparse(general.get(field, "https://x"))
+            assert url.scheme in ("http", "https") and url.netloc, f"{field}={general[field]} is not a URL"
+        assert "/" not in general["author"]
+        assert (general["supportsQt6"], general["qgisMaximumVersion"]) == ("True", "4.99")
+        assert f"{root}/{general['icon']}" in names
+        # Every bundled model, and the LPIPS weights zip users evaluate with.
         bundled = sorted(p.name for p in (REPO / "resources" / "models").glob("*.safetensors"))
-        assert sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".safetensors")) == bundled
-        assert archive.stat().st_size <= 25_000_000, f"{archive.stat().st_size} bytes"
+        assert sorted(n.rsplit("/", 1)[1] for n in names if "/resources/models/" in n and n.endswith(".safetensors")) \
+            == bundled and bundled
+        assert f"{root}/resources/metric-weights/lpips_alex_fp16.safetensors" in names
+
+
+def test_package_zip_installs_and_loads(release_zip, tmp_path):
+    archive = release_zip
+    with zipfile.ZipFile(archive) as zf:
         plugins = tmp_path / "plugins"
         zf.extractall(plugins)
     # A fresh profile and the zip's plugin folder, with torch from the venv but NOT the checkout's backend:
@@ -62,3 +106,12 @@ def test_package_zip_installs_and_loads(tmp_path):
                          env=dict(os.environ, PYTHONPATH=venv_site_packages()), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert str(plugins) in out.stdout, f"backend not loaded from the zip: {out.stdout}"
+    # A zip user has no build/metric-weights (nor torchvision): LPIPS comes from the zip's own float16 copy.
+    code = ("import sys; sys.modules['torchvision'] = None; sys.path.insert(0, %r); import lcmsr_qgis; "
+            "from lcmsr.metrics.lpips import LPIPS; "
+            "print(LPIPS().weights_file)" % str(plugins))
+    env = {k: v for k, v in os.environ.items() if k != "LCMSR_METRIC_WEIGHTS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(env, PYTHONPATH=venv_site_packages()), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(plugins / "lcmsr_qgis" / "resources" / "metric-weights" / "lpips_alex_fp16.safetensors")

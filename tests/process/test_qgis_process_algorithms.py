@@ -55,7 +55,9 @@ def test_evaluate_reports_numbers_as_json(tiny_model, tmp_path):
                              "LPIPS=false", "DEVICE=2", f"OUTPUT_HTML={tmp_path / 'report.html'}"])
     results = doc["results"]
     assert 5.0 < results["PSNR"] < 60.0 and -1.0 < results["SSIM"] <= 1.0
-    assert (tmp_path / "report.html").exists()
+    # The bicubic baseline of the same LR, which the untrained tiny model (decoder = bicubic) matches.
+    assert results["BICUBIC_PSNR"] == pytest.approx(results["PSNR"], abs=0.01)
+    assert "<th>bicubic</th>" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
 def test_a_bad_model_fails_with_its_name(tmp_path):

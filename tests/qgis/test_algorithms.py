@@ -251,25 +251,19 @@ def test_degrade_makes_the_lr_raster_over_the_same_extent(provider, tmp_path):
         run("degrade", {"INPUT": str(SAMPLE_HR), "SCALE": 5, "OUTPUT": str(tmp_path / "lr5.tif")})
 
 
-def _lpips_weights_present() -> bool:
-    from lcmsr.metrics.fetch_weights import weights_dir
-
-    return (weights_dir() / "lpips_alex.safetensors").exists()
-
-
 def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
     sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "sr.tif")}))
     html = tmp_path / "report.html"
     given = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "SR": sr["OUTPUT"], "SCALE": 4, "DEVICE": 2,
                              "OUTPUT_HTML": str(html)})
     assert 5.0 < given["PSNR"] < 60.0 and -1.0 < given["SSIM"] <= 1.0
-    if _lpips_weights_present():
-        assert 0.0 <= given["LPIPS_VALUE"] <= 2.0
-    else:
-        assert given["LPIPS_VALUE"] is None
+    # LPIPS always: from the float32 weights of `make setup`, else the float16 copy the plugin bundles.
+    assert 0.0 < given["LPIPS_VALUE"] <= 2.0
+    assert given["BICUBIC_PSNR"] is None  # no LR is known for a given SR raster: no baseline row
     text = html.read_text(encoding="utf-8")
-    assert "psnr" in text and f"{given['PSNR']:.4f}" in text
-    # With a model: degrade the reference, super-resolve it, score — the same numbers as doing it by hand.
+    assert "psnr" in text and f"{given['PSNR']:.4f}" in text and "bicubic" not in text
+    # With a model: degrade the reference, super-resolve it, score — the same numbers as doing it by hand —
+    # next to bicubic upsampling of the same LR, which the untrained tiny model (decoder = bicubic) equals.
     modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
                                 "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["LPIPS_VALUE"] is None and os.path.exists(modelled["SR_RASTER"])
@@ -277,6 +271,13 @@ def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
 
     by_hand = evaluate_rasters(modelled["SR_RASTER"], str(SAMPLE_HR), 4, lpips=False)
     assert modelled["PSNR"] == pytest.approx(by_hand["psnr"]) and modelled["SSIM"] == pytest.approx(by_hand["ssim"])
+    bicubic_raster = os.path.join(os.path.dirname(modelled["SR_RASTER"]), "bicubic.tif")
+    by_hand = evaluate_rasters(bicubic_raster, str(SAMPLE_HR), 4, lpips=False)
+    assert modelled["BICUBIC_PSNR"] == pytest.approx(by_hand["psnr"]) and modelled["BICUBIC_LPIPS"] is None
+    assert modelled["BICUBIC_PSNR"] == pytest.approx(modelled["PSNR"], abs=0.01)
+    assert modelled["BICUBIC_SSIM"] == pytest.approx(modelled["SSIM"], abs=1e-3)
+    text = (tmp_path / "model.html").read_text(encoding="utf-8")
+    assert "<th>bicubic</th>" in text and f"<td>{modelled['BICUBIC_PSNR']:.4f}</td>" in text
     with pytest.raises(QgsProcessingException, match="MODEL"):
         run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": str(tmp_path / "nope.safetensors"), "LPIPS": False,
                          "OUTPUT_HTML": str(tmp_path / "x.html")})

@@ -4,7 +4,8 @@
 file name (the paper's protocol: per-image metrics averaged over the test set,
 FID between the two folders).  ``--model`` instead of ``--sr`` degrades each HR
 raster by the model's scale, super-resolves it and scores the result
-(:func:`lcmsr.metrics.evaluate.evaluate_model`, which the plugin runs too).
+(:func:`lcmsr.metrics.evaluate.evaluate_model`, which the plugin runs too), next to
+bicubic upsampling of the same LR (the ``bicubic`` rows and JSON key).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def run(args) -> int:
         raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
     kw = dict(bands=bands, data_range=args.data_range, lpips=not args.no_lpips, device=device)
 
-    rows, scale = {}, args.scale
+    rows, baseline, scale = {}, {}, args.scale
     if args.model:
         from lcmsr.raster.pipeline import SROptions
         from lcmsr.weights import load_model
@@ -103,29 +104,34 @@ def run(args) -> int:
             for h in list_images(hr) if hr.is_dir() else [hr]:
                 r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,
                                    lpips=kw["lpips"], device=device)
-                rows[h.stem if hr.is_dir() else h.name], scale = {k: r[k] for k in METRIC_KEYS}, r["scale"]
+                name = h.stem if hr.is_dir() else h.name
+                rows[name], baseline[name], scale = {k: r[k] for k in METRIC_KEYS}, r["bicubic"], r["scale"]
     else:
         for h, s in _pairs(sr, hr) if sr.is_dir() else [(hr, sr)]:
             r = evaluate_pair(s, h, scale, **kw)
             rows[h.stem if hr.is_dir() else s.name] = {k: r[k] for k in METRIC_KEYS}
     if hr.is_dir():
-        first = next(iter(rows.values()))
-        mean = {k: (sum(r[k] for r in rows.values()) / len(rows) if first[k] is not None else None)
-                for k in METRIC_KEYS}
+        for table in (rows, baseline) if baseline else (rows,):
+            first = next(iter(table.values()))
+            table["mean"] = {k: (sum(r[k] for r in table.values()) / len(table) if first[k] is not None else None)
+                             for k in METRIC_KEYS}
         if args.fid:
             from lcmsr.metrics.fid import fid
 
-            mean["fid"] = fid(sr, hr, data_range=args.data_range or 255.0, device=device)
-        rows["mean"] = mean
+            rows["mean"]["fid"] = fid(sr, hr, data_range=args.data_range or 255.0, device=device)
+    # One table: the model's rows, then the bicubic baseline's.
+    shown = dict(rows, **{f"bicubic: {name}": r for name, r in baseline.items()})
 
-    for name, r in rows.items():
+    for name, r in shown.items():
         print(f"{name}: " + "  ".join(f"{k.upper()} {_show(v)}" for k, v in r.items()))
     out = {"sr": str(sr) if sr else None, "model": args.model, "hr": str(hr), "scale": scale, "bands": bands,
            "results": rows}
+    if args.model:
+        out["bicubic"] = baseline
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(_finite(out), indent=2, allow_nan=False) + "\n")
     if args.html:
         what = f"{Path(args.model).name} on {hr.name}" if args.model else f"{sr.name} vs {hr.name}"
-        write_html_report(args.html, rows, f"LCMSR evaluation: {what}")
+        write_html_report(args.html, shown, f"LCMSR evaluation: {what}")
     return 0

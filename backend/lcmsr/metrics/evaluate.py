@@ -295,13 +295,16 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
 
     ``bands``: the reference's bands in the model's order (default: all but an alpha band).  ``options``: the
     :class:`~lcmsr.raster.pipeline.SROptions` of the super-resolution (its ``bands`` are set here).
-    The LR and SR rasters are written into ``work_dir``.  Returns :func:`evaluate_pair`'s dict plus
-    ``"sr"`` (the SR raster's path) and ``"scale"``.  ``progress`` as for :func:`evaluate_pair`.
+    The LR, SR and bicubic rasters are written into ``work_dir``.  Returns :func:`evaluate_pair`'s dict plus
+    ``"sr"`` (the SR raster's path), ``"scale"``, and ``"bicubic"``: the same metrics of bicubic upsampling
+    of the same LR (the baseline every SR paper reports; its raster is ``"bicubic_sr"``).
+    ``progress`` as for :func:`evaluate_pair`.
     """
     import dataclasses
 
     from ..progress import Progress, SubProgress
     from ..raster import io as rio
+    from ..raster.bicubic import bicubic_upsample
     from ..raster.degrade import degrade
     from ..raster.pipeline import SROptions, superresolve
     from ..weights import read_info
@@ -309,7 +312,7 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
     progress = progress or Progress()
     scale = int((read_info(model) if isinstance(model, (str, os.PathLike)) else model.info).scale)
     os.makedirs(work_dir, exist_ok=True)
-    lr, sr = os.path.join(work_dir, "lr.tif"), os.path.join(work_dir, "sr.tif")
+    lr, sr, bic = (os.path.join(work_dir, f"{name}.tif") for name in ("lr", "sr", "bicubic"))
     ds = rio.open_raster(hr)
     bands, count = rio.select_bands(ds, bands, os.fspath(hr)), ds.RasterCount
     ds = None
@@ -318,15 +321,19 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
     degrade(hr, lr, scale, SubProgress(progress, 0.0, 0.1), bands=bands)
     progress.info(f"Super-resolving into {sr}")
     options = dataclasses.replace(options or SROptions(), bands=None)
-    superresolve(lr, sr, model, options, SubProgress(progress, 0.1, 0.9))
+    superresolve(lr, sr, model, options, SubProgress(progress, 0.1, 0.85))
+    progress.info(f"Bicubic baseline into {bic}")
+    bicubic_upsample(lr, bic, scale, SubProgress(progress, 0.85, 0.9))
     # ... and it is scored against those bands of the reference, in that order.
     reference = hr if bands == list(range(1, count + 1)) else rio.band_subset(
         hr, os.path.join(work_dir, "reference.vrt"), bands)
     progress.check()
     progress.report(0.9, "scoring")
     result = evaluate_pair(sr, reference, scale, lpips=lpips, device=device, progress=progress)
+    # Scored like the SR; LPIPS only if the SR got one (missing weights warn once, not twice).
+    baseline = evaluate_pair(bic, reference, scale, lpips=result["lpips"] is not None, device=device)
     progress.report(1.0, "done")
-    return dict(result, sr=sr, scale=scale)
+    return dict(result, sr=sr, scale=scale, bicubic={k: baseline[k] for k in METRIC_KEYS}, bicubic_sr=bic)
 
 
 # --------------------------------------------------------------------------- report

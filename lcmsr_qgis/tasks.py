@@ -197,8 +197,12 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
             from lcmsr.progress import Progress
             from lcmsr.raster.pipeline import SROptions, choose_model_for
 
-            model_path = choose_model_for(layer.source(), SROptions(bands=bands or None, models=settings.models,
-                                                                    terms=QGIS_TERMS), Progress())
+            try:
+                model_path = choose_model_for(layer.source(), SROptions(bands=bands or None, models=settings.models,
+                                                                        terms=QGIS_TERMS), Progress())
+            except ValueError as exc:   # DomainError: no model fits; bands are chosen once a model is known
+                raise ValueError(f"{exc}\nSet a default model in 'Settings and models…' to choose its bands here, "
+                                 "or run 'Super-resolve raster' from the Processing Toolbox") from None
         scale = read_info(model_path).scale
         if bands is None and interactive:
             bands = _ask_bands(iface, layer, model_path)

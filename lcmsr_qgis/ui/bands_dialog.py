@@ -17,7 +17,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from lcmsr.domain import Domain, DomainError, describe_roles, plan_bands
+from lcmsr.domain import Domain, DomainError, plan_bands
 
 
 class BandsDialog(QDialog):
@@ -46,13 +46,14 @@ class BandsDialog(QDialog):
             warning = QLabel(self.problem)
             warning.setWordWrap(True)
             layout.addWidget(warning)
-        names = describe_roles(facts.roles).split(", ")   # "1 red", "2 ?": the layer's bands and their kinds
+        # The layer's bands and, where known, their kinds: "band 1 (red)", "band 5".
+        names = [f"band {b}" + (f" ({role})" if role else "") for b, role in enumerate(facts.roles, start=1)]
         self.rows: list = []
         form = QFormLayout()
         if self.bandwise:
             chosen = set(planned or range(1, facts.band_count + 1))
             for b, name in enumerate(names, start=1):
-                box = QCheckBox(f"band {name}")
+                box = QCheckBox(name)
                 box.setChecked(b in chosen)
                 self.rows.append(box)
                 form.addRow(box)
@@ -62,7 +63,7 @@ class BandsDialog(QDialog):
             for role, b in zip(roles, preset):
                 combo = QComboBox()
                 for name in names:
-                    combo.addItem(f"band {name}")
+                    combo.addItem(name)
                 combo.setCurrentIndex(b - 1)
                 self.rows.append(combo)
                 form.addRow(f"{role}:", combo)

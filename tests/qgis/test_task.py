@@ -216,3 +216,33 @@ def test_the_actions_errors_name_the_dialogs_words_not_cli_flags(qgis_iface, qgi
         for key in QgsSettings().allKeys():
             if key.startswith(PREFIX):
                 QgsSettings().remove(key)
+
+
+def test_the_bands_dialog_ticks_bands_for_a_bandwise_model_and_explains_a_failed_plan(qgis_iface, tmp_path):
+    import numpy as np
+    from osgeo import gdal
+
+    from lcmsr.raster.facts import input_facts
+    from lcmsr.weights import read_info
+    from lcmsr_qgis.algorithms.superresolve import QGIS_TERMS
+    from lcmsr_qgis.settings import bundled_model_paths
+    from lcmsr_qgis.ui.bands_dialog import BandsDialog
+
+    models = {("rgb" if "rgb" in os.path.basename(p) else "bandwise"): p for p in bundled_model_paths()}
+    s2 = Path(__file__).resolve().parents[1] / "fixtures" / "s2_t33uuu_256.tif"   # B02, B03, B04, B08
+    dialog = BandsDialog("s2", input_facts(str(s2)), read_info(models["bandwise"]), QGIS_TERMS)
+    assert dialog.bandwise and dialog.bands() == [1, 2, 3, 4] and dialog.problem == ""
+    dialog.rows[3].setChecked(False)
+    assert dialog.bands() == [1, 2, 3]
+    # The RGB model on the same raster: red, green, blue found by role in Sentinel-2's stack order.
+    dialog = BandsDialog("s2", input_facts(str(s2)), read_info(models["rgb"]), QGIS_TERMS)
+    assert dialog.bands() == [3, 2, 1] and "matched by role" in dialog.intro.text()
+    assert [dialog.rows[0].itemText(i) for i in range(4)] == \
+        ["band 1 (blue)", "band 2 (green)", "band 3 (red)", "band 4 (nir)"]
+    path = str(tmp_path / "five.tif")   # five bands of unknown kinds for the RGB model: no plan by role
+    ds = gdal.GetDriverByName("GTiff").Create(path, 8, 8, 5, gdal.GDT_Byte)
+    ds.GetRasterBand(1).WriteArray(np.zeros((8, 8), np.uint8))
+    ds = None
+    dialog = BandsDialog("five", input_facts(path), read_info(models["rgb"]), QGIS_TERMS)
+    assert not dialog.bandwise and dialog.bands() == [1, 2, 3]   # band order, to be changed by the user
+    assert "'Bands'" in dialog.problem and "--bands" not in dialog.problem

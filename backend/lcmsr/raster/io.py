@@ -463,8 +463,9 @@ _COG_OPTIONS = [f"BLOCKSIZE={BLOCK}", "COMPRESS=DEFLATE", "PREDICTOR=YES", "BIGT
 
 # ---------------------------------------------------------------- output formats
 
-# Writable drivers that cannot be the output: VRT and MRF name their data files inside the header
-# (a temporary name, removed after the rename), KMLSUPEROVERLAY writes a folder of tiles, MEM no file.
+# Writable drivers that cannot be the output: VRT, MRF, PDS4 and ISIS3 name their data files inside a
+# header or label (VRT: the temporary GeoTIFF, removed after the rename), KMLSUPEROVERLAY writes a
+# folder of tiles, Rasterlite a database of tables, MEM no file.
 _NOT_OUTPUTS = {"VRT", "MEM", "MRF", "KMLSUPEROVERLAY", "PDS4", "ISIS3", "Rasterlite"}
 OVERVIEW_RESAMPLING = "AVERAGE"
 

@@ -34,3 +34,12 @@ class LcmsrProvider(QgsProcessingProvider):
 
         for algorithm in all_algorithms():
             self.addAlgorithm(algorithm)
+
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802
+        """The file chooser of every raster output offers what the backend writes: the extensions of the
+        GDAL drivers that write files (lcmsr.raster.io.output_formats), GeoTIFF first."""
+        try:
+            from lcmsr.raster.io import output_formats
+        except ImportError:  # no GDAL bindings: QGIS's own list
+            return super().supportedOutputRasterLayerExtensions()
+        return sorted(output_formats(), key=lambda ext: (ext not in ("tif", "tiff"), ext))

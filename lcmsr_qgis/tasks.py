@@ -1,7 +1,9 @@
 """'Super-resolve active layer': the toolbox's `lcmsr:superresolve` on the active layer, in the background.
 
-The menu action turns the active layer and the plugin settings (tile, overlap, batch,
-device, precision) into that algorithm's parameters and runs it in a
+The menu action asks which bands the model gets (:class:`lcmsr_qgis.ui.bands_dialog.BandsDialog`,
+preset to the backend's choice by role) and where to write (any format the backend writes, by
+extension), turns the layer, the bands and the plugin settings (tile, overlap, batch, device,
+precision) into that algorithm's parameters and runs it in a
 ``QgsProcessingAlgRunnerTask``, as the Processing dialog does: one algorithm, one
 progress, cancel and error path for both.  The task emits ``executed`` on the main
 thread; only then is the output layer (named by the algorithm) added to the project.
@@ -125,10 +127,35 @@ def _ask_output_path(iface, layer, scale: int) -> str:
     folder = os.path.dirname(layer.source()) if os.path.isfile(layer.source()) else os.path.expanduser("~")
     suggestion = os.path.join(folder, f"{_safe(layer.name())}_x{scale}_lcmsr.tif")
     path, _ = QFileDialog.getSaveFileName(iface.mainWindow() if iface else None, "Save super-resolved raster",
-                                          suggestion, "GeoTIFF (*.tif *.tiff)")
-    if path and not path.lower().endswith((".tif", ".tiff")):
-        path += ".tif"
+                                          suggestion, output_file_filter())
+    if path and not os.path.splitext(path)[1]:
+        path += ".tif"   # the extension names the format; none given means GeoTIFF
     return path
+
+
+def output_file_filter() -> str:
+    """File-dialog filters for the formats the backend writes (by extension), GeoTIFF first."""
+    from lcmsr.raster.io import gdal, output_formats
+
+    by_driver: dict = {}
+    for ext, driver in output_formats().items():
+        by_driver.setdefault(driver, []).append(f"*.{ext}")
+    names = {d: gdal.GetDriverByName(d).LongName for d in by_driver}
+    order = sorted(by_driver, key=lambda d: (d != "GTiff", names[d].lower()))
+    return ";;".join(f"{names[d]} ({' '.join(by_driver[d])})" for d in order)
+
+
+def _ask_bands(iface, layer, model_path: str) -> list | None:
+    """The bands the user chose for the model ([] = automatic, by role), or None if cancelled."""
+    from lcmsr.raster.facts import input_facts
+    from lcmsr.weights import read_info
+
+    from .algorithms.superresolve import QGIS_TERMS
+    from .ui.bands_dialog import BandsDialog
+
+    dialog = BandsDialog(layer.name(), input_facts(layer.source()), read_info(model_path), QGIS_TERMS,
+                         iface.mainWindow() if iface else None)
+    return dialog.bands() if dialog.exec() else None
 
 
 def _safe(name: str) -> str:
@@ -136,11 +163,12 @@ def _safe(name: str) -> str:
 
 
 def start_superresolve_active_layer(iface, output_path: str | None = None, model_path: str | None = None,
-                                    layer=None) -> SuperResolveRun | None:
+                                    layer=None, bands: list | None = None) -> SuperResolveRun | None:
     """Super-resolve the active raster layer in the background; returns the started run, or None.
 
-    ``output_path`` and ``model_path`` skip the file dialog and the settings' default
-    model (tests, scripts); ``layer`` replaces the active layer.
+    ``output_path``, ``model_path`` and ``bands`` skip the file dialog, the settings' default
+    model and the bands dialog (tests, scripts: ``bands`` None or [] = chosen by role, as the
+    algorithm's empty Bands); ``layer`` replaces the active layer.
     """
     layer = layer if layer is not None else (iface.activeLayer() if iface is not None else None)
     if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
@@ -158,17 +186,29 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         return None
     settings = Settings()
     model_path = model_path or settings.model_for_run()
+    interactive = output_path is None
     try:  # the model is known before the file dialog, which suggests a name with its scale
         from lcmsr.weights import read_info
+
+        from .algorithms.superresolve import QGIS_TERMS
 
         if not model_path:
             # No default model: the bundled or registered model whose domain fits this layer.
             from lcmsr.progress import Progress
             from lcmsr.raster.pipeline import SROptions, choose_model_for
 
-            model_path = choose_model_for(layer.source(), SROptions(models=settings.models), Progress())
+            try:
+                model_path = choose_model_for(layer.source(), SROptions(bands=bands or None, models=settings.models,
+                                                                        terms=QGIS_TERMS), Progress())
+            except ValueError as exc:   # DomainError: no model fits; bands are chosen once a model is known
+                raise ValueError(f"{exc}\nSet a default model in 'Settings and models…' to choose its bands here, "
+                                 "or run 'Super-resolve raster' from the Processing Toolbox") from None
         scale = read_info(model_path).scale
-    except Exception as exc:  # ModelFileError: its sentence names the file and the problem
+        if bands is None and interactive:
+            bands = _ask_bands(iface, layer, model_path)
+            if bands is None:
+                return None
+    except Exception as exc:  # ModelFileError, DomainError: their sentence names the file and the problem
         _message(iface, str(exc), Qgis.MessageLevel.Critical, 0)
         return None
     dst = output_path or _ask_output_path(iface, layer, scale)
@@ -183,7 +223,7 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
     from .algorithms.base import device_default_index
 
     parameters = {
-        "INPUT": layer.id(), "MODEL": model_path,
+        "INPUT": layer.id(), "MODEL": model_path, "BANDS": list(bands or []),
         "TILE": int(settings.tile), "OVERLAP": int(settings.overlap), "BATCH": int(settings.batch),
         "DEVICE": device_default_index(),
         "PRECISION": PRECISIONS.index(settings.precision) if settings.precision in PRECISIONS else 0,

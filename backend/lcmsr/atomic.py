@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import socket
 
 # A short tag of the host (not its name: temp names are visible to whoever lists the folder).
@@ -61,8 +62,12 @@ def sweep_stale(folder: str | os.PathLike) -> list[str]:
         pid_text = entry[at + len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
             continue
+        path = os.path.join(folder, entry)
         try:
-            os.remove(os.path.join(folder, entry))
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)   # a folder a converted raster was being written in (lcmsr.raster.io)
+            else:
+                os.remove(path)
             removed.append(entry)
         except OSError:
             pass  # best effort: another process may be sweeping it at the same moment

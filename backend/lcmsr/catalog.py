@@ -8,10 +8,30 @@ models list).  Only headers are read: choosing costs milliseconds.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from pathlib import Path
 
 ENV_VAR = "LCMSR_MODELS"
+_SHA256: dict[tuple, str] = {}
+_SHA256_LOCK = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file's bytes (what ``sha256sum`` prints), read once per file version: the
+    result is kept by (path, size, modification time), so a batch of outputs hashes its model once."""
+    path = os.path.abspath(os.fspath(path))
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _SHA256_LOCK:
+        if key not in _SHA256:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _SHA256[key] = h.hexdigest()
+        return _SHA256[key]
 
 
 def bundled_model_dir() -> Path:

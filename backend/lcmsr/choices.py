@@ -1,6 +1,8 @@
 """Choices users make, defined once and torch-free: the CLI, the plugin and the backend read them here."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 PIXEL_LOSSES = ("l1", "l2")                    # training stages 1 and 3: the paper's L1, or L2 (favours PSNR)
 PIXEL_LOSS_LABELS = {"l1": "L1 (the paper's)", "l2": "L2 (favours PSNR; the shipped model's recipe)"}
 
@@ -44,7 +46,26 @@ OUTPUT_TYPES = tuple(OUTPUT_TYPE_LABELS)
 DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA GPU", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_LABELS)
 SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "fp32", "steps": 1,
-               "sampler": "consistency", "seed": 0, "output_type": "input"}
+               "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
+
+
+@dataclass(frozen=True)
+class Terms:
+    """How an error message names the option the user should change: each face has its own words.
+    ``names``: option -> its name (a CLI flag, a Processing parameter's label); ``setting``: how a value
+    for it is written.  Options: bands, ignore_domain, tile, batch, overlap, device (and cpu, a value)."""
+    names: dict
+    setting: str = "{name} {value}"
+
+    def __getitem__(self, option: str) -> str:
+        return self.names[option]
+
+    def set(self, option: str, value) -> str:
+        return self.setting.format(name=self.names[option], value=value)
+
+
+CLI_TERMS = Terms({"bands": "--bands", "ignore_domain": "--ignore-domain", "tile": "--tile", "batch": "--batch",
+                   "overlap": "--overlap", "device": "--device", "cpu": "cpu"})
 
 # Model sizes (lcmsr.config.CONFIGS builds them), in the order the plugin offers them.
 CONFIG_LABELS = {"tiny": "tiny (tests only)", "small": "small (CPU-friendly, shipped)",

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .choices import CLI_TERMS, Terms
+
 # The robust per-band range of the band-wise satellite model: the 1st and 99th percentiles
 # of the band's valid pixels (DATA.md), measured the same way in training and at inference.
 STRETCH_PERCENTILES = (1.0, 99.0)
@@ -327,7 +329,7 @@ def _band_list(bands) -> str:
 
 
 def plan_bands(domain: Domain, model_bands: int, facts: InputFacts, requested: list[int] | None,
-               ) -> tuple[list[int], str, list[str]]:
+               terms: Terms = CLI_TERMS) -> tuple[list[int], str, list[str]]:
     """The input bands to feed the model, in the model's order: (bands, why, warnings).
 
     Bands are matched by role (red, green, blue ...) where the model and the raster both know
@@ -352,7 +354,7 @@ def plan_bands(domain: Domain, model_bands: int, facts: InputFacts, requested: l
         if len(bands) != model_bands:
             raise DomainError(f"the model expects {model_bands} band(s) ({', '.join(need) or 'in its own order'}) "
                               f"but {len(bands)} band(s) of {name} are chosen ({_band_list(bands)}); "
-                              f"{name} has bands {describe_roles(roles)}: choose {model_bands} with --bands")
+                              f"{name} has bands {describe_roles(roles)}: choose {model_bands} with {terms['bands']}")
         for b, want in zip(bands, need):
             got = roles[b - 1]
             if got and got != want:
@@ -383,16 +385,17 @@ def plan_bands(domain: Domain, model_bands: int, facts: InputFacts, requested: l
             raise DomainError(
                 f"the model expects {model_bands} band(s) ({', '.join(need)}) but {len(usable)} band(s) of {name} "
                 f"are usable and their kinds are unknown (no band names or colour interpretation): choose "
-                f"{model_bands} with --bands (Bands in QGIS) in the order {', '.join(need)}, e.g. --bands "
-                f"{_band_list(usable[:model_bands])}")
+                f"{model_bands} with {terms['bands']} in the order {', '.join(need)}, e.g. "
+                f"{terms.set('bands', _band_list(usable[:model_bands]))}")
         missing = [r for r in need if r not in by_role]
         raise DomainError(f"the model needs {', '.join(need)} bands but {name} has no {' or '.join(missing)} "
                           f"band (its bands: {describe_roles(roles)}); choose {model_bands} bands by hand "
-                          f"in the order {', '.join(need)} (--bands, or Bands in QGIS)")
+                          f"in the order {', '.join(need)} ({terms['bands']})")
     if len(usable) != model_bands:
         raise DomainError(f"the model expects {model_bands} band(s) but {len(usable)} band(s) of {name} are usable "
-                          f"(bands: {describe_roles(roles)}): choose {model_bands} with --bands (Bands in QGIS)"
-                          + (f", e.g. --bands {_band_list(usable[:model_bands])}" if len(usable) > model_bands else
+                          f"(bands: {describe_roles(roles)}): choose {model_bands} with {terms['bands']}"
+                          + (f", e.g. {terms.set('bands', _band_list(usable[:model_bands]))}"
+                             if len(usable) > model_bands else
                              f", repeating one, or use a model made for {len(usable)} band(s)"))
     bands = usable[:model_bands]
     return bands, f"bands {_band_list(bands)} in band order (the model does not say which kinds it takes)", warnings
@@ -423,7 +426,7 @@ def gsd_fit(domain: Domain, facts: InputFacts) -> int:
 
 
 def choose_model(candidates: list[tuple[str, object]], facts: InputFacts, requested: list[int] | None = None,
-                 ) -> tuple[str, object, str]:
+                 terms: Terms = CLI_TERMS) -> tuple[str, object, str]:
     """The candidate (name, ModelInfo) whose domain fits the input best: (name, info, why).
 
     Fit means: its bands can be found by role, the data type is one it accepts and the pixel size
@@ -439,7 +442,7 @@ def choose_model(candidates: list[tuple[str, object]], facts: InputFacts, reques
             refused.append(f"{label}: domain unknown (format {info.format_version} file)")
             continue
         try:
-            bands, why_bands, _ = plan_bands(d, info.bands, facts, requested)
+            bands, why_bands, _ = plan_bands(d, info.bands, facts, requested, terms)
         except DomainError as exc:
             refused.append(f"{label} [{d.summary()}]: {exc}")
             continue

@@ -225,4 +225,5 @@ def load_model(path, device="cpu") -> LCMSR:
         raise ModelFileError(f"model file {path} is damaged: its contents do not match the checksum written "
                              "with it (a corrupted copy or download?)")
     model.load_state_dict(state, strict=True)
+    model.source_path = str(path.resolve())   # the output's provenance names the file the weights came from
     return model.to(device).eval()

@@ -13,12 +13,13 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 
-from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS
+from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS, Terms
 
 from ..settings import Settings
-from .base import LcmsrAlgorithm, device_request
+from .base import DEVICE_LABELS, DEVICE_VALUES, LcmsrAlgorithm, device_request
 
 
 def samplers() -> tuple[list, list]:
@@ -35,6 +36,42 @@ def resolve_model_path(value: str) -> str:
     if path and not os.path.isfile(path):
         raise QgsProcessingException(f"MODEL: model file '{path}' does not exist")
     return path
+
+
+def base_device_label(name: str) -> str:
+    return DEVICE_LABELS[DEVICE_VALUES.index(name)]
+
+
+# Parameter labels, said once: the dialog shows them and the backend's error messages name them (QGIS_TERMS).
+LABELS = {"bands": "Bands (empty: all but alpha)", "ignore_domain": "Run even if the input is outside the model's domain",
+          "tile": "Tile size (LR pixels)", "overlap": "Tile overlap (LR pixels)", "batch": "Tiles per batch",
+          "device": "Device"}
+# How the backend's messages name what to change, in this dialog's words instead of the CLI's flags.
+QGIS_TERMS = Terms({**{k: f"'{v}'" for k, v in LABELS.items()}, "bands": "'Bands'",
+                    "cpu": f"'{base_device_label('cpu')}'"}, setting="{name} = {value}")
+
+
+def parse_bands(value) -> list[int]:
+    """BANDS as QGIS hands it over: a list of band numbers (dialog, processing.run), or text such as
+    '3,2,1' (qgis_process, whose text QGIS 3.22's parameterAsInts turns into [0])."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [] if value is None else [value]
+    try:
+        bands = [int(str(p).strip()) for p in parts]
+    except ValueError:
+        bands = []
+    if parts and (not bands or min(bands) < 1):
+        raise QgsProcessingException(f"BANDS: '{value}' is not a list of band numbers such as 3,2,1 (1-based)")
+    return bands
+
+
+def creation_options(text: str) -> list[str]:
+    """'COMPRESS=ZSTD|PREDICTOR=2' (the form of QGIS's creation-options widget; ';' also separates)."""
+    return [o.strip() for o in (text or "").replace(";", "|").split("|") if o.strip()]
 
 
 def output_layer_name(input_name: str, scale: int) -> str:
@@ -61,6 +98,9 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     PRECISION = "PRECISION"
     OUTPUT_TYPE = "OUTPUT_TYPE"
     IGNORE_DOMAIN = "IGNORE_DOMAIN"
+    CREATION_OPTIONS = "CREATION_OPTIONS"
+    COG = "COG"
+    OVERVIEWS = "OVERVIEWS"
     OUTPUT = "OUTPUT"
 
     def name(self):
@@ -92,24 +132,31 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "measured against.<br>"
             "<b>Seed</b>: the same seed gives the same output.<br>"
             "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
-            "or Float32.")
+            "or Float32, in the format its extension names (.tif GeoTIFF, .img Erdas Imagine, .gpkg GeoPackage, "
+            ".png, .jpg for 8-bit data, or another GDAL format that writes files; any other extension is refused). "
+            "It keeps the input's band descriptions and colour interpretation, not its band statistics, and its "
+            "metadata records the model file and its SHA-256, scale, sampler, steps, seed and LCMSR version "
+            "(LCMSR_* keys).<br>"
+            "<b>Creation options</b> (advanced): the GDAL driver's options, e.g. COMPRESS=ZSTD; they replace the "
+            "default of the same name (GeoTIFF: tiled 256, DEFLATE with predictor). <b>Cloud Optimized GeoTIFF</b> "
+            "needs a .tif output and has overviews; <b>Build overviews</b> adds them to other outputs.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         settings = Settings()
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
-        self.addParameter(QgsProcessingParameterBand(self.BANDS, "Bands (empty: all but alpha)", None, self.INPUT,
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, LABELS["bands"], None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.Behavior.File,
             extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
         advanced = [
-            QgsProcessingParameterNumber(self.TILE, "Tile size (LR pixels)", QgsProcessingParameterNumber.Type.Integer,
+            QgsProcessingParameterNumber(self.TILE, LABELS["tile"], QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=settings.tile, minValue=16, maxValue=8192),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (LR pixels)",
+            QgsProcessingParameterNumber(self.OVERLAP, LABELS["overlap"],
                                          QgsProcessingParameterNumber.Type.Integer, defaultValue=settings.overlap,
                                          minValue=0, maxValue=4096),
-            QgsProcessingParameterNumber(self.BATCH, "Tiles per batch", QgsProcessingParameterNumber.Type.Integer,
+            QgsProcessingParameterNumber(self.BATCH, LABELS["batch"], QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=settings.batch, minValue=1, maxValue=1024),
             QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
@@ -126,14 +173,25 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
             defaultValue=_index(OUTPUT_TYPES, SR_DEFAULTS["output_type"])))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.IGNORE_DOMAIN, "Run even if the input is outside the model's domain", defaultValue=False))
+        self.addParameter(QgsProcessingParameterBoolean(self.IGNORE_DOMAIN, LABELS["ignore_domain"], defaultValue=False))
+        options = QgsProcessingParameterString(self.CREATION_OPTIONS, "Creation options (NAME=VALUE|...)",
+                                               defaultValue="", optional=True)
+        options.setMetadata({"widget_wrapper": {"widget_type": "rasteroptions"}})  # QGIS's own options editor
+        for parameter in (options,
+                          QgsProcessingParameterBoolean(self.COG, "Cloud Optimized GeoTIFF (.tif, with overviews)",
+                                                        defaultValue=SR_DEFAULTS["cog"]),
+                          QgsProcessingParameterBoolean(self.OVERVIEWS, "Build overviews",
+                                                        defaultValue=SR_DEFAULTS["overviews"])):
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         src = self.gdal_source(layer, self.INPUT)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        value = parameters.get(self.BANDS)
+        plain = value is None or isinstance(value, (str, int, list, tuple))
+        bands = (parse_bands(value) if plain else self.parameterAsInts(parameters, self.BANDS, context)) or None
         model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context))
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         progress = self.progress(feedback)
@@ -158,7 +216,12 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 output_type=OUTPUT_TYPES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
                 ignore_domain=self.parameterAsBoolean(parameters, self.IGNORE_DOMAIN, context),
+                cog=self.parameterAsBoolean(parameters, self.COG, context),
+                overviews=self.parameterAsBoolean(parameters, self.OVERVIEWS, context),
+                creation_options=creation_options(self.parameterAsString(parameters, self.CREATION_OPTIONS,
+                                                                         context)),
                 models=Settings().models,
+                terms=QGIS_TERMS,
             )
             if not model_path:
                 model_path = choose_model_for(src, options, progress)

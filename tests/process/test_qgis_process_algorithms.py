@@ -68,3 +68,25 @@ def test_a_bad_model_fails_with_its_name(tmp_path):
     assert proc.returncode != 0
     assert "broken.safetensors" in proc.stdout + proc.stderr
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_bands_as_text_on_the_command_line(tiny_model, tmp_path):
+    """qgis_process hands BANDS=3,2,1 over as text (QGIS 3.22's parameterAsInts made it [0])."""
+    from osgeo import gdal
+
+    out = tmp_path / "bgr.tif"
+    run_qgis_process(["run", "lcmsr:superresolve", "--", f"INPUT={SAMPLE_LR}", f"MODEL={tiny_model}", "BANDS=3,2,1",
+                      "TILE=64", "OVERLAP=8", "DEVICE=2", f"OUTPUT={out}"])
+    ds = gdal.Open(str(out))
+    assert ds.GetMetadataItem("LCMSR_INPUT_BANDS") == "3,2,1"
+    assert [ds.GetRasterBand(b).GetColorInterpretation() for b in (1, 2, 3)] == \
+        [gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand]
+    lr = gdal.Open(str(SAMPLE_LR))
+    # Band 1 of the output is the input's blue band super-resolved: its mean is blue's, not red's.
+    means = [lr.GetRasterBand(b).ReadAsArray().mean() for b in (1, 2, 3)]
+    got = ds.GetRasterBand(1).ReadAsArray().mean()
+    assert abs(got - means[2]) < abs(got - means[0]), (got, means)
+    ds = lr = None
+    proc = run_qgis_process(["run", "lcmsr:superresolve", "--", f"INPUT={SAMPLE_LR}", f"MODEL={tiny_model}",
+                             f"OUTPUT={tmp_path / 'sr.nope'}"], check=False)
+    assert proc.returncode != 0 and "'.nope'" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr

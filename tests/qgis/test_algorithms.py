@@ -471,3 +471,56 @@ def test_the_plugin_repeats_no_backend_choice():
                 copies += [f"{path.name}:{node.lineno} repeats {name}" for name, ref in sets.items()
                            if len(values & ref) >= 2]
     assert not copies, copies
+
+
+def test_superresolve_creation_options_cog_and_overviews_reach_the_file(provider, tiny_model, tmp_path):
+    from osgeo import gdal
+
+    result = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OVERVIEWS": True,
+                                       "CREATION_OPTIONS": "COMPRESS=LZW|BLOCKXSIZE=128|BLOCKYSIZE=128",
+                                       "OUTPUT": str(tmp_path / "lzw.tif")}))
+    ds = gdal.Open(result["OUTPUT"])
+    assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == "LZW"
+    assert ds.GetRasterBand(1).GetBlockSize() == [128, 128] and ds.GetRasterBand(1).GetOverviewCount() == 1
+    ds = None
+    result = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "COG": True,
+                                       "OUTPUT": str(tmp_path / "cog.tif")}))
+    ds = gdal.Open(result["OUTPUT"])
+    assert ds.GetMetadata("IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.GetRasterBand(1).GetOverviewCount() >= 1
+    ds = None
+    result = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "sr.img")}))
+    ds = gdal.Open(result["OUTPUT"])
+    assert ds.GetDriver().ShortName == "HFA" and ds.GetMetadataItem("LCMSR_MODEL") == "tiny_x4.safetensors"
+    ds = None
+    with pytest.raises(QgsProcessingException, match=r"creation option NOPE is not one the GTiff driver knows"):
+        run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "CREATION_OPTIONS": "NOPE=1",
+                                  "OUTPUT": str(tmp_path / "no.tif")}))
+    assert not (tmp_path / "no.tif").exists()
+
+
+def test_the_file_chooser_offers_the_formats_the_backend_writes(provider):
+    algorithm = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    output = algorithm.parameterDefinition("OUTPUT")
+    extensions = output.supportedOutputRasterLayerExtensions()
+    assert extensions[0] == "tif" and {"img", "gpkg", "png", "jpg"} <= set(extensions)
+    assert "vrt" not in extensions   # a VRT would point at the removed temporary file
+    assert "*.img" in output.createFileFilter() and output.defaultFileExtension() == "tif"
+
+
+def test_bands_as_text_and_errors_in_the_dialogs_words(provider, tiny_model, tmp_path):
+    from osgeo import gdal
+
+    result = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "BANDS": "3,2,1",
+                                       "OUTPUT": str(tmp_path / "bgr.tif")}))
+    ds = gdal.Open(result["OUTPUT"])
+    assert ds.GetMetadataItem("LCMSR_INPUT_BANDS") == "3,2,1"
+    assert [ds.GetRasterBand(b).GetColorInterpretation() for b in (1, 2, 3)] == \
+        [gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand]
+    ds = None
+    five = make_raster(tmp_path / "five.tif", bands=5)   # five bands of unknown kinds for a 3-band model
+    with pytest.raises(QgsProcessingException) as err:
+        run("superresolve", fast({"INPUT": five, "MODEL": tiny_model, "OUTPUT": str(tmp_path / "x.tif")}))
+    message = str(err.value)
+    assert "choose 3 with 'Bands'" in message and "'Bands' = 1,2,3" in message and "--" not in message
+    with pytest.raises(QgsProcessingException, match=r"BANDS: 'red' is not a list of band numbers"):
+        run("superresolve", fast({"INPUT": five, "MODEL": tiny_model, "BANDS": "red", "OUTPUT": str(tmp_path / "x.tif")}))

@@ -1,5 +1,6 @@
 """'Super-resolve active layer' runs the toolbox's lcmsr:superresolve as a background task with the
 plugin settings as its parameters: the layer appears once the task has finished; cancel leaves nothing."""
+import os
 import time
 from pathlib import Path
 
@@ -147,3 +148,101 @@ def test_an_error_of_the_algorithm_is_reported_by_its_sentence(qgis_iface, activ
     assert not run.was_cancelled and run.layer is None and "overlap" in run.error
     assert run.error in qgis_iface.messageBar().get_messages(2)[-1]  # Qgis.Critical
     assert layer_names() == ["neon_lr"] and list(tmp_path.iterdir()) == []
+
+
+def test_the_action_asks_for_bands_preset_by_role_and_runs_with_the_choice(qgis_iface, active_layer, tmp_path,
+                                                                          monkeypatch):
+    """The bundled RGB model on the RGB sample: the dialog starts at red, green, blue = bands 1, 2, 3
+    (the backend's choice by role); the user's 3, 2, 1 reaches the algorithm and the file."""
+    from osgeo import gdal
+
+    from lcmsr_qgis import tasks
+    from lcmsr_qgis.settings import bundled_model_paths
+    from lcmsr_qgis.ui.bands_dialog import BandsDialog
+
+    aerial = next(p for p in bundled_model_paths() if "rgb" in os.path.basename(p))
+    Settings().set("device", "cpu")
+    Settings().set("tile", 64)
+    Settings().set("overlap", 8)
+    seen = {}
+
+    def choose(dialog):  # instead of the modal loop: read the preset, pick blue, green, red
+        seen["preset"] = dialog.bands()
+        seen["intro"] = dialog.intro.text()
+        for combo, band in zip(dialog.rows, (3, 2, 1)):
+            combo.setCurrentIndex(band - 1)
+        return 1
+
+    monkeypatch.setattr(BandsDialog, "exec", choose)
+    out = tmp_path / "bgr.tif"
+    monkeypatch.setattr(tasks, "_ask_output_path", lambda iface, layer, scale: str(out))
+    run = tasks.start_superresolve_active_layer(qgis_iface, model_path=aerial)
+    wait_for(run)
+    assert seen["preset"] == [1, 2, 3] and "matched by role" in seen["intro"]
+    assert run.error == "" and out.exists()
+    ds = gdal.Open(str(out))
+    assert ds.GetMetadataItem("LCMSR_INPUT_BANDS") == "3,2,1"
+    assert [ds.GetRasterBand(b).GetColorInterpretation() for b in (1, 2, 3)] == \
+        [gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand]
+    ds = None
+    # Cancelling the bands dialog starts nothing.
+    monkeypatch.setattr(BandsDialog, "exec", lambda dialog: 0)
+    assert tasks.start_superresolve_active_layer(qgis_iface, model_path=aerial) is None
+
+
+def test_the_actions_errors_name_the_dialogs_words_not_cli_flags(qgis_iface, qgis_new_project, tiny_model, tmp_path):
+    import numpy as np
+    from osgeo import gdal
+
+    from lcmsr_qgis.tasks import start_superresolve_active_layer
+
+    path = str(tmp_path / "five.tif")   # five bands of unknown kinds; the model takes three
+    ds = gdal.GetDriverByName("GTiff").Create(path, 16, 16, 5, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 1.0, 0.0, 4600000.0, 0.0, -1.0))
+    for b in range(1, 6):
+        ds.GetRasterBand(b).WriteArray(np.full((16, 16), 20 * b, np.uint8))
+    ds = None
+    layer = QgsRasterLayer(path, "five")
+    QgsProject.instance().addMapLayer(layer)
+    Settings().set("device", "cpu")
+    try:
+        run = start_superresolve_active_layer(qgis_iface, output_path=str(tmp_path / "x.tif"), model_path=tiny_model,
+                                              layer=layer)
+        wait_for(run)
+        assert "choose 3 with 'Bands'" in run.error and "--" not in run.error, run.error
+        assert run.error in qgis_iface.messageBar().get_messages(2)[-1]
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+        for key in QgsSettings().allKeys():
+            if key.startswith(PREFIX):
+                QgsSettings().remove(key)
+
+
+def test_the_bands_dialog_ticks_bands_for_a_bandwise_model_and_explains_a_failed_plan(qgis_iface, tmp_path):
+    import numpy as np
+    from osgeo import gdal
+
+    from lcmsr.raster.facts import input_facts
+    from lcmsr.weights import read_info
+    from lcmsr_qgis.algorithms.superresolve import QGIS_TERMS
+    from lcmsr_qgis.settings import bundled_model_paths
+    from lcmsr_qgis.ui.bands_dialog import BandsDialog
+
+    models = {("rgb" if "rgb" in os.path.basename(p) else "bandwise"): p for p in bundled_model_paths()}
+    s2 = Path(__file__).resolve().parents[1] / "fixtures" / "s2_t33uuu_256.tif"   # B02, B03, B04, B08
+    dialog = BandsDialog("s2", input_facts(str(s2)), read_info(models["bandwise"]), QGIS_TERMS)
+    assert dialog.bandwise and dialog.bands() == [1, 2, 3, 4] and dialog.problem == ""
+    dialog.rows[3].setChecked(False)
+    assert dialog.bands() == [1, 2, 3]
+    # The RGB model on the same raster: red, green, blue found by role in Sentinel-2's stack order.
+    dialog = BandsDialog("s2", input_facts(str(s2)), read_info(models["rgb"]), QGIS_TERMS)
+    assert dialog.bands() == [3, 2, 1] and "matched by role" in dialog.intro.text()
+    assert [dialog.rows[0].itemText(i) for i in range(4)] == \
+        ["band 1 (blue)", "band 2 (green)", "band 3 (red)", "band 4 (nir)"]
+    path = str(tmp_path / "five.tif")   # five bands of unknown kinds for the RGB model: no plan by role
+    ds = gdal.GetDriverByName("GTiff").Create(path, 8, 8, 5, gdal.GDT_Byte)
+    ds.GetRasterBand(1).WriteArray(np.zeros((8, 8), np.uint8))
+    ds = None
+    dialog = BandsDialog("five", input_facts(path), read_info(models["rgb"]), QGIS_TERMS)
+    assert not dialog.bandwise and dialog.bands() == [1, 2, 3]   # band order, to be changed by the user
+    assert "'Bands'" in dialog.problem and "--bands" not in dialog.problem

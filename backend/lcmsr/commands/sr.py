@@ -9,10 +9,14 @@ from ._args import positive as _positive
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sr", help="super-resolve an image or a georeferenced raster",
-        description="Super-resolve IN (any raster GDAL reads: GeoTIFF, PNG, JPEG, ...) into the GeoTIFF OUT. "
-                    "The output keeps the CRS, metadata and nodata of IN; its pixels are SCALE times smaller.")
+        description="Super-resolve IN (any raster GDAL reads: GeoTIFF, PNG, JPEG, ...) into OUT, in the format its "
+                    "extension names (.tif GeoTIFF, .img Erdas Imagine, .gpkg GeoPackage, .png, .jpg 8-bit, or any "
+                    "other GDAL raster driver that writes files). The output keeps the CRS, metadata, nodata, band "
+                    "descriptions and colour interpretation of IN (not its band statistics) and records the model "
+                    "file, its SHA-256, scale, sampler, steps and seed as LCMSR_* metadata; its pixels are SCALE "
+                    "times smaller.")
     p.add_argument("input", metavar="IN", help="input raster or image")
-    p.add_argument("output", metavar="OUT", help="output GeoTIFF (written atomically)")
+    p.add_argument("output", metavar="OUT", help="output raster; its extension names the format (written atomically)")
     p.add_argument("--model", default=None, metavar="M",
                    help="model file (.safetensors); default: the bundled or registered (LCMSR_MODELS) model "
                         "whose domain fits IN (bands by role, data type, pixel size), said in the log")
@@ -38,7 +42,14 @@ def register(subparsers) -> None:
                    help="noise seed: the same seed gives the same output (default %(default)s)")
     p.add_argument("--output-type", default=d["output_type"], choices=OUTPUT_TYPES,
                    help="data type of OUT: the input's (rounded, clipped) or float32 (default %(default)s)")
-    p.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF with overviews")
+    p.add_argument("--cog", action="store_true", default=d["cog"],
+                   help="write a Cloud Optimized GeoTIFF with overviews (OUT must be .tif)")
+    p.add_argument("--overviews", action="store_true", default=d["overviews"],
+                   help="build overviews (average of 2x2, 4x4 ... down to one 256-pixel block) into OUT, "
+                        "or into a .ovr beside it where the format cannot hold them")
+    p.add_argument("--co", action="append", default=[], metavar="NAME=VALUE", dest="creation_options",
+                   help="a creation option of OUT's GDAL driver (repeatable), e.g. --co COMPRESS=ZSTD; it replaces "
+                        "the default of the same name (GeoTIFF: tiled 256, DEFLATE with predictor)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (first call compiles; falls back to eager, saying so)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each tile shape as a CUDA graph")
@@ -62,7 +73,8 @@ def run(args) -> int:
 
     options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
-                        seed=args.seed, output_type=args.output_type, cog=args.cog,
+                        seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
+                        creation_options=args.creation_options,
                         compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain)
     # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
     world = world_from_env()

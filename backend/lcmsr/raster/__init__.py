@@ -2,7 +2,7 @@
 
 ``pipeline.superresolve`` (SR of any GDAL raster, tiled, seamless, bounded
 memory), ``degrade.degrade`` (make the LR raster of an HR raster),
-``io`` (the one window reader, georeferencing, atomic GeoTIFF/COG output),
+``io`` (the one window reader, georeferencing, atomic output in the format its extension names),
 ``validity`` (the one nodata/validity rule and hole fill; pure numpy),
 ``tiling`` (tile plan and blend weights; pure numpy).
 

@@ -21,6 +21,7 @@ import numpy as np
 from osgeo import gdal
 
 from .. import atomic
+from ..choices import CLI_TERMS, Terms
 from ..progress import Cancelled, Progress
 from .validity import valid_values
 
@@ -179,16 +180,16 @@ def band_subset(src: str, dst: str, bands: list[int]) -> str:
     return os.fspath(dst)
 
 
-def check_band_count(bands: list[int], expected: int, path: str, total: int) -> None:
-    """The model's band count must equal the number of selected bands; say how to fix it."""
+def check_band_count(bands: list[int], expected: int, path: str, total: int, terms: Terms = CLI_TERMS) -> None:
+    """The model's band count must equal the number of selected bands; say how to fix it (in ``terms``)."""
     if len(bands) == expected:
         return
     listed = ",".join(map(str, bands))
     example = ",".join(str(b) for b in range(1, min(expected, total) + 1))
-    hint = (f"choose {expected} band(s) with --bands (the Bands parameter in QGIS), e.g. --bands {example}"
+    hint = (f"choose {expected} band(s) with {terms['bands']}, e.g. {terms.set('bands', example)}"
             if total >= expected else
             f"the raster has only {total} band(s); repeat one to make {expected}, "
-            f"e.g. --bands {','.join(['1'] * expected)}, or use a model trained for {total} band(s)")
+            f"e.g. {terms.set('bands', ','.join(['1'] * expected))}, or use a model trained for {total} band(s)")
     raise RasterError(f"the model expects {expected} band(s) but {len(bands)} band(s) of {path} are selected "
                       f"({listed}; the raster has {total}): {hint}")
 
@@ -395,11 +396,22 @@ def derive_output(info: SourceInfo, width: int, height: int, pixel_factor: float
         width=width, height=height, data_type=data_type,
         geotransform=scale_geotransform(info.geotransform, pixel_factor) if info.geotransform else None,
         projection=info.projection, gcps=gcps, gcp_projection=info.gcp_projection,
-        metadata=dict(info.metadata), band_descriptions=list(info.band_descriptions),
+        metadata=_inherited(info.metadata), band_descriptions=list(info.band_descriptions),
         color_interp=[ci if ci != gdal.GCI_PaletteIndex else gdal.GCI_GrayIndex for ci in info.color_interp],
         nodata=list(info.nodata), offsets=list(info.offsets), scales=list(info.scales),
-        unit_types=list(info.unit_types), band_metadata=[dict(m) for m in info.band_metadata],
+        unit_types=list(info.unit_types), band_metadata=[_inherited(m) for m in info.band_metadata],
         fill=fill, mask=needs_mask)
+
+
+# Metadata the output must not inherit: the input's band statistics (STATISTICS_MEAN ...) describe
+# other pixels, and an earlier run's provenance (LCMSR_*) another job.  GDAL computes statistics of the
+# output on request (gdalinfo -stats, QGIS); the pipeline writes this job's provenance.
+PROVENANCE_PREFIX = "LCMSR_"
+_NOT_INHERITED = ("STATISTICS_", PROVENANCE_PREFIX)
+
+
+def _inherited(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if not k.upper().startswith(_NOT_INHERITED)}
 
 
 def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray | None]:
@@ -449,6 +461,130 @@ _COG_OPTIONS = [f"BLOCKSIZE={BLOCK}", "COMPRESS=DEFLATE", "PREDICTOR=YES", "BIGT
                 "NUM_THREADS=ALL_CPUS", "OVERVIEWS=AUTO"]
 
 
+# ---------------------------------------------------------------- output formats
+
+# Writable drivers that cannot be the output: VRT, MRF, PDS4 and ISIS3 name their data files inside a
+# header or label (VRT: the temporary GeoTIFF, removed after the rename), KMLSUPEROVERLAY writes a
+# folder of tiles, Rasterlite a database of tables, MEM no file.
+_NOT_OUTPUTS = {"VRT", "MEM", "MRF", "KMLSUPEROVERLAY", "PDS4", "ISIS3", "Rasterlite"}
+OVERVIEW_RESAMPLING = "AVERAGE"
+
+
+def output_formats() -> dict[str, str]:
+    """``{extension: GDAL driver}`` of every raster driver here that writes files (Create or CreateCopy);
+    where drivers share an extension the first registered wins (GTiff for .tif: COG is ``cog=True``)."""
+    formats: dict[str, str] = {}
+    for i in range(gdal.GetDriverCount()):
+        driver = gdal.GetDriver(i)
+        meta = driver.GetMetadata() or {}
+        if (meta.get("DCAP_RASTER") != "YES" or driver.ShortName in _NOT_OUTPUTS
+                or "YES" not in (meta.get("DCAP_CREATE"), meta.get("DCAP_CREATECOPY"))):
+            continue
+        for ext in (meta.get("DMD_EXTENSIONS") or meta.get("DMD_EXTENSION") or "").split():
+            formats.setdefault(ext.lower().lstrip("."), driver.ShortName)
+    return formats
+
+
+@dataclass
+class OutputFormat:
+    """How the output file is written: its driver (from the extension), the user's creation options
+    (over the defaults below), a Cloud Optimized GeoTIFF, and overviews."""
+    driver: str = "GTiff"
+    creation_options: list[str] = field(default_factory=list)
+    cog: bool = False
+    overviews: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """Written tile by tile in place: a plain GeoTIFF.  Other outputs are converted from a temporary
+        GeoTIFF (the COG driver and drivers such as PNG or JPEG only copy a finished raster)."""
+        return self.driver == "GTiff" and not self.cog
+
+    def options(self, data_type: int) -> list[str]:
+        """The creation options of the final file: the user's over this project's defaults."""
+        if self.cog:
+            return _merge(_COG_OPTIONS, self.creation_options)
+        if self.driver == "GTiff":
+            return _merge(_gtiff_options(data_type), self.creation_options)
+        if self.driver == "GPKG" and data_type == gdal.GDT_Byte:
+            # GPKG's default (AUTO) stores opaque tiles as JPEG: lossy.  PNG keeps the values.
+            return _merge(["TILE_FORMAT=PNG"], self.creation_options)
+        return list(self.creation_options)
+
+
+def _key(option: str) -> str:
+    return option.split("=", 1)[0].strip().upper()
+
+
+def _merge(defaults: list[str], user: list[str]) -> list[str]:
+    keys = {_key(o) for o in user}
+    if "COMPRESS" in keys:  # a predictor belongs to the default compression only
+        keys.add("PREDICTOR")
+    return [o for o in defaults if _key(o) not in keys] + list(user)
+
+
+def output_format(dst: str, data_type: int | None, cog: bool = False, overviews: bool = False,
+                  creation_options=()) -> OutputFormat:
+    """The output's format from ``dst``'s extension, checked against ``data_type`` (None: not yet known)
+    and the options; :class:`RasterError` in one line naming the problem (and the extensions that would do)."""
+    name = os.path.basename(os.fspath(dst))
+    ext = os.path.splitext(name)[1].lower().lstrip(".")
+    formats = output_formats()
+    if ext not in formats:
+        raise RasterError(f"the output {name} has the extension '.{ext}', which no GDAL raster driver here writes "
+                          f"(or which cannot be written atomically): use one of "
+                          f"{', '.join('.' + e for e in sorted(formats))}" if ext else
+                          f"the output {name} has no extension: add one that names its format, e.g. .tif (GeoTIFF), "
+                          f".img (Erdas Imagine), .gpkg (GeoPackage)")
+    driver = formats[ext]
+    if cog and driver != "GTiff":
+        raise RasterError(f"a Cloud Optimized GeoTIFF is a .tif file: the output {name} names the {driver} format")
+    takes = _creation_types(driver)
+    type_name = gdal.GetDataTypeName(data_type) if data_type is not None else None
+    if type_name and takes is not None and type_name not in takes:
+        others = [f".{e}" for e, d in sorted(formats.items()) if d in ("GTiff", "HFA", "GPKG", "PNG")
+                  and type_name in (_creation_types(d) or [type_name])]
+        raise RasterError(f"the {driver} format (.{ext}) holds {'/'.join(takes)} values, but the output is "
+                          f"{type_name}: use {', '.join(others)}" + (", or the Float32 output type" if
+                                                                      "Float32" in takes else ""))
+    options = [str(o).strip() for o in creation_options if str(o).strip()]
+    known = _creation_option_names("COG" if cog else driver)
+    for option in options:
+        if "=" not in option:
+            raise RasterError(f"creation option '{option}' is not of the form NAME=VALUE (e.g. COMPRESS=ZSTD)")
+        if known and _key(option) not in known:
+            raise RasterError(f"creation option {_key(option)} is not one the {'COG' if cog else driver} driver "
+                              f"knows: {', '.join(sorted(known))}")
+    return OutputFormat(driver, options, cog, overviews)
+
+
+def _creation_types(driver: str) -> list[str] | None:
+    """The data types ``driver`` writes; JPEG counts as 8-bit only (its 12-bit mode clips 16-bit data)."""
+    if driver == "JPEG":
+        return ["Byte"]
+    text = gdal.GetDriverByName(driver).GetMetadataItem("DMD_CREATIONDATATYPES")
+    return text.split() if text else None
+
+
+def _creation_option_names(driver: str) -> set[str]:
+    import xml.etree.ElementTree as ET
+
+    text = gdal.GetDriverByName(driver).GetMetadataItem("DMD_CREATIONOPTIONLIST")
+    try:
+        return {o.get("name").upper() for o in ET.fromstring(text).iter("Option") if o.get("name")} if text else set()
+    except ET.ParseError:
+        return set()  # cannot tell: GDAL itself warns about an unknown option
+
+
+def _overview_levels(width: int, height: int) -> list[int]:
+    """2, 4, 8 ... until the smallest overview fits in one 256-pixel block (as the COG driver's AUTO)."""
+    levels, f = [], 2
+    while max(width, height) / (f // 2) > BLOCK:
+        levels.append(f)
+        f *= 2
+    return levels
+
+
 class RasterWriter:
     """A GeoTIFF being written; full-width row strips are buffered to whole 256-row tile rows.
 
@@ -456,11 +592,11 @@ class RasterWriter:
     written and later completed is appended a second time, bloating the file.
     """
 
-    def __init__(self, path: str, spec: OutputSpec, what: str):
+    def __init__(self, path: str, spec: OutputSpec, what: str, options: list[str] | None = None):
         self.path, self.spec, self.what = path, spec, what
         driver = gdal.GetDriverByName("GTiff")
         ds = _call(f"creating {what}", driver.Create, path, spec.width, spec.height, spec.bands, spec.data_type,
-                   options=_gtiff_options(spec.data_type), error=RasterWriteError)
+                   options=_gtiff_options(spec.data_type) if options is None else options, error=RasterWriteError)
         self._ds = ds
         if spec.geotransform is not None:
             ds.SetGeoTransform(spec.geotransform)
@@ -557,7 +693,8 @@ class RasterWriter:
                 pass
 
 
-def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progress, cog: bool = False) -> None:
+def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progress, cog: bool = False,
+                      converted: bool | None = None) -> None:
     """Refuse before a long job when the output cannot possibly be written."""
     dst_abs, src_abs = os.path.abspath(dst), os.path.abspath(src)
     same = dst_abs == src_abs or (os.path.exists(dst_abs) and os.path.exists(src_abs)
@@ -575,13 +712,10 @@ def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progre
         # The rename would replace it (the folder is writable), but read-only says: keep this file.
         raise PermissionError(f"the output {dst} exists and is read-only: choose another output file or make "
                               "it writable")
-    ext = os.path.splitext(dst_abs)[1].lower()
-    if ext not in (".tif", ".tiff"):
-        progress.warn(f"the output is always a GeoTIFF; {os.path.basename(dst)} has the extension '{ext}'")
     free = shutil.disk_usage(folder).free
     # DEFLATE + predictor typically halves imagery; noise-like data does not compress at all.
-    # A COG needs the intermediate GeoTIFF and the COG side by side.
-    need = estimated_bytes * (2 if cog else 1)
+    # A COG or another format needs the intermediate GeoTIFF and the final file side by side.
+    need = estimated_bytes * (2 if (cog if converted is None else converted) else 1)
     if free < need // 2:
         raise RasterWriteError(f"not enough free disk space in {folder}: the output needs about "
                                f"{_mb(need // 2)}-{_mb(need)}, {_mb(free)} are free")
@@ -594,8 +728,15 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
+# Side-car files GDAL may write beside a raster (PAM metadata, external overviews and masks).
+_SIDE_CARS = (".aux.xml", ".ovr", ".msk")
+
+
 def _remove(path: str) -> None:
-    for p in (path, path + ".aux.xml", path + ".msk"):
+    if os.path.isdir(path):   # the folder a converted output is made in
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for p in (path,) + tuple(path + side for side in _SIDE_CARS):
         try:
             os.remove(p)
         except FileNotFoundError:
@@ -607,7 +748,10 @@ def _remove(path: str) -> None:
 def _verify(path: str, spec: OutputSpec, what: str) -> None:
     """Reopen the finished file and decode its last row: a truncated file fails here, not in the user's GIS."""
     ds = open_raster(path)
-    if (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) != (spec.width, spec.height, spec.bands):
+    count = ds.RasterCount
+    while count > spec.bands and ds.GetRasterBand(count).GetColorInterpretation() == gdal.GCI_AlphaBand:
+        count -= 1  # GeoPackage shows Byte tiles as RGBA: the alpha band is the format's, not a band lost
+    if (ds.RasterXSize, ds.RasterYSize, count) != (spec.width, spec.height, spec.bands):
         raise RasterWriteError(f"{what} came out as {ds.RasterXSize}x{ds.RasterYSize}x{ds.RasterCount}, "
                                f"expected {spec.width}x{spec.height}x{spec.bands}")
     _call(f"reading back {what}", ds.ReadAsArray, 0, spec.height - 1, spec.width, 1, error=RasterWriteError)
@@ -615,18 +759,23 @@ def _verify(path: str, spec: OutputSpec, what: str) -> None:
 
 
 class AtomicRaster:
-    """``with AtomicRaster(dst, spec) as writer:`` — a GeoTIFF under a temporary name, renamed on success.
+    """``with AtomicRaster(dst, spec, fmt=...) as writer:`` — the output under temporary names, renamed on success.
 
-    Any exception (including :class:`Cancelled`) removes the temporary file and
-    leaves an existing ``dst`` untouched.  With ``cog=True`` the finished GeoTIFF
-    is translated to a Cloud Optimized GeoTIFF (with overviews) before the rename.
-    Temporary names and the sweep of a killed run's leftovers are :mod:`lcmsr.atomic`'s; the
-    rename is done here because GDAL's side-car files (``.aux.xml``) move with the raster.
+    The pixels go into a tiled GeoTIFF under a temporary name beside ``dst``.  A plain GeoTIFF output is
+    that file (with overviews built into it when asked).  A COG, or another format (``fmt.driver``, from
+    ``dst``'s extension: HFA for .img, GPKG, PNG, JPEG ...), is translated from it into a temporary
+    folder beside ``dst`` under ``dst``'s own name, so files that name each other (a raster and its
+    ``.aux.xml``, ``.ovr`` or world file) keep doing so, and moved out on success, the raster last.
+    Any exception (including :class:`Cancelled`) removes every temporary and leaves an existing ``dst``
+    untouched.  Temporary names and the sweep of a killed run's leftovers are :mod:`lcmsr.atomic`'s.
     """
 
-    def __init__(self, dst: str, spec: OutputSpec, progress: Progress | None = None, cog: bool = False):
-        self.dst, self.spec, self.cog = os.path.abspath(dst), spec, cog
+    def __init__(self, dst: str, spec: OutputSpec, progress: Progress | None = None, cog: bool = False,
+                 fmt: OutputFormat | None = None):
+        self.dst, self.spec = os.path.abspath(dst), spec
+        self.fmt = fmt or output_format(self.dst, spec.data_type, cog=cog)
         self.progress = progress or Progress()
+        self.what = f"the output {self.dst}"
         self.writer: RasterWriter | None = None
         self._temps: list[str] = []
 
@@ -643,7 +792,8 @@ class AtomicRaster:
             self.progress.info(f"removed {entry}, left in {folder} by an interrupted run")
         tmp = self._temp_name()
         try:
-            self.writer = RasterWriter(tmp, self.spec, what=f"the output {self.dst}")
+            options = self.fmt.options(self.spec.data_type) if self.fmt.streamed else None
+            self.writer = RasterWriter(tmp, self.spec, what=self.what, options=options)
         except BaseException:
             self._cleanup()
             raise
@@ -659,39 +809,119 @@ class AtomicRaster:
             self._cleanup()
             if isinstance(err, (RasterWriteError, Cancelled)):
                 raise
-            raise RasterWriteError(f"finishing the output {self.dst}: {err}") from err
+            raise RasterWriteError(f"finishing {self.what}: {err}") from err
         return False
+
+    def _callback(self, complete, message, data):
+        return 0 if self.progress.cancelled() else 1
 
     def _commit(self) -> None:
         self.writer.close()
         tmp = self._temps[0]
-        _verify(tmp, self.spec, f"the output {self.dst}")
-        if self.cog:
-            self.progress.info("writing the Cloud Optimized GeoTIFF (overviews)")
-            cog_tmp = self._temp_name()
+        _verify(tmp, self.spec, self.what)
+        if self.fmt.streamed:
+            if self.fmt.overviews:
+                self._overviews(tmp)
+            self._move({tmp: self.dst})
+            return
+        folder = self._temp_name()
+        os.mkdir(folder)
+        final = os.path.join(folder, os.path.basename(self.dst))
+        driver = "COG" if self.fmt.cog else self.fmt.driver
+        self.progress.info("writing the Cloud Optimized GeoTIFF (overviews)" if self.fmt.cog else
+                           f"writing {os.path.basename(self.dst)} in the {driver} format")
+        options = gdal.TranslateOptions(format=driver, creationOptions=self.fmt.options(self.spec.data_type),
+                                        callback=self._callback)
+        self.progress.check()
+        try:
+            out = _call(f"writing {self.what} in the {driver} format", gdal.Translate, final, tmp, options=options,
+                        error=RasterWriteError)
+        except RasterWriteError:
+            self.progress.check()  # an abort by the callback is a cancel, not a failure
+            raise
+        out = None  # noqa: F841  (closing writes the file's last bytes)
+        _remove(tmp)
+        self._complete(final)
+        if self.fmt.overviews and not self.fmt.cog:  # a COG has its own
+            self._overviews(final)
+        _verify(final, self.spec, self.what)
+        here = os.path.dirname(self.dst)
+        self._move({os.path.join(folder, name): os.path.join(here, name) for name in sorted(os.listdir(folder))
+                    if name != os.path.basename(self.dst)} | {final: self.dst})
 
-            def callback(complete, message, data):
-                return 0 if self.progress.cancelled() else 1
-
-            options = gdal.TranslateOptions(format="COG", creationOptions=_COG_OPTIONS,
-                                            callback=callback)
-            self.progress.check()
+    def _complete(self, path: str) -> None:
+        """Give the converted file what its driver did not copy: per band colour interpretation and
+        description, the dataset metadata (provenance).  Where the format cannot hold one, say so."""
+        with _ErrorLog():
             try:
-                out = _call(f"converting {self.dst} to a Cloud Optimized GeoTIFF", gdal.Translate, cog_tmp, tmp,
-                            options=options, error=RasterWriteError)
-            except RasterWriteError:
-                self.progress.check()  # an abort by the callback is a cancel, not a failure
-                raise
-            out = None  # noqa: F841  (closing writes the COG's last bytes)
-            _verify(cog_tmp, self.spec, f"the output {self.dst}")
-            _remove(tmp)
-            tmp = cog_tmp
-        if os.path.exists(tmp + ".aux.xml"):   # metadata the TIFF could not hold travels with it
-            os.replace(tmp + ".aux.xml", self.dst + ".aux.xml")
-        elif os.path.exists(self.dst + ".aux.xml"):
-            os.remove(self.dst + ".aux.xml")  # statistics of the file being replaced would be wrong
-        os.replace(tmp, self.dst)
-        self._temps.clear()
+                ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_UPDATE)
+            except RuntimeError:
+                ds = None
+        ds = ds or open_raster(path)   # read-only: GDAL keeps them in a .aux.xml side-car (PAM)
+        lost = []
+        with _ErrorLog() as log:
+            try:
+                for key, value in self.spec.metadata.items():
+                    if ds.GetMetadataItem(key) != value:
+                        ds.SetMetadataItem(key, value)
+                for i in range(self.spec.bands):
+                    band = ds.GetRasterBand(i + 1)
+                    if i < len(self.spec.color_interp) and band.GetColorInterpretation() != self.spec.color_interp[i]:
+                        band.SetColorInterpretation(self.spec.color_interp[i])
+                    if i < len(self.spec.band_descriptions) and self.spec.band_descriptions[i] and \
+                            band.GetDescription() != self.spec.band_descriptions[i]:
+                        band.SetDescription(self.spec.band_descriptions[i])
+                ds.FlushCache()
+                ds = None
+                ds = open_raster(path)
+                lost += [f"metadata {k}" for k, v in self.spec.metadata.items() if ds.GetMetadataItem(k) != v]
+                lost += [f"the colour interpretation of band {i + 1}" for i in range(self.spec.bands)
+                         if i < len(self.spec.color_interp)
+                         and ds.GetRasterBand(i + 1).GetColorInterpretation() != self.spec.color_interp[i]]
+            except RuntimeError as exc:
+                log.messages.append(str(exc))
+            ds = None
+        if lost or log.messages:
+            self.progress.warn(f"the {self.fmt.driver} format of {os.path.basename(self.dst)} does not keep "
+                               + ", ".join(lost[:4] + log.messages[:1]) + (" ..." if len(lost) > 4 else ""))
+
+    def _overviews(self, path: str) -> None:
+        levels = _overview_levels(self.spec.width, self.spec.height)
+        if not levels:
+            return
+        self.progress.info(f"building overviews ({OVERVIEW_RESAMPLING.lower()}, levels {', '.join(map(str, levels))})")
+        with _ErrorLog():
+            try:
+                ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_UPDATE)
+            except RuntimeError:
+                ds = None
+        ds = ds or open_raster(path)   # formats that cannot be updated get an external .ovr side-car
+        self.progress.check()
+        try:
+            _call(f"building the overviews of {self.what}", ds.BuildOverviews, OVERVIEW_RESAMPLING, levels,
+                  self._callback, error=RasterWriteError, code=True)
+        except RasterWriteError:
+            self.progress.check()
+            raise
+        finally:
+            ds = None
+
+    def _move(self, moves: dict[str, str]) -> None:
+        """``os.replace`` each temporary over its destination, the raster last (after its side-cars); a
+        side-car of the file being replaced that the new one lacks would describe the old pixels."""
+        for tmp, dst in list(moves.items()):
+            for side in _SIDE_CARS:
+                if os.path.exists(tmp + side):
+                    moves.setdefault(tmp + side, dst + side)
+        for side in _SIDE_CARS:
+            if self.dst + side not in moves.values() and os.path.exists(self.dst + side):
+                os.remove(self.dst + side)
+        raster = next(tmp for tmp, dst in moves.items() if dst == self.dst)
+        for tmp, dst in moves.items():
+            if tmp != raster:
+                os.replace(tmp, dst)
+        os.replace(raster, self.dst)
+        self._cleanup()   # the emptied folder of a converted output
 
     def _cleanup(self) -> None:
         if self.writer is not None:

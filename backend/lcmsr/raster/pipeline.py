@@ -34,8 +34,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .. import catalog
-from ..choices import OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, canonical_sampler
+from .. import __version__, catalog
+from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
@@ -68,7 +68,10 @@ class SROptions:
     sampler: str = SR_DEFAULTS["sampler"]
     seed: int = SR_DEFAULTS["seed"]
     output_type: str = SR_DEFAULTS["output_type"]  # "input" (the input's data type) | "float32"
-    cog: bool = False
+    # The output's format is its extension's GDAL driver (lcmsr.raster.io.output_format).
+    cog: bool = SR_DEFAULTS["cog"]                 # a Cloud Optimized GeoTIFF (.tif), overviews included
+    overviews: bool = SR_DEFAULTS["overviews"]     # build overviews (average) into the output, or a .ovr beside it
+    creation_options: list[str] = field(default_factory=list)   # NAME=VALUE for the driver, over the defaults
     # Speed options (lcmsr.inference): results equal fp32 eager up to float (channels_last) or bf16 rounding.
     channels_last: bool | None = None  # None: yes (measured faster on CPU and CUDA)
     compile: bool = False              # torch.compile, eager fallback (said) where it fails
@@ -77,6 +80,8 @@ class SROptions:
     ignore_domain: bool = False
     # Model files (or folders) to choose from when no model is given, besides the bundled ones.
     models: list[str] = field(default_factory=list)
+    # How error messages name the options to change: the CLI's flags, or the plugin's parameter labels.
+    terms: Terms = CLI_TERMS
 
     def validate(self) -> None:
         if self.tile < 8:
@@ -278,8 +283,8 @@ def _alignment(model, tile: int) -> int:
 
 class _Job:
     def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None,
-                 norm: Normalization | None = None, bandwise: bool = False):
-        self.src, self.dst, self.model, self.info, self.spec = src, dst, model, info, spec
+                 norm: Normalization | None = None, bandwise: bool = False, fmt: io.OutputFormat | None = None):
+        self.src, self.dst, self.model, self.info, self.spec, self.fmt = src, dst, model, info, spec, fmt
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
         self.exchange = exchange
         self.scale = int(model.info.scale)
@@ -403,7 +408,7 @@ class _Job:
         blocks_q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
         reader = _Reader(self.src, self.info.bands, blender.order, neutral, tiles_q, stop)
         try:
-            with io.AtomicRaster(self.dst, self.spec, p, cog=o.cog) as out:
+            with io.AtomicRaster(self.dst, self.spec, p, fmt=self.fmt) as out:
                 writer = _Writer(out, self.spec, blocks_q)
                 reader.start()
                 writer.start()
@@ -480,7 +485,7 @@ def choose_model_for(src: str, options: SROptions, progress: Progress, facts=Non
     found, unreadable = catalog.candidates(catalog.model_paths(options.models))
     for message in unreadable:
         progress.warn(f"model skipped: {message}")
-    path, _, why = choose_model(found, facts, options.bands)
+    path, _, why = choose_model(found, facts, options.bands, options.terms)
     progress.info(why)
     return path
 
@@ -496,7 +501,7 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
     if not domain.known:
         progress.warn(f"the model's domain is unknown (model file format {getattr(info, 'format_version', '?')}): "
                       f"whether {os.path.basename(src)} is imagery it was made for cannot be checked")
-    bands, why, warnings = plan_bands(domain, int(info.bands), facts, options.bands)
+    bands, why, warnings = plan_bands(domain, int(info.bands), facts, options.bands, options.terms)
     progress.info(f"{facts.describe()}; using {why}")
     for message in warnings:
         progress.warn(message)
@@ -504,8 +509,8 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
     if problems:
         line = (f"{os.path.basename(src)} is outside the model's domain: {'; '.join(problems)}")
         if not options.ignore_domain:
-            raise DomainError(line + " -- use a model made for this imagery, or override with --ignore-domain "
-                                     "(QGIS: 'Run even if the input is outside the model's domain')")
+            raise DomainError(line + f" -- use a model made for this imagery, or override with "
+                                     f"{options.terms['ignore_domain']}")
         progress.warn(line + " (overridden: the result may invent detail that is not there)")
     ranges = (band_ranges(src, bands, ds=ds) if domain.normalization == "input_percentile" or domain.bandwise
               else None)
@@ -526,12 +531,30 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
     return domain, bands, norm, value_ranges
 
 
+def provenance(model, model_or_path, options: SROptions, scale: int, bands: list[int]) -> dict[str, str]:
+    """What made the output, as metadata keys of its default domain (every format keeps those): the
+    model file's name and SHA-256 (what ``sha256sum`` prints), scale, sampler, steps, seed, input bands
+    and the lcmsr version."""
+    path = (os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike))
+            else getattr(model, "source_path", None))   # lcmsr.weights.load_model records it
+    p = io.PROVENANCE_PREFIX
+    meta = {f"{p}MODEL": os.path.basename(path) if path else "(a model given in memory, not a file)"}
+    if path:
+        meta[f"{p}MODEL_SHA256"] = catalog.file_sha256(path)
+    meta.update({f"{p}SCALE": str(scale), f"{p}SAMPLER": options.sampler, f"{p}STEPS": str(options.steps),
+                 f"{p}SEED": str(options.seed), f"{p}INPUT_BANDS": ",".join(map(str, bands)),
+                 f"{p}VERSION": __version__})
+    return meta
+
+
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                  progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
-    """Super-resolve raster ``src`` into the GeoTIFF ``dst`` with a model (or a model file path).
+    """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
 
-    The output keeps the input's CRS, metadata, band descriptions, colour
-    interpretation and nodata; its geotransform is the input's with pixel size
+    ``dst``'s extension names its format (any GDAL raster driver that writes files; an unknown
+    extension is a :class:`io.RasterError` before any work).  The output keeps the input's CRS,
+    metadata, band descriptions, colour interpretation per band and nodata, not its band statistics,
+    and records its provenance (:func:`provenance`); its geotransform is the input's with pixel size
     and rotation divided by the model's scale.  Raises :class:`io.RasterError`
     (bad input or options), :class:`io.RasterWriteError` (output could not be
     written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
@@ -546,6 +569,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     options.validate()
     progress = _Recording(progress or Progress())
     src, dst = os.fspath(src), os.fspath(dst)
+    # The output's extension and format options first: a typo must not wait for the model.
+    io.output_format(dst, None, options.cog, options.overviews, options.creation_options)
 
     # One handle for everything read before the tiles (facts, band checks, stretch, output description).
     ds = io.open_raster(src)
@@ -575,7 +600,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     info = io.describe(ds, src, bands)
     ds = None
     if not domain.bandwise:
-        io.check_band_count(bands, int(model.info.bands), src, info.band_count)
+        io.check_band_count(bands, int(model.info.bands), src, info.band_count, options.terms)
     scale = int(model.info.scale)
     for message in io.source_warnings(info):
         progress.warn(message)
@@ -583,11 +608,14 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
     spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
     spec.value_ranges = value_ranges
+    spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
+    fmt = None
     if not worker:
-        io.check_destination(dst, src, spec.estimated_bytes(), progress, cog=options.cog)
+        fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options)
+        io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
 
     job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
-               norm=norm, bandwise=domain.bandwise)
+               norm=norm, bandwise=domain.bandwise, fmt=fmt)
     tile = options.tile
     while True:
         try:
@@ -602,8 +630,10 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                                    f"restart with a smaller --tile or --batch") from None
             smaller = tile // 2
             if smaller < max(16, 2 * options.overlap + 1):
+                t = options.terms
                 raise RuntimeError(f"out of GPU memory even with one tile of {tile} LR pixels: "
-                                     f"use --device cpu, or a smaller --overlap ({options.overlap})") from None
+                                   f"use {t.set('device', t['cpu'])}, or a smaller {t['overlap']} "
+                                   f"({options.overlap})") from None
             progress.warn(f"out of GPU memory with one tile of {tile} LR pixels ({exc}): "
                           f"restarting with tiles of {smaller}")
             tile = smaller

@@ -7,6 +7,7 @@ torch, and ``canExecute`` says what to install.  Choices and defaults come from
 from __future__ import annotations
 
 import contextlib
+import re
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -51,6 +52,27 @@ def device_request(index: int) -> str:
 TRAINING_GROUP = ("Training and evaluation", "training")
 
 
+def parse_bands(value, parameter: str = "BANDS") -> list[int] | None:
+    """Bands as QGIS hands them over: a list of numbers (the dialog, processing.run) or text such as '3,2,1'
+    or '3 2 1' (qgis_process: QGIS 3.22's parameterAsInts turns that text into [0]).  Empty: None."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif value is None:
+        items = []
+    else:
+        items = [item for item in re.split(r"[,;\s]+", str(value).strip()) if item]
+    bands = []
+    for item in items:
+        try:
+            band = int(str(item).strip())
+        except ValueError:
+            raise QgsProcessingException(f"{parameter}: '{item}' is not a band number (use e.g. 3,2,1)") from None
+        if band < 1:
+            raise QgsProcessingException(f"{parameter}: band {band} does not exist (bands are numbered from 1)")
+        bands.append(band)
+    return bands or None
+
+
 class LcmsrAlgorithm(QgsProcessingAlgorithm):
     """Base of the provider's algorithms; subclasses declare parameters and call the backend."""
 
@@ -92,6 +114,13 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{name} = {scale} is not supported: use one of "
                                          f"{', '.join(map(str, choices.SCALES))}")
         return scale
+
+    def bands_value(self, parameters, name, context) -> list[int] | None:
+        """A band list parameter (QgsProcessingParameterBand or text) as 1-based band numbers; None: all."""
+        value = parameters.get(name)
+        if not (value is None or isinstance(value, (str, int, list, tuple))):
+            value = self.parameterAsString(parameters, name, context)   # a QgsProperty, an expression...
+        return parse_bands(value, name)
 
     @staticmethod
     def gdal_source(layer, parameter: str) -> str:

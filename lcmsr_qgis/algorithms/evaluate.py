@@ -92,7 +92,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         hr = self.gdal_source(reference, self.REFERENCE)
         sr_layer = self.parameterAsRasterLayer(parameters, self.SR, context)
         model_path = (self.parameterAsFile(parameters, self.MODEL, context) or "").strip()
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        bands = self.bands_value(parameters, self.BANDS, context)
         want_lpips = self.parameterAsBoolean(parameters, self.LPIPS, context)
         html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))

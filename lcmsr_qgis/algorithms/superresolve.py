@@ -51,24 +51,6 @@ QGIS_TERMS = Terms({**{k: f"'{v}'" for k, v in LABELS.items()}, "bands": "'Bands
                     "cpu": f"'{base_device_label('cpu')}'"}, setting="{name} = {value}")
 
 
-def parse_bands(value) -> list[int]:
-    """BANDS as QGIS hands it over: a list of band numbers (dialog, processing.run), or text such as
-    '3,2,1' (qgis_process, whose text QGIS 3.22's parameterAsInts turns into [0])."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = [] if value is None else [value]
-    try:
-        bands = [int(str(p).strip()) for p in parts]
-    except ValueError:
-        bands = []
-    if parts and (not bands or min(bands) < 1):
-        raise QgsProcessingException(f"BANDS: '{value}' is not a list of band numbers such as 3,2,1 (1-based)")
-    return bands
-
-
 def creation_options(text: str) -> list[str]:
     """'COMPRESS=ZSTD|PREDICTOR=2' (the form of QGIS's creation-options widget; ';' also separates)."""
     return [o.strip() for o in (text or "").replace(";", "|").split("|") if o.strip()]
@@ -189,9 +171,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         src = self.gdal_source(layer, self.INPUT)
-        value = parameters.get(self.BANDS)
-        plain = value is None or isinstance(value, (str, int, list, tuple))
-        bands = (parse_bands(value) if plain else self.parameterAsInts(parameters, self.BANDS, context)) or None
+        bands = self.bands_value(parameters, self.BANDS, context)
         model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context))
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         progress = self.progress(feedback)

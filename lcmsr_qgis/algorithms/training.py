@@ -14,7 +14,6 @@ says which folder to give as RESUME.
 from __future__ import annotations
 
 import os
-import re
 
 from qgis.core import (
     QgsProcessing,
@@ -32,25 +31,6 @@ from qgis.core import (
 )
 
 from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
-
-
-def parse_bands(text: str, parameter: str = "BANDS") -> list[int] | None:
-    """"1,2,3" or "1 2 3" -> [1, 2, 3] (1-based, as in GDAL); empty -> None (all bands but alpha)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    bands = []
-    for item in re.split(r"[,;\s]+", text):
-        if not item:
-            continue
-        try:
-            band = int(item)
-        except ValueError:
-            raise QgsProcessingException(f"{parameter}: '{item}' is not a band number (use e.g. 1,2,3)") from None
-        if band < 1:
-            raise QgsProcessingException(f"{parameter}: band {band} does not exist (bands are numbered from 1)")
-        bands.append(band)
-    return bands
 
 
 class TrainingAlgorithm(LcmsrAlgorithm):
@@ -176,7 +156,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             sources=sources,
             val_sources=[self.gdal_source(validation, self.VALIDATION)] if validation is not None else [],
             scale=self._scale(parameters, context),
-            bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context), self.BANDS),
+            bands=self.bands_value(parameters, self.BANDS, context),
             lr=learning_rate if learning_rate > 0 else None,
             checkpoint_dir=self._checkpoint_dir(parameters, context, out),
             resume=resume or False,

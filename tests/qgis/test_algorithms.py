@@ -522,5 +522,19 @@ def test_bands_as_text_and_errors_in_the_dialogs_words(provider, tiny_model, tmp
         run("superresolve", fast({"INPUT": five, "MODEL": tiny_model, "OUTPUT": str(tmp_path / "x.tif")}))
     message = str(err.value)
     assert "choose 3 with 'Bands'" in message and "'Bands' = 1,2,3" in message and "--" not in message
-    with pytest.raises(QgsProcessingException, match=r"BANDS: 'red' is not a list of band numbers"):
+    with pytest.raises(QgsProcessingException, match=r"BANDS: 'red' is not a band number"):
         run("superresolve", fast({"INPUT": five, "MODEL": tiny_model, "BANDS": "red", "OUTPUT": str(tmp_path / "x.tif")}))
+
+
+def test_every_algorithm_reads_bands_the_same_way_from_a_list_or_qgis_process_text():
+    """qgis_process hands BANDS over as text ('3,2,1'), which QGIS 3.22's parameterAsInts reads as [0]:
+    superresolve, evaluate and the training algorithms all go through one parser instead."""
+    from lcmsr_qgis.algorithms.base import parse_bands
+
+    assert parse_bands("3,2,1") == parse_bands("3 2 1") == parse_bands([3, 2, 1]) == parse_bands(["3", "2", "1"]) \
+        == [3, 2, 1]
+    assert parse_bands("") is None and parse_bands(None) is None and parse_bands([]) is None
+    assert parse_bands(2) == [2]
+    for bad, word in (("3,x", "'x' is not a band number"), ("0,1", "band 0 does not exist")):
+        with pytest.raises(QgsProcessingException, match=word):
+            parse_bands(bad, "BANDS")

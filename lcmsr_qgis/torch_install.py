@@ -11,7 +11,9 @@ Importable without QGIS (QGIS is imported only where the profile or a QgsTask is
 from __future__ import annotations
 
 import importlib
+import ntpath
 import os
+import posixpath
 import queue
 import re
 import shutil
@@ -71,18 +73,19 @@ def find_python(platform: str = sys.platform, base_prefix: str = sys.base_prefix
     interpreter lives under ``sys.base_prefix`` (Linux, macOS: ``bin/python3.X``; OSGeo4W and the
     Windows installers: ``apps/Python3X/python.exe``), or, on Windows, next to the QGIS binary.
     """
+    path = ntpath if platform.startswith("win") else posixpath   # pure: the platform's rules, not the host's
     if platform.startswith("win"):
-        folders = [base_prefix, os.path.dirname(executable)]
+        folders = [base_prefix, path.dirname(executable)]
         names = ["python.exe", "python3.exe"]
     else:
-        folders = [os.path.join(base_prefix, "bin")]
+        folders = [path.join(base_prefix, "bin")]
         names = [f"python{version[0]}.{version[1]}", f"python{version[0]}", "python"]
     for folder in folders:
         for name in names:
-            candidate = os.path.join(folder, name)
+            candidate = path.join(folder, name)
             if exists(candidate):
                 return candidate
-    name = os.path.basename(executable).lower()
+    name = path.basename(executable).lower()
     return executable if name.startswith("python") and exists(executable) else None
 
 
@@ -164,29 +167,30 @@ def _stage(line: str, fraction: float) -> float:
 
 
 def _run(cmd, env, progress, cancelled, log) -> int:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            bufsize=1)
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
-    reader.start()
-    fraction = 0.0
-    while proc.poll() is None or not lines.empty() or reader.is_alive():
-        if cancelled():
-            proc.terminate()
+    """Run ``cmd``, feeding its lines to ``progress``; polls ``cancelled`` even while it prints nothing."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          bufsize=1) as proc:
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+        reader.start()
+        fraction = 0.0
+        while proc.poll() is None or reader.is_alive() or not lines.empty():
+            if cancelled():
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise InstallCancelled("PyTorch install cancelled; nothing was installed")
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise InstallCancelled("PyTorch install cancelled; nothing was installed")
-        try:
-            line = lines.get(timeout=0.2).rstrip()
-        except queue.Empty:
-            continue
-        log.append(line)
-        fraction = _stage(line.strip(), fraction)
-        progress(fraction, line)
-    return proc.wait()
+                line = lines.get(timeout=0.2).rstrip()
+            except queue.Empty:
+                continue
+            log.append(line)
+            fraction = _stage(line.strip(), fraction)
+            progress(fraction, line)
+        return proc.wait()
 
 
 def install(target: str, plan: InstallPlan, progress=None, cancelled=None, python: str | None = None) -> str:
@@ -239,21 +243,34 @@ def install(target: str, plan: InstallPlan, progress=None, cancelled=None, pytho
             f"({size / 2**30:.2f} GB, {time.monotonic() - started:.0f} s)")
 
 
-def use_now(target: str) -> tuple[bool, str]:
-    """After an install: make it importable in this QGIS; (True, '') or (False, why a restart is needed)."""
+def use_now(target: str, module: str = "torch") -> tuple[bool, str]:
+    """After an install: make it importable in this QGIS; (True, '') or (False, why a restart is needed).
+
+    A failed ``import torch`` leaves nothing in sys.modules, so the new folder is found without a
+    restart; a restart is needed only where this process already imported another copy."""
     activate(target)
     try:
-        torch = importlib.import_module("torch")
+        found = importlib.import_module(module)
     except Exception as exc:   # e.g. an older copy of a dependency already imported in this process
         return False, f"restart QGIS to use it ({type(exc).__name__}: {exc})"
-    if not os.path.realpath(torch.__file__).startswith(os.path.realpath(target)):
-        return False, f"restart QGIS to use it (this session already runs the torch in {os.path.dirname(torch.__file__)})"
+    if not os.path.realpath(found.__file__).startswith(os.path.realpath(target)):
+        return False, (f"restart QGIS to use it (this session already runs the {module} in "
+                       f"{os.path.dirname(found.__file__)})")
     return True, ""
 
 
+_TASKS: list = []   # install tasks not finished yet: Python must hold them (a dialog may close meanwhile)
+
+
+def current_task():
+    """The install task still running, if any (one at a time)."""
+    return _TASKS[-1] if _TASKS else None
+
+
 def make_task(plan: InstallPlan, target: str | None = None, on_done=None):
-    """A QgsTask running ``install`` in the background; ``on_done(ok, message)`` on the main thread."""
-    from qgis.core import QgsTask
+    """A QgsTask running ``install`` in the background; its result goes to the LCMSR log and to
+    ``on_done(ok, message)`` on the main thread."""
+    from qgis.core import Qgis, QgsMessageLog, QgsTask
 
     target = target or torch_dir()
 
@@ -279,11 +296,20 @@ def make_task(plan: InstallPlan, target: str | None = None, on_done=None):
 
         def finished(self, ok):
             if ok:
-                ready, why = use_now(target)
+                ready, why = use_now(target, plan.verify[0])
                 self.message += ": ready, no restart needed" if ready else f"; {why}"
             elif self.isCanceled() and not self.message:
                 self.message = "PyTorch install cancelled; nothing was installed"
+            QgsMessageLog.logMessage(self.message, "LCMSR",
+                                     Qgis.MessageLevel.Info if ok else Qgis.MessageLevel.Warning)
+            if self in _TASKS:
+                _TASKS.remove(self)
             if on_done is not None:
-                on_done(ok, self.message)
+                try:
+                    on_done(ok, self.message)
+                except RuntimeError:   # the dialog that started it was closed: the log has the result
+                    pass
 
-    return InstallTorchTask()
+    task = InstallTorchTask()
+    _TASKS.append(task)
+    return task

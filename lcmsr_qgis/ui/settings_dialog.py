@@ -319,6 +319,8 @@ class SettingsDialog(QDialog):
                         + (f", {d.lr_gsd_m[0]:g}-{d.lr_gsd_m[1]:g} m" if d.lr_gsd_m else "")
                         if d.known else "domain unknown")
             item.setText(f"{os.path.basename(path)} — x{info.scale}, {made_for} ({origin})")
+        except ImportError:  # no torch yet: the box above the tabs installs it
+            item.setText(f"{os.path.basename(path)} ({origin}) — readable once PyTorch is installed")
         except Exception as exc:  # a listed file that went missing or broke since: keep it, say so
             item.setText(f"{os.path.basename(path)} — unusable: {exc}")
         self.model_list.addItem(item)

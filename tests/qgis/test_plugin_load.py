@@ -104,3 +104,28 @@ def test_plugin_qt_imports_go_through_qgis_pyqt():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("PyQt5", "PyQt6", "PySide2", "PySide6")]
     assert not offenders, offenders
+
+
+def test_menu_action_without_torch_gives_the_one_line_hint(monkeypatch, qgis_iface, qgis_new_project):
+    from pathlib import Path
+
+    from qgis.core import Qgis, QgsProject, QgsRasterLayer
+
+    import lcmsr_qgis
+    from lcmsr_qgis import environment
+
+    layer = QgsRasterLayer(str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon_lr.tif"), "lr")
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    instance = lcmsr_qgis.classFactory(qgis_iface)
+    instance.initGui()
+    try:
+        before = list(qgis_iface.messageBar().get_messages(Qgis.Critical))
+        instance.superresolve_active_layer()   # must not raise, and must start nothing
+        shown = qgis_iface.messageBar().get_messages(Qgis.Critical)[len(before):]
+        assert shown == [f"LCMSR:{environment.backend_status()[1]}"]
+        assert "torch (not installed)" in shown[0] and "\n" not in shown[0]
+    finally:
+        instance.unload()
+        QgsProject.instance().removeAllMapLayers()

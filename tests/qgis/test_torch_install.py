@@ -100,6 +100,15 @@ def test_install_puts_a_complete_environment_in_place(tmp_path):
     assert _leftovers(tmp_path / "python") == []
 
 
+def test_a_second_install_replaces_the_first_whole(tmp_path):
+    target = tmp_path / "python" / ti.FOLDER
+    ti.install(str(target), TQDM)
+    ti.install(str(target), ti.InstallPlan(["typing_extensions"], "", ("typing_extensions",)))
+    assert (target / "typing_extensions.py").is_file()
+    assert not (target / "tqdm").exists(), "the old environment must be replaced, not merged into"
+    assert _leftovers(tmp_path / "python") == []
+
+
 def test_a_failed_install_keeps_the_previous_one_and_leaves_nothing(tmp_path):
     target = tmp_path / "python" / ti.FOLDER
     ti.install(str(target), TQDM)

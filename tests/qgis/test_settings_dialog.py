@@ -1,5 +1,6 @@
 """The settings dialog, headless: models are validated and persisted, errors are shown, the default is used."""
 import os
+import sys
 
 import pytest
 from qgis.core import QgsApplication, QgsProcessingFeedback, QgsSettings
@@ -179,11 +180,12 @@ def test_with_torch_the_dialog_offers_no_install(dialog):
 @pytest.fixture()
 def torchless_dialog(monkeypatch, qgis_app, qgis_parent, tmp_path):
     """The dialog in a QGIS whose `import torch` fails; its install goes into a temporary profile."""
-    import sys
-
     from lcmsr_qgis.ui.settings_dialog import SettingsDialog
 
     monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(sys, "path", list(sys.path))        # an install activates its folder: undone after
+    for name in [n for n in sys.modules if n == "tqdm" or n.startswith("tqdm.")]:
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])   # the test's install may import its own
     dlg = SettingsDialog(qgis_parent, message_box=Recorder())
     dlg.torch_target = str(tmp_path / "profile" / "python" / "lcmsr_torch")
     yield dlg
@@ -192,6 +194,9 @@ def torchless_dialog(monkeypatch, qgis_app, qgis_parent, tmp_path):
         _wait_for_install(dlg)
     dlg.deleteLater()
     QgsApplication.processEvents()
+    for name in [n for n in sys.modules if (n == "tqdm" or n.startswith("tqdm."))
+                 and (getattr(sys.modules[n], "__file__", "") or "").startswith(str(tmp_path))]:
+        del sys.modules[name]
 
 
 def _wait_for_install(dlg, timeout=240):
@@ -215,12 +220,19 @@ def test_without_torch_the_dialog_offers_install_pytorch(torchless_dialog):
     assert dlg.cancel_install_button.isHidden() and dlg.install_progress.isHidden()
 
 
-def test_install_button_installs_in_a_background_task_into_the_profile(torchless_dialog, monkeypatch):
+@pytest.mark.parametrize("imported_before", [False, True])
+def test_install_button_installs_in_a_background_task_into_the_profile(torchless_dialog, monkeypatch,
+                                                                      imported_before):
     from lcmsr_qgis import torch_install
 
     # The task's code path with a small package instead of torch (the real one: the slow test).
     small = torch_install.InstallPlan(["tqdm"], "", ("tqdm",), "tqdm")
     monkeypatch.setattr(torch_install, "torch_plan", lambda variant, platform=None: small)
+    if imported_before:
+        import tqdm  # noqa: F401  (this session already runs another copy)
+    else:
+        for name in [n for n in sys.modules if n == "tqdm" or n.startswith("tqdm.")]:
+            monkeypatch.delitem(sys.modules, name)
     dlg = torchless_dialog
     values = []
     dlg.install_button.click()
@@ -229,7 +241,13 @@ def test_install_button_installs_in_a_background_task_into_the_profile(torchless
     dlg.install_task.progressChanged.connect(values.append)
     _wait_for_install(dlg)
     assert os.path.isfile(os.path.join(dlg.torch_target, "tqdm", "__init__.py"))
-    assert dlg.torch_label.text().startswith(f"Tqdm installed in {dlg.torch_target}")
+    text = dlg.torch_label.text()
+    assert text.startswith(f"Tqdm installed in {dlg.torch_target}")
+    if imported_before:   # the dialog says plainly that a restart is needed, and why
+        assert "; restart QGIS to use it (this session already runs the tqdm in" in text
+    else:                 # a package this session never imported is used at once
+        assert text.endswith(": ready, no restart needed")
+        assert sys.modules["tqdm"].__file__.startswith(dlg.torch_target)
     assert values and values[-1] == 100 and dlg.install_progress.value() == 100
     assert dlg.cancel_install_button.isHidden() and not dlg.install_button.isEnabled()
 

@@ -153,7 +153,8 @@ class SettingsDialog(QDialog):
             self.torch_label.setText(
                 f"{message.split(';')[0]}. 'Install PyTorch' downloads it (CPU build about 0.2 GB, 0.9 GB "
                 f"installed; CUDA builds several GB) into {self.torch_target}, which the plugin uses from "
-                "then on: no path to set.")
+                "then on: no path to set, and no QGIS restart unless this session already loaded another "
+                "PyTorch (it will say so).")
         if self.install_task is not None:
             self.install_button.setEnabled(False)
             self.torch_label.setText("PyTorch is being installed (see QGIS's task bar); the result goes to the "

@@ -5,9 +5,10 @@ profile's torch (QGIS's own Python: neither the venv nor any torch on PYTHONPATH
 Here the registry serves torch 2.13.0+cpu (a 0.19 GB wheel, 0.8 GB installed, ~20 s); the PyTorch index
 (download.pytorch.org) is not reachable from the project's machines, so the plan's extra index is turned
 off and pip uses its own configuration.  pip's download cache lives in build/pip-cache, so a machine that
-downloads the wheel does it once.
+downloads the wheel over HTTP does it once (here the wheel lies in the local wheel store: nothing to cache).
 """
 import os
+import shutil
 import subprocess
 import time
 
@@ -42,7 +43,8 @@ def installed(tmp_path_factory):
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(target) for f in files)
     print(f"\n{summary}: {seconds:.0f} s, {size / 2**30:.2f} GiB")
     assert seen[-1] == 100.0
-    return profile, target
+    yield profile, target
+    shutil.rmtree(target, ignore_errors=True)   # 0.8 GB: pytest keeps its last three temporary folders
 
 
 def test_superresolve_in_qgis_process_uses_the_installed_torch(installed, tmp_path):

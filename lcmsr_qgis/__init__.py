@@ -13,6 +13,20 @@ if os.path.isdir(os.path.join(_EXT, "lcmsr")) and _EXT not in sys.path:
     sys.path.insert(0, _EXT)
 
 
+def _activate_plugin_torch():
+    """PyTorch installed by the plugin (<profile>/python/lcmsr_torch) goes on sys.path now, before anything
+    imports torch, in the desktop and in qgis_process alike."""
+    try:
+        from .torch_install import activate
+
+        activate()
+    except Exception:  # outside QGIS (no profile): nothing to activate
+        pass
+
+
+_activate_plugin_torch()
+
+
 def classFactory(iface):  # noqa: N802 (QGIS API name)
     from .plugin import LcmsrPlugin
 

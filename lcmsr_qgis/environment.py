@@ -10,12 +10,12 @@ import os
 import platform
 import sys
 
-INSTALL_HINT = (
-    "LCMSR needs PyTorch in QGIS's Python ({python}). Install it with:\n"
-    "  {python} -m pip install --user torch safetensors tqdm\n"
-    "or point the plugin at a virtual environment that has it: Settings → LCMSR → "
-    "'Extra Python path' (its site-packages folder), then restart QGIS."
-)
+from . import torch_install
+
+# One line wherever the backend cannot run (log, Processing errors, message bar, dialogs): what is missing
+# and where the button is.  The settings dialog installs PyTorch into the profile (torch_install).
+SETTINGS_PLACE = "Raster ▸ LCMSR Super-Resolution ▸ Settings and models…"
+INSTALL_HINT = "install it with 'Install PyTorch' in " + SETTINGS_PLACE
 
 
 def add_extra_python_path(path: str | None) -> None:
@@ -25,32 +25,45 @@ def add_extra_python_path(path: str | None) -> None:
 
 
 def _python_executable() -> str:
-    """The interpreter QGIS embeds, so an install hint targets the right Python.
+    """The interpreter QGIS embeds (sys.executable is the qgis binary inside QGIS)."""
+    return torch_install.find_python() or sys.executable
 
-    Inside QGIS ``sys.executable`` is the qgis binary or whatever ``python3`` comes first on PATH
-    (pyenv, conda: seen under the Debian desktop), not necessarily the embedded interpreter; the
-    interpreter of ``sys.exec_prefix`` is.
-    """
-    exe = sys.executable or ""
-    prefixed = os.path.join(sys.exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
-    in_prefix = exe and os.path.realpath(exe).startswith(os.path.realpath(sys.exec_prefix) + os.sep)
-    if os.path.exists(prefixed) and (not in_prefix or os.path.basename(exe).startswith("qgis")):
-        return prefixed
-    return exe or prefixed
+
+def _why(exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def backend_status() -> tuple[bool, str]:
-    """(usable, message).  The message names every missing piece and how to install it."""
+    """(usable, message): one line naming what is missing and how to install it; never raises."""
+    try:
+        importlib.import_module("lcmsr")
+    except Exception as exc:
+        return False, f"LCMSR cannot run: its backend 'lcmsr' does not import ({_why(exc)}); reinstall the plugin"
     missing = []
-    for module in ("numpy", "torch", "safetensors", "lcmsr"):
+    for module in ("torch", "safetensors", "numpy"):
         try:
             importlib.import_module(module)
-        except Exception as exc:  # ImportError, or a broken binary (OSError, RuntimeError)
-            missing.append(f"{module} ({type(exc).__name__}: {exc})")
+        except ModuleNotFoundError as exc:
+            missing.append(f"{module} (not installed)" if exc.name == module else f"{module} ({_why(exc)})")
+        except Exception as exc:  # a broken binary: OSError, RuntimeError
+            missing.append(f"{module} ({_why(exc)})")
     if not missing:
         return True, "backend ready"
-    hint = INSTALL_HINT.format(python=_python_executable())
-    return False, "Missing: " + "; ".join(missing) + "\n" + hint
+    return False, f"LCMSR needs PyTorch in QGIS's Python, missing: {', '.join(missing)}; {INSTALL_HINT}"
+
+
+def manual_install_command() -> str:
+    """The pip command the 'Install PyTorch' button runs (CPU build), for a terminal."""
+    plan = torch_install.torch_plan("cpu")
+    return " ".join(torch_install.pip_command(_python_executable(), _torch_dir(), plan))
+
+
+def _torch_dir() -> str:
+    try:
+        return torch_install.torch_dir()
+    except Exception:  # outside QGIS
+        return "<QGIS profile>/python/" + torch_install.FOLDER
 
 
 def diagnostics(device_request: str = "auto") -> str:
@@ -69,9 +82,11 @@ def diagnostics(device_request: str = "auto") -> str:
         lines.append(f"GDAL: {gdal.__version__}")
     except Exception as exc:
         lines.append(f"GDAL: not importable ({exc})")
+    lines.append(f"Plugin-owned PyTorch folder: {_torch_dir()}"
+                 + ("" if os.path.isdir(_torch_dir()) else " (not installed)"))
     ok, message = backend_status()
     if not ok:
-        lines.append(message)
+        lines += [message, "Or in a terminal: " + manual_install_command()]
         return "\n".join(lines)
     import numpy
     import torch

@@ -40,6 +40,25 @@ class LcmsrPlugin:
             add(MENU, action)
             self.actions.append(action)
         self.iface.addToolBarIcon(run)
+        self._offer_torch_install()
+
+    def _offer_torch_install(self):
+        """Without torch, the message bar says so once, with a button to the dialog that installs it."""
+        ok, message = environment.backend_status()
+        bar = getattr(self.iface, "messageBar", lambda: None)()
+        if ok or bar is None:
+            return
+        if not hasattr(bar, "pushWidget"):   # a bar that takes text only (test doubles)
+            bar.pushMessage("LCMSR", message, Qgis.MessageLevel.Warning, 0)
+            return
+        from qgis.gui import QgsMessageBar
+        from qgis.PyQt.QtWidgets import QPushButton
+
+        widget = QgsMessageBar.createMessage("LCMSR", message.split(";")[0])
+        button = QPushButton("Install PyTorch…", widget)
+        button.clicked.connect(self.open_settings)
+        widget.layout().addWidget(button)
+        bar.pushWidget(widget, Qgis.MessageLevel.Warning)
 
     def unload(self):
         remove = getattr(self.iface, "removePluginRasterMenu", None) or getattr(self.iface, "removePluginMenu", None)

@@ -97,6 +97,13 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         ok, message = environment.backend_status()
         return ok, ("" if ok else message)
 
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        # qgis_process does not ask canExecute: without torch, the one-line hint instead of an import traceback.
+        ok, message = environment.backend_status()
+        if not ok:
+            raise QgsProcessingException(message)
+        return True
+
     # --- helpers for subclasses ---------------------------------------------------------------
     def add_device_parameter(self, name: str = "DEVICE"):
         self.addParameter(QgsProcessingParameterEnum(name, "Device", options=DEVICE_LABELS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 
+from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QApplication,
@@ -18,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -25,6 +27,7 @@ from qgis.PyQt.QtWidgets import (
     QListWidgetItem,
     QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QTabWidget,
@@ -35,7 +38,7 @@ from qgis.PyQt.QtWidgets import (
 
 from lcmsr.choices import DEVICES, PRECISIONS
 
-from .. import environment
+from .. import environment, torch_install
 from ..settings import Settings, bundled_model_paths
 
 _DEVICE_PATTERN = re.compile(rf"^({'|'.join(DEVICES)}|cuda:\d+)$")   # a listed device, or a given GPU
@@ -99,6 +102,9 @@ class SettingsDialog(QDialog):
         self.last_error = ""
         self._default_model = self.settings.default_model or ""
 
+        self.torch_target = torch_install.torch_dir()
+        self.install_task = torch_install.current_task()   # one started from an earlier dialog
+        self.torch_box = self._torch_box()
         self.tabs = QTabWidget(self)
         self.tabs.addTab(self._models_tab(), "Models")
         self.tabs.addTab(self._run_tab(), "Inference")
@@ -107,10 +113,82 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.torch_box)
         layout.addWidget(self.tabs)
         layout.addWidget(buttons)
         self.resize(720, 520)
         self._load()
+
+    # --- PyTorch, shown only while the backend cannot run ------------------------------------
+    def _torch_box(self) -> QGroupBox:
+        box = QGroupBox("PyTorch", self)
+        self.torch_label = QLabel(box)
+        self.torch_label.setWordWrap(True)
+        self.torch_variant = QComboBox(box)
+        self.install_button = QPushButton("Install PyTorch", box)
+        self.install_button.clicked.connect(lambda: self.install_torch())
+        self.cancel_install_button = QPushButton("Cancel install", box)
+        self.cancel_install_button.clicked.connect(self.cancel_install)
+        self.install_progress = QProgressBar(box)
+        self.install_progress.setRange(0, 100)
+        row = QHBoxLayout()
+        row.addWidget(self.torch_variant, 1)
+        row.addWidget(self.install_button)
+        row.addWidget(self.cancel_install_button)
+        layout = QVBoxLayout(box)
+        layout.addWidget(self.torch_label)
+        layout.addLayout(row)
+        layout.addWidget(self.install_progress)
+        self.cancel_install_button.hide()
+        self.install_progress.hide()
+        ok, message = environment.backend_status()
+        box.setVisible(not ok)
+        if not ok:
+            variant, why = torch_install.choose_variant(
+                torch_install.driver_cuda_version(torch_install.query_nvidia_smi()))
+            if variant != "cpu":
+                self.torch_variant.addItem(f"{torch_install.torch_plan(variant).label}: {why}", variant)
+            self.torch_variant.addItem(f"{torch_install.torch_plan('cpu').label}"
+                                       + ("" if variant != "cpu" else f": {why}"), "cpu")
+            self.torch_label.setText(
+                f"{message.split(';')[0]}. 'Install PyTorch' downloads it (CPU build about 0.2 GB, 0.9 GB "
+                f"installed; CUDA builds several GB) into {self.torch_target}, which the plugin uses from "
+                "then on: no path to set, and no QGIS restart unless this session already loaded another "
+                "PyTorch (it will say so).")
+        if self.install_task is not None:
+            self.install_button.setEnabled(False)
+            self.torch_label.setText("PyTorch is being installed (see QGIS's task bar); the result goes to the "
+                                     "LCMSR log.")
+        return box
+
+    def install_torch(self, variant: str | None = None):
+        """Start the background install (a QgsTask); returns the task.  The dialog may stay open or close."""
+        if self.install_task is not None:
+            return self.install_task
+        plan = torch_install.torch_plan(variant or self.torch_variant.currentData() or "cpu")
+        task = torch_install.make_task(plan, self.torch_target, on_done=self._install_done)
+        task.progressChanged.connect(lambda value: self.install_progress.setValue(int(value)))
+        self.install_task = task
+        self.install_button.setEnabled(False)
+        self.cancel_install_button.show()
+        self.install_progress.setValue(0)
+        self.install_progress.show()
+        self.torch_label.setText(f"Installing {plan.label} into {self.torch_target}… (Cancel leaves nothing behind)")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel_install(self) -> None:
+        if self.install_task is not None:
+            self.install_task.cancel()
+
+    def _install_done(self, ok: bool, message: str) -> None:
+        self.install_task = None
+        self.cancel_install_button.hide()
+        self.install_progress.setVisible(ok)
+        self.install_button.setEnabled(not ok)
+        self.torch_label.setText(message[:1].upper() + message[1:])
+        if self.diagnostics_view.toPlainText():
+            self.refresh_diagnostics()
 
     # --- tabs -------------------------------------------------------------------------------
     def _models_tab(self) -> QWidget:
@@ -242,6 +320,8 @@ class SettingsDialog(QDialog):
                         + (f", {d.lr_gsd_m[0]:g}-{d.lr_gsd_m[1]:g} m" if d.lr_gsd_m else "")
                         if d.known else "domain unknown")
             item.setText(f"{os.path.basename(path)} — x{info.scale}, {made_for} ({origin})")
+        except ImportError:  # no torch yet: the box above the tabs installs it
+            item.setText(f"{os.path.basename(path)} ({origin}) — readable once PyTorch is installed")
         except Exception as exc:  # a listed file that went missing or broke since: keep it, say so
             item.setText(f"{os.path.basename(path)} — unusable: {exc}")
         self.model_list.addItem(item)

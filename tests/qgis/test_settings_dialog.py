@@ -1,4 +1,7 @@
 """The settings dialog, headless: models are validated and persisted, errors are shown, the default is used."""
+import os
+import sys
+
 import pytest
 from qgis.core import QgsApplication, QgsProcessingFeedback, QgsSettings
 
@@ -167,3 +170,103 @@ def _small_raster(path):
         ds.GetRasterBand(b).WriteArray(np.random.default_rng(b).integers(0, 256, (20, 24), dtype=np.uint8))
     ds = None
     return str(path)
+
+
+# --- "Install PyTorch" ----------------------------------------------------------------------------
+def test_with_torch_the_dialog_offers_no_install(dialog):
+    assert dialog.torch_box.isHidden()
+
+
+@pytest.fixture()
+def torchless_dialog(monkeypatch, qgis_app, qgis_parent, tmp_path):
+    """The dialog in a QGIS whose `import torch` fails; its install goes into a temporary profile."""
+    from lcmsr_qgis.ui.settings_dialog import SettingsDialog
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(sys, "path", list(sys.path))        # an install activates its folder: undone after
+    for name in [n for n in sys.modules if n == "tqdm" or n.startswith("tqdm.")]:
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])   # the test's install may import its own
+    dlg = SettingsDialog(qgis_parent, message_box=Recorder())
+    dlg.torch_target = str(tmp_path / "profile" / "python" / "lcmsr_torch")
+    yield dlg
+    if dlg.install_task is not None:
+        dlg.cancel_install()
+        _wait_for_install(dlg)
+    dlg.deleteLater()
+    QgsApplication.processEvents()
+    for name in [n for n in sys.modules if (n == "tqdm" or n.startswith("tqdm."))
+                 and (getattr(sys.modules[n], "__file__", "") or "").startswith(str(tmp_path))]:
+        del sys.modules[name]
+
+
+def _wait_for_install(dlg, timeout=240):
+    import time
+
+    from lcmsr_qgis import torch_install
+
+    start = time.monotonic()
+    while torch_install.current_task() is not None and time.monotonic() - start < timeout:
+        QgsApplication.processEvents()   # QgsTask.finished is delivered by the event loop
+        time.sleep(0.05)
+    assert torch_install.current_task() is None, "the install task did not finish"
+
+
+def test_without_torch_the_dialog_offers_install_pytorch(torchless_dialog):
+    dlg = torchless_dialog
+    assert not dlg.torch_box.isHidden()
+    assert dlg.install_button.text() == "Install PyTorch" and dlg.install_button.isEnabled()
+    assert "torch (not installed)" in dlg.torch_label.text() and "no path to set" in dlg.torch_label.text()
+    assert dlg.torch_variant.findData("cpu") >= 0        # CPU is always offered (no GPU here: the only one)
+    assert dlg.cancel_install_button.isHidden() and dlg.install_progress.isHidden()
+
+
+@pytest.mark.parametrize("imported_before", [False, True])
+def test_install_button_installs_in_a_background_task_into_the_profile(torchless_dialog, monkeypatch,
+                                                                      imported_before):
+    from lcmsr_qgis import torch_install
+
+    # The task's code path with a small package instead of torch (the real one: the slow test).
+    small = torch_install.InstallPlan(["tqdm"], "", ("tqdm",), "tqdm")
+    monkeypatch.setattr(torch_install, "torch_plan", lambda variant, platform=None: small)
+    if imported_before:
+        import tqdm  # noqa: F401  (this session already runs another copy)
+    else:
+        for name in [n for n in sys.modules if n == "tqdm" or n.startswith("tqdm.")]:
+            monkeypatch.delitem(sys.modules, name)
+    dlg = torchless_dialog
+    values = []
+    dlg.install_button.click()
+    assert dlg.install_task is not None and not dlg.install_button.isEnabled()
+    assert not dlg.cancel_install_button.isHidden()
+    dlg.install_task.progressChanged.connect(values.append)
+    _wait_for_install(dlg)
+    assert os.path.isfile(os.path.join(dlg.torch_target, "tqdm", "__init__.py"))
+    text = dlg.torch_label.text()
+    assert text.startswith(f"Tqdm installed in {dlg.torch_target}")
+    if imported_before:   # the dialog says plainly that a restart is needed, and why
+        assert "; restart QGIS to use it (this session already runs the tqdm in" in text
+    else:                 # a package this session never imported is used at once
+        assert text.endswith(": ready, no restart needed")
+        assert sys.modules["tqdm"].__file__.startswith(dlg.torch_target)
+    assert values and values[-1] == 100 and dlg.install_progress.value() == 100
+    assert dlg.cancel_install_button.isHidden() and not dlg.install_button.isEnabled()
+
+
+def test_cancel_button_stops_the_install_and_leaves_nothing(torchless_dialog, monkeypatch):
+    from lcmsr_qgis import torch_install
+
+    monkeypatch.setenv(torch_install.INDEX_ENV, "")   # the registry as configured here (no download.pytorch.org)
+    dlg = torchless_dialog
+    dlg.install_torch("cpu")
+    import time
+
+    start = time.monotonic()
+    while dlg.install_progress.value() == 0 and time.monotonic() - start < 60:   # pip has started
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    dlg.cancel_install_button.click()
+    _wait_for_install(dlg)
+    parent = os.path.dirname(dlg.torch_target)
+    assert not os.path.exists(dlg.torch_target)
+    assert [p for p in os.listdir(parent) if p.startswith("lcmsr_torch")] == []
+    assert "cancelled" in dlg.torch_label.text() and dlg.install_button.isEnabled()

@@ -394,7 +394,7 @@ class _Job:
             yield pending
 
     def run(self, tile: int) -> None:
-        o, p = self.o, self.progress
+        p = self.progress
         plan, stripe_cols, block = self._plan(tile)
         total = len(plan.tiles)
         p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "

@@ -5,6 +5,8 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "build" / "qgis-profile"
 DEV_PLUGINS = REPO / "build" / "dev-plugins"
@@ -33,6 +35,30 @@ def write_tiny_model(path, scale: int = 4, bands: int = 3, seed: int = 0) -> str
 
     torch.manual_seed(seed)
     return str(save_model(path, build_model(tiny_config(scale=scale, bands=bands))))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny x4 RGB model file, one per test module.  One torch thread: the machine's cores are shared."""
+    pytest.importorskip("torch").set_num_threads(1)
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_processing):
+    """The plugin's Processing provider, registered for the module (and removed after it if added here)."""
+    from qgis.core import QgsApplication
+
+    from lcmsr_qgis.provider import LcmsrProvider
+
+    registry = QgsApplication.processingRegistry()
+    added = None
+    if registry.providerById("lcmsr") is None:
+        added = LcmsrProvider()
+        registry.addProvider(added)
+    yield registry.providerById("lcmsr")
+    if added is not None:
+        registry.removeProvider(added)
 
 
 def venv_site_packages() -> str:

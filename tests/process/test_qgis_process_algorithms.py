@@ -9,12 +9,6 @@ SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    pytest.importorskip("torch")
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
-
-
 def raster_size(path):
     from osgeo import gdal
 

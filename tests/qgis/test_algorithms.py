@@ -14,7 +14,6 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from conftest import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
@@ -40,27 +39,6 @@ class RecordingFeedback(QgsProcessingFeedback):
     def setProgressText(self, text):  # noqa: N802
         self.texts.append(text)
         super().setProgressText(text)
-
-
-@pytest.fixture(scope="module")
-def provider(qgis_processing):
-    from lcmsr_qgis.provider import LcmsrProvider
-
-    registry = QgsApplication.processingRegistry()
-    added = None
-    if registry.providerById("lcmsr") is None:
-        added = LcmsrProvider()
-        registry.addProvider(added)
-    yield registry.providerById("lcmsr")
-    if added is not None:
-        registry.removeProvider(added)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    # The machine's cores are shared; one thread is also the fastest here.
-    pytest.importorskip("torch").set_num_threads(1)
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
 
 
 def make_raster(path, width=24, height=20, bands=3, origin=(500000.0, 4600000.0), pixel=2.0, seed=0):

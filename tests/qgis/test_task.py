@@ -7,30 +7,10 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsSettings, QgsTask, QgsVectorLayer
 
-from conftest import write_tiny_model
 from lcmsr_qgis.settings import PREFIX, Settings
 
 SAMPLE_LR = Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon_lr.tif"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def provider(qgis_processing):
-    from lcmsr_qgis.provider import LcmsrProvider
-
-    registry = QgsApplication.processingRegistry()
-    added = None
-    if registry.providerById("lcmsr") is None:
-        added = LcmsrProvider()
-        registry.addProvider(added)
-    yield
-    if added is not None:
-        registry.removeProvider(added)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    pytest.importorskip("torch").set_num_threads(1)
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
+pytestmark = pytest.mark.usefixtures("provider")   # the task runs lcmsr:superresolve from the registry
 
 
 @pytest.fixture()

@@ -1,7 +1,7 @@
 """qgis_process runs the LCMSR algorithms headless, with the same parameters as the GUI and processing.run."""
 import pytest
 
-from conftest import REPO, qgis_process_json, run_qgis_process, write_tiny_model
+from conftest import REPO, qgis_process_json, run_qgis_process
 
 pytestmark = pytest.mark.qgis_process
 

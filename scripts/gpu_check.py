@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""One short check of the backend on the lent CUDA machine (torch, no GDAL/QGIS): what the CPU suite
+cannot see.
+
+1. Every registered sampler on both shipped models: the CUDA output equals the CPU output for the same
+   noise (the noise is a function of the seed, not of the device), fp32, and bf16 stays close to fp32.
+2. The three training stages run on CUDA from .npy patches (tiny config, a few steps, bf16 autocast) and
+   write a model file that loads on the CPU.
+
+Prepare here (needs GDAL):  .venv/bin/python scripts/gpu_check.py --prepare build/gpu-check
+Run there:  run(command="PYTHONPATH=backend python scripts/gpu_check.py --data build/gpu-check --out $OUT",
+                carry=["build/gpu-check"], timeout_s=300)
+Writes $OUT/gpu_check.json and prints one line per check; exit 1 if a check fails.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "resources" / "models"
+
+
+def prepare(folder: Path) -> None:
+    from lcmsr.raster.io import WindowReader
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("neon_lr", "neon_hr"):
+        reader = WindowReader(REPO / "resources" / "sample" / f"{name}.tif", [1, 2, 3])
+        values, _valid = reader.read(0, 0, reader.width, reader.height)
+        np.save(folder / f"{name}.npy", values.astype(np.float32))
+        print(f"wrote {folder / name}.npy {values.shape}")
+
+
+def check_samplers(data: Path, report: dict, device: str) -> bool:
+    import torch
+
+    from lcmsr.choices import SAMPLER_NAMES
+    from lcmsr.weights import load_model
+
+    lr_raw = np.load(data / "neon_lr.npy")[:, :64, :64]
+    ok = True
+    for path in sorted(MODELS.glob("*.safetensors")):
+        cpu, gpu = load_model(path, "cpu"), load_model(path, device)
+        # Model space [-1, 1] directly (the 8-bit sample; the band-wise model takes its bands one at a time).
+        lr = torch.from_numpy(lr_raw[: cpu.bands] / 127.5 - 1.0).float()[None]
+        for sampler in SAMPLER_NAMES:
+            steps = {"consistency": 2, "faithful": 1, "ddim": 4, "ddpm": 4}[sampler]
+            draws = cpu.noise_draws(steps, sampler)
+            g = torch.Generator().manual_seed(7)
+            shape = (max(draws, 1), lr.shape[0]) + cpu.latent_shape(*lr.shape[-2:])
+            noise = torch.randn(shape, generator=g)
+            kw = dict(steps=steps, sampler=sampler, noise=noise if draws else None)
+            a = cpu.sr(lr, **kw)
+            t0 = time.perf_counter()
+            there = {**kw, "noise": noise.to(device) if draws else None}
+            b = gpu.sr(lr.to(device), **there).cpu()
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                c = gpu.sr(lr.to(device), **there).float().cpu()
+            fp32 = float((a - b).abs().max())
+            bf16 = float((a - c).abs().mean())
+            good = fp32 < 2e-3 and bf16 < 2e-2 and bool(torch.isfinite(b).all())
+            ok &= good
+            report.setdefault("samplers", []).append(dict(model=path.name, sampler=sampler, steps=steps,
+                                                          cuda_vs_cpu_max=fp32, bf16_vs_fp32_mean=bf16, ok=good,
+                                                          seconds=time.perf_counter() - t0))
+            print(f"{'ok ' if good else 'BAD'} {path.name} {sampler}x{steps}: |cuda-cpu|max {fp32:.2e}, "
+                  f"bf16 mean {bf16:.2e}")
+    return ok
+
+
+def check_training(data: Path, out: Path, report: dict, device: str) -> bool:
+    import torch
+
+    from lcmsr.train import train_autoencoder, train_consistency, train_decoder
+    from lcmsr.train_options import TrainOptions
+    from lcmsr.weights import load_model
+
+    import tempfile
+
+    hr = data / "neon_hr.npy"
+    work = Path(tempfile.mkdtemp(prefix="lcmsr-gpu-check-"))   # checkpoints stay on that machine
+    common = dict(sources=[str(hr)], scale=4, patch=64, batch=4, device=device, precision="bf16", seed=0,
+                  checkpoint_every=10, val_every=1000, log_every=5, lpips=False)
+    t0 = time.perf_counter()
+    r1 = train_autoencoder(TrainOptions(**common, iterations=10, config="tiny",
+                                        checkpoint_dir=str(work / "ae"), out=str(work / "ae")))
+    r2 = train_consistency(TrainOptions(**{k: v for k, v in common.items() if k != "lpips"}, iterations=10,
+                                        stage1=str(work / "ae"), checkpoint_dir=str(work / "lcm"),
+                                        out=str(work / "m.safetensors")))
+    r3 = train_decoder(TrainOptions(**common, iterations=5, base_model=str(work / "m.safetensors"),
+                                    checkpoint_dir=str(work / "dec"), out=str(work / "m3.safetensors")))
+    model = load_model(work / "m3.safetensors", "cpu")
+    losses = [r.loss for r in (r1, r2, r3)]
+    good = all(x is not None and np.isfinite(x) for x in losses) and model.bands == 3
+    report["training"] = dict(losses=losses, seconds=time.perf_counter() - t0, ok=good,
+                              latent_scale=r1.latent_scale, device=device)
+    print(f"{'ok ' if good else 'BAD'} training on {device} (bf16): losses {losses}, {time.perf_counter() - t0:.0f} s")
+    return good
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prepare", type=Path, help="write the .npy inputs into this folder (needs GDAL) and stop")
+    ap.add_argument("--data", type=Path, default=REPO / "build" / "gpu-check")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "gpu-check")
+    ap.add_argument("--device", default="cuda", help="compared with the CPU (cpu: only checks this script)")
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(args.prepare)
+        return 0
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device: this check is for the GPU machine", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"torch": torch.__version__,
+              "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device}
+    ok = check_samplers(args.data, report, args.device)
+    ok = check_training(args.data, args.out, report, args.device) and ok
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -80,7 +80,13 @@ def test_other_extensions_and_impossible_types_are_refused_in_one_line_before_an
     with pytest.raises(io.RasterError, match=r"JPEG format \(\.jpg\) holds Byte values, but the output is UInt16: "
                                              r"use .*\.tif"):
         superresolve(sixteen, tmp_path / "out.jpg", StandInModel(scale=2, hi=4000.0), FAST)
+    # XYZ writes one band: three are refused before any tile runs, one is written.
+    with pytest.raises(io.RasterError, match=r"the XYZ format \(\.xyz\) cannot hold a 3-band Byte output"):
+        superresolve(src, tmp_path / "out.xyz", model, FAST)
+    assert model.batches == []
     assert folder_listing(tmp_path) == ["in.tif", "in16.tif"]
+    superresolve(src, tmp_path / "one.xyz", StandInModel(scale=2, bands=1), options(bands=[2]))
+    assert gdal.Open(str(tmp_path / "one.xyz")).GetDriver().ShortName == "XYZ"
 
 
 def test_statistics_are_the_outputs_own_or_absent(tmp_path):

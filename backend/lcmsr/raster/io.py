@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 
@@ -524,9 +525,10 @@ def _merge(defaults: list[str], user: list[str]) -> list[str]:
 
 
 def output_format(dst: str, data_type: int | None, cog: bool = False, overviews: bool = False,
-                  creation_options=()) -> OutputFormat:
-    """The output's format from ``dst``'s extension, checked against ``data_type`` (None: not yet known)
-    and the options; :class:`RasterError` in one line naming the problem (and the extensions that would do)."""
+                  creation_options=(), bands: int | None = None) -> OutputFormat:
+    """The output's format from ``dst``'s extension, checked against ``data_type`` and ``bands`` (None: not
+    yet known) and the options; :class:`RasterError` in one line naming the problem (and the extensions
+    that would do)."""
     name = os.path.basename(os.fspath(dst))
     ext = os.path.splitext(name)[1].lower().lstrip(".")
     formats = output_formats()
@@ -555,7 +557,42 @@ def output_format(dst: str, data_type: int | None, cog: bool = False, overviews:
         if known and _key(option) not in known:
             raise RasterError(f"creation option {_key(option)} is not one the {'COG' if cog else driver} driver "
                               f"knows: {', '.join(sorted(known))}")
+    if bands and type_name and not cog and driver != "GTiff":
+        _probe(driver, ext, bands, data_type, formats)
     return OutputFormat(driver, options, cog, overviews)
+
+
+def _probe(driver: str, ext: str, bands: int, data_type: int, formats: dict) -> None:
+    """Drivers say which types they write but not how many bands (XYZ and ASCII grids hold one, PNG and
+    JPEG at most 4): copy a small raster of the output's bands and type in memory, before any pixel is
+    computed, and refuse a format that does not give them back."""
+    src = gdal.GetDriverByName("MEM").Create("", 16, 16, bands, data_type)
+    path = f"/vsimem/lcmsr-probe-{secrets.token_hex(4)}.{ext}"
+    with _ErrorLog() as log:
+        try:
+            out = gdal.GetDriverByName(driver).CreateCopy(path, src)
+            got = (out.RasterCount, out.GetRasterBand(1).DataType) if out is not None else None
+        except RuntimeError as exc:
+            log.messages.append(str(exc))
+            got = None
+        out = None  # noqa: F841  (closed before the files are removed)
+    for name in gdal.ReadDir("/vsimem/") or []:
+        if name.startswith(os.path.basename(path)):
+            gdal.Unlink(f"/vsimem/{name}")
+    if got is None or got[0] != bands or not _widens(data_type, got[1]):
+        why = (f"it gives back {got[0]} band(s) of {gdal.GetDataTypeName(got[1])}" if got else
+               log.messages[0] if log.messages else "GDAL refuses it")
+        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats)
+        raise RasterError(f"the {driver} format (.{ext}) cannot hold a {bands}-band "
+                          f"{gdal.GetDataTypeName(data_type)} output ({why}): use {others}, or choose fewer bands")
+
+
+def _widens(data_type: int, to: int) -> bool:
+    """Every value of ``data_type`` is kept in ``to`` (XYZ, for one, stores Byte as Int32)."""
+    from osgeo import gdal_array
+
+    code = gdal_array.GDALTypeCodeToNumericTypeCode
+    return data_type == to or bool(np.can_cast(code(data_type), code(to)))
 
 
 def _creation_types(driver: str) -> list[str] | None:

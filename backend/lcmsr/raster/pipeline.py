@@ -611,7 +611,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
     fmt = None
     if not worker:
-        fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options)
+        fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
+                              bands=spec.bands)
         io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
 
     job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,

@@ -55,10 +55,7 @@ def io_paths(args):
         inputs.append((f"the {flag} {'folder' if given and Path(given).is_dir() else 'raster'}", given))
         if given and Path(given).is_dir():
             inputs += [(f"an image of the {flag} folder", p) for p in list_images(Path(given))]
-    outputs = [("--json", args.json), ("--html", args.html), ("--work-dir", args.work_dir)]
-    if args.model and not args.work_dir:
-        outputs.append(("the scratch folder", tempfile.gettempdir()))   # swept of killed runs' folders
-    return outputs, inputs
+    return [("--json", args.json), ("--html", args.html), ("--work-dir", args.work_dir)], inputs
 
 
 def _pairs(sr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
@@ -119,7 +116,10 @@ def run(args) -> int:
 
         model, options = load_model(args.model, device=str(device)), SROptions(device=args.device)
         # Named like lcmsr.atomic's temporary files: a killed run's folder is swept by the next command.
-        scratch = None if args.work_dir else atomic.temp_folder(tempfile.gettempdir(), "lcmsr-eval")
+        scratch = None
+        if not args.work_dir:
+            atomic.sweep_stale(tempfile.gettempdir())   # what killed runs left there
+            scratch = atomic.temp_folder(tempfile.gettempdir(), "lcmsr-eval")
         try:
             for h in list_images(hr) if hr.is_dir() else [hr]:
                 r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,

@@ -122,6 +122,7 @@ def _start(cmd):
             if "tile(s) of" in line:
                 started.set()
         started.set()
+        p.stderr.close()
 
     threading.Thread(target=pump, daemon=True).start()
     return p, started, lines

@@ -6,7 +6,8 @@ an existing destination survives a failure untouched, and a failed write leaves 
         write(tmp)           # any exception removes tmp; dst is unchanged
 
 Temporary names are ``.NAME.partial-HOST-PID-RANDOM`` (plus an optional suffix for writers that
-need an extension, e.g. ``np.save``).  The tag of the host and the process id let a later write
+need an extension, e.g. ``np.save``); a NAME too long for that to fit the file system's 255-byte
+limit (with room for a GDAL side-car such as ``.aux.xml``) is cut and tagged with its hash.  The tag of the host and the process id let a later write
 into the same folder remove what a killed process (kill -9, power loss) left behind, without
 touching files that a live process, or a process on another machine sharing the folder over the
 network, is still writing.  The file is not pre-created (unlike ``mkstemp``, whose 0600 mode
@@ -25,13 +26,29 @@ import socket
 # A short tag of the host (not its name: temp names are visible to whoever lists the folder).
 HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 _MARK = ".partial-"
+NAME_MAX = 255          # bytes in one file name on the usual file systems (ext4, XFS, btrfs, NTFS, APFS)
+_SIDE_CAR_ROOM = 16     # what GDAL may append to a temporary raster's name (".aux.xml", ".ovr", ".msk")
+
+
+def _fit_name(name: str, room: int) -> str:
+    """``name`` itself when its file-system bytes are at most ``room``, else its longest prefix that leaves
+    room for ``~`` and 8 hex digits of its SHA-256 (two long names sharing a prefix stay apart); a character
+    cut in half, or a byte that is not UTF-8, is dropped from the prefix."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    return raw[:max(0, room - len(tag))].decode("utf-8", "ignore") + tag
 
 
 def temp_path(dst: str | os.PathLike, suffix: str = "") -> str:
-    """A fresh, not yet existing temporary name for ``dst`` in ``dst``'s folder."""
+    """A fresh, not yet existing temporary name for ``dst`` in ``dst``'s folder, short enough for the
+    file system whatever the length of ``dst``'s own name."""
     folder, name = os.path.split(os.path.abspath(os.fspath(dst)))
     while True:
-        path = os.path.join(folder, f".{name}{_MARK}{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+        tail = f"{_MARK}{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+        room = NAME_MAX - _SIDE_CAR_ROOM - 1 - len(os.fsencode(tail))
+        path = os.path.join(folder, f".{_fit_name(name, room)}{tail}")
         if not os.path.lexists(path):
             return path
 
@@ -47,31 +64,46 @@ def _process_alive(pid: int) -> bool:
 
 
 def sweep_stale(folder: str | os.PathLike) -> list[str]:
-    """Remove the temporary files in ``folder`` left by processes of this host that no longer exist
-    (they can never be finished, and nobody else would delete them); -> the names removed."""
-    prefix = f"{_MARK}{HOST_TAG}-"
+    """Remove the temporary files and folders in ``folder`` left by processes of this host that no longer
+    exist (they can never be finished, and nobody else would delete them); -> the names removed.
+    Every lcmsr command sweeps the folders it writes into when it starts, whatever it writes there."""
+    marks = (f"{_MARK}{HOST_TAG}-", f".lcmsr-blend-{HOST_TAG}-")   # the second: older blend folders
     try:
         entries = os.listdir(folder)
     except OSError:
         return []
     removed = []
     for entry in entries:
-        at = entry.find(prefix)
-        if not entry.startswith(".") or at < 0:
-            continue
-        pid_text = entry[at + len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+        pid_text = None
+        for mark in marks:
+            at = entry.rfind(mark)   # the last: an output's own name may hold the mark
+            if entry.startswith(".") and at >= 0:
+                pid_text = entry[at + len(mark):].split("-", 1)[0]
+                break
+        if not pid_text or not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
             continue
         path = os.path.join(folder, entry)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)   # a folder a converted raster was being written in (lcmsr.raster.io)
+                shutil.rmtree(path)   # a converted raster's or a blend's scratch folder (lcmsr.raster)
             else:
                 os.remove(path)
             removed.append(entry)
         except OSError:
             pass  # best effort: another process may be sweeping it at the same moment
     return removed
+
+
+def temp_folder(parent: str | os.PathLike, name: str) -> str:
+    """Create and return a scratch folder in ``parent`` named like a temporary file for ``name``, so that
+    :func:`sweep_stale` removes it once its process is gone (the caller removes it when done)."""
+    while True:
+        path = temp_path(os.path.join(os.fspath(parent), name))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _fsync(path: str, directory: bool = False) -> None:

@@ -101,7 +101,11 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
             from lcmsr.device import resolve_device
             from lcmsr.metrics.evaluate import evaluate_model, evaluate_pair, write_html_report
+            from lcmsr.paths import check_outputs
 
+            # The backend's output-path rule: the report may not replace a raster or the model it scores.
+            check_outputs([(self.OUTPUT_HTML, html)], [(self.REFERENCE, hr), (self.MODEL, model_path),
+                                                        (self.SR, sr_layer.source() if sr_layer else None)])
             device = resolve_device(request)
             if sr_layer is not None:
                 if model_path:

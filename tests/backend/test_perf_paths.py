@@ -161,12 +161,13 @@ def test_scratch_of_a_killed_run_is_swept_and_a_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    from lcmsr.raster.tiling import _scratch_prefix
+    from lcmsr.atomic import HOST_TAG
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{_scratch_prefix()}{int(dead.stdout)}-abc"
-    live = tmp_path / f"{_scratch_prefix()}{os.getppid()}-def"
-    for d in (stale, live):
+    stale = tmp_path / f".lcmsr-blend.partial-{HOST_TAG}-{int(dead.stdout)}-abc"
+    older = tmp_path / f".lcmsr-blend-{HOST_TAG}-{int(dead.stdout)}-abc"   # the naming before lcmsr.atomic's
+    live = tmp_path / f".lcmsr-blend.partial-{HOST_TAG}-{os.getppid()}-def"
+    for d in (stale, older, live):
         d.mkdir()
         (d / "0_0.npz").write_bytes(b"x")
     width, height, scale = 150, 110, 2
@@ -174,7 +175,7 @@ def test_scratch_of_a_killed_run_is_swept_and_a_live_ones_kept(tmp_path):
     plan = plan_tiles(width, height, tile=40, overlap=8, align=4)
     blender, _, _ = _feed(plan, 1, scale, truth, block=32, stripe_cols=2, spill_dir=str(tmp_path))
     blender.close()
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not older.exists() and live.exists()
 
 
 def test_blocks_held_in_memory_do_not_grow_with_the_raster(tmp_path):

@@ -142,7 +142,9 @@ def test_complex_data_is_refused(tmp_path):
 def test_output_may_not_overwrite_the_input(tmp_path):
     src = byte_raster(tmp_path / "in.tif")
     digest = sha256(src)
-    with pytest.raises(io.RasterError, match="is the input"):
+    from lcmsr.paths import OutputPathError   # the one output-path rule (lcmsr.paths)
+
+    with pytest.raises(OutputPathError, match="is also the input raster"):
         superresolve(src, src, StandInModel(scale=2), FAST)
     with pytest.raises(FileNotFoundError, match="output folder"):
         superresolve(src, tmp_path / "nowhere" / "out.tif", StandInModel(scale=2), FAST)

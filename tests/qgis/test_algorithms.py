@@ -235,6 +235,24 @@ def test_degrade_makes_the_lr_raster_over_the_same_extent(provider, tmp_path):
         run("degrade", {"INPUT": str(SAMPLE_HR), "SCALE": 5, "OUTPUT": str(tmp_path / "lr5.tif")})
 
 
+def test_outputs_that_are_inputs_are_refused_and_nothing_changes(provider, tiny_model, tmp_path):
+    """The backend's output-path rule (lcmsr.paths) holds in QGIS too: a report or a raster written over
+    a raster or the model it reads would destroy it."""
+    import shutil
+
+    hr, model = tmp_path / "hr.tif", tmp_path / "model.safetensors"
+    shutil.copy(SAMPLE_HR, hr)
+    shutil.copy(tiny_model, model)
+    os.link(model, tmp_path / "model-link.tif")
+    before = {p: p.read_bytes() for p in (hr, model)}
+    with pytest.raises(QgsProcessingException, match="would destroy that input"):
+        run("evaluate", {"REFERENCE": str(hr), "SR": str(hr), "SCALE": 4, "DEVICE": 2, "OUTPUT_HTML": str(hr)})
+    with pytest.raises(QgsProcessingException, match="model-link.tif is the model file"):
+        run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": str(model),
+                                  "OUTPUT": str(tmp_path / "model-link.tif")}))
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
     sr = run("superresolve", fast({"INPUT": str(SAMPLE_LR), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "sr.tif")}))
     html = tmp_path / "report.html"

@@ -947,9 +947,10 @@ class Suite:
                         os.remove(p)
 
     # ------------------------------------------------------------------ all
-    def run(self, families=("rasters", "weights", "train", "sr", "cancel")) -> None:
+    def run(self, families=("rasters", "weights", "train", "sr", "cancel", "paths")) -> None:
         steps = {"rasters": self.run_rasters, "weights": self.run_weights, "train": self.run_training_kills,
                  "sr": self.run_sr_faults, "cancel": self.run_cancel_storms}
+        steps["paths"] = lambda: __import__("cases_paths").run_paths(self)
         try:
             for key in families:
                 steps[key]()
@@ -1308,7 +1309,7 @@ def write_report(suite: Suite, out: Path, command: str, seconds: float) -> str:
 
 
 def run_suite(quick: bool, out: Path | None, work: Path | None = None, seed: int = 0, command: str = "",
-              families=("rasters", "weights", "train", "sr", "cancel"), log=print) -> Suite:
+              families=("rasters", "weights", "train", "sr", "cancel", "paths"), log=print) -> Suite:
     import tempfile
 
     t0 = time.monotonic()

@@ -15,7 +15,14 @@ def register(subparsers) -> None:
     p.add_argument("--scale", type=int, default=4, choices=SCALES, help="downsampling factor (default 4)")
     p.add_argument("--bands", type=_bands, default=None, help="1-based bands to keep (default: all but alpha)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, paths=io_paths)
+
+
+def io_paths(args):
+    """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli)."""
+    from ..paths import raster_outputs
+
+    return raster_outputs("OUT", args.output), [("IN", args.input)]
 
 
 def run(args) -> int:

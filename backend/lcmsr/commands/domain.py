@@ -21,19 +21,20 @@ def register(subparsers) -> None:
     g.add_argument("--preset", choices=sorted(PRESETS), help="a shipped model's domain")
     g.add_argument("--json", metavar="FILE", help="a domain as JSON (the keys of `lcmsr info --json`'s domain)")
     p.add_argument("--fp16", action="store_true", help="store the weights as float16 (half the size)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, paths=io_paths)
+
+
+def io_paths(args):
+    """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli)."""
+    return [("OUT", args.output)], [("IN", args.input), ("the domain file (--json)", args.json)]
 
 
 def run(args) -> int:
     import copy
-    import os
 
-    from ..cli import CliError
     from ..domain import PRESETS, Domain
     from ..weights import load_model, save_model
 
-    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
-        raise CliError(f"OUT ({args.output}) is IN: write the new file elsewhere, then move it")
     if args.preset:
         domain = copy.deepcopy(PRESETS[args.preset])
     else:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
+from .. import atomic
 from ._args import bands as _bands
 
 
@@ -40,7 +42,20 @@ def register(subparsers) -> None:
     p.add_argument("--html", default=None, help="write a small HTML report to this file")
     p.add_argument("--work-dir", default=None,
                    help="with --model: keep the LR and SR rasters here (default: a temporary folder, removed)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, paths=io_paths)
+
+
+def io_paths(args):
+    """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli): the
+    reports and the work folder against the rasters (every image of a folder) and the model."""
+    from lcmsr.metrics.fid import list_images
+
+    inputs = [("the model file (--model)", args.model)]
+    for flag, given in (("--sr", args.sr), ("--hr", args.hr)):
+        inputs.append((f"the {flag} {'folder' if given and Path(given).is_dir() else 'raster'}", given))
+        if given and Path(given).is_dir():
+            inputs += [(f"an image of the {flag} folder", p) for p in list_images(Path(given))]
+    return [("--json", args.json), ("--html", args.html), ("--work-dir", args.work_dir)], inputs
 
 
 def _pairs(sr_dir: Path, hr_dir: Path) -> list[tuple[Path, Path]]:
@@ -100,12 +115,20 @@ def run(args) -> int:
         from lcmsr.weights import load_model
 
         model, options = load_model(args.model, device=str(device)), SROptions(device=args.device)
-        with tempfile.TemporaryDirectory(prefix="lcmsr-eval-") as scratch:
+        # Named like lcmsr.atomic's temporary files: a killed run's folder is swept by the next command.
+        scratch = None
+        if not args.work_dir:
+            atomic.sweep_stale(tempfile.gettempdir())   # what killed runs left there
+            scratch = atomic.temp_folder(tempfile.gettempdir(), "lcmsr-eval")
+        try:
             for h in list_images(hr) if hr.is_dir() else [hr]:
                 r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,
                                    lpips=kw["lpips"], device=device)
                 name = h.stem if hr.is_dir() else h.name
                 rows[name], baseline[name], scale = {k: r[k] for k in METRIC_KEYS}, r["bicubic"], r["scale"]
+        finally:
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
     else:
         for h, s in _pairs(sr, hr) if sr.is_dir() else [(hr, sr)]:
             r = evaluate_pair(s, h, scale, **kw)
@@ -130,7 +153,9 @@ def run(args) -> int:
         out["bicubic"] = baseline
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_finite(out), indent=2, allow_nan=False) + "\n")
+        text = json.dumps(_finite(out), indent=2, allow_nan=False) + "\n"
+        with atomic.AtomicPath(args.json) as tmp:   # an older report stays whole if this run is stopped
+            Path(tmp).write_text(text)
     if args.html:
         what = f"{Path(args.model).name} on {hr.name}" if args.model else f"{sr.name} vs {hr.name}"
         write_html_report(args.html, shown, f"LCMSR evaluation: {what}")

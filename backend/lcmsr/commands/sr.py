@@ -56,7 +56,14 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.epilog = ("Several processes or GPUs: torchrun --nproc_per_node=N -m lcmsr sr IN OUT --model M ... "
                 "shards the tiles (output identical to one process).")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, paths=io_paths)
+
+
+def io_paths(args):
+    """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli)."""
+    from ..paths import raster_outputs
+
+    return raster_outputs("OUT", args.output), [("IN", args.input), ("the model file (--model)", args.model)]
 
 
 def run(args) -> int:

@@ -74,6 +74,17 @@ def register(subparsers) -> None:
                                            "true latent stage 1 decodes and the sampled one inference decodes.")
     _add_options(p3, "decoder")
     p3.set_defaults(func=run_decoder)
+    for p in (p1, p2, p3):
+        # The training loop handles its own signals (a checkpoint on SIGTERM); lcmsr.cli leaves them alone.
+        p.set_defaults(paths=io_paths, stop_on_signals=False)
+
+
+def io_paths(args):
+    """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli)."""
+    from ..paths import training_paths
+
+    outputs, inputs, folder = training_paths(options_from_args(args), args.command.split("-", 1)[1])
+    return outputs + [("the checkpoint folder", folder)], inputs
 
 
 def options_from_args(args) -> TrainOptions:

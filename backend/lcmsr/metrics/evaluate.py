@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import AtomicPath
+from ..paths import check_outputs
 from .psnr_ssim import SSIM_WINDOW, psnr, psnr_from_mse, ssim, ssim_map
 
 METRIC_KEYS = ("psnr", "ssim", "lpips")
@@ -311,8 +312,12 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
 
     progress = progress or Progress()
     scale = int((read_info(model) if isinstance(model, (str, os.PathLike)) else model.info).scale)
-    os.makedirs(work_dir, exist_ok=True)
     lr, sr, bic = (os.path.join(work_dir, f"{name}.tif") for name in ("lr", "sr", "bicubic"))
+    check_outputs([(f"the {name} raster", path) for name, path in (("LR", lr), ("SR", sr), ("bicubic", bic))]
+                  + [("the band subset", os.path.join(work_dir, "reference.vrt"))],
+                  [("the reference raster", hr), ("the model file", model if isinstance(model, (str, os.PathLike))
+                                                   else getattr(model, "source_path", None))])
+    os.makedirs(work_dir, exist_ok=True)
     ds = rio.open_raster(hr)
     bands, count = rio.select_bands(ds, bands, os.fspath(hr)), ds.RasterCount
     ds = None

@@ -23,6 +23,7 @@ from osgeo import gdal
 
 from .. import atomic
 from ..choices import CLI_TERMS, Terms
+from ..paths import check_outputs, raster_outputs
 from ..progress import Cancelled, Progress
 from .validity import valid_values
 
@@ -127,6 +128,40 @@ def _reason(messages: list[str]) -> str:
 
 # ---------------------------------------------------------------- input
 
+def vrt_loop(path: str) -> list[str] | None:
+    """The VRTs by which VRT file ``path`` comes back to one it is already reading (``[a, b, a]``), or None.
+    GDAL meets such a loop only when it reads pixels, and then says "Recursion detected" or hints at its
+    dataset pool size; this reads the XML only (``SourceFilename`` of every source, VRTs followed)."""
+    import xml.etree.ElementTree as ET
+
+    def sources(vrt: str) -> list[str]:
+        try:
+            with open(vrt, "rb") as f:
+                if os.path.getsize(vrt) > 2**26 or not f.read(256).lstrip().startswith(b"<VRTDataset"):
+                    return []
+            root = ET.parse(vrt).getroot()
+        except (OSError, ET.ParseError):
+            return []
+        found = []
+        for el in root.iter("SourceFilename"):
+            name = (el.text or "").strip()
+            if not name or name.startswith("/vsi") or "://" in name:
+                continue
+            found.append(os.path.realpath(os.path.join(os.path.dirname(vrt), name) if el.get("relativeToVRT") == "1"
+                                          else name))
+        return found
+
+    def walk(chain: list[str]) -> list[str] | None:
+        for src in sources(chain[-1]):
+            if src in chain:
+                return chain[chain.index(src):] + [src]
+            if len(chain) < 32 and (loop := walk(chain + [src])):
+                return loop
+        return None
+
+    return walk([os.path.realpath(path)])
+
+
 def open_raster(path: str | os.PathLike) -> gdal.Dataset:
     """Open ``path`` read-only as a raster with at least one band, or raise a clear error."""
     path = os.fspath(path)
@@ -134,6 +169,9 @@ def open_raster(path: str | os.PathLike) -> gdal.Dataset:
         raise FileNotFoundError(f"input raster {path} does not exist")
     if os.path.isfile(path) and not os.access(path, os.R_OK):
         raise PermissionError(f"input raster {path} is not readable (permission denied)")
+    if os.path.isfile(path) and path.lower().endswith(".vrt") and (loop := vrt_loop(path)):
+        via = "" if len(loop) == 2 else " through " + " -> ".join(os.path.basename(p) for p in loop)
+        raise RasterError(f"VRT {loop[0] if len(loop) == 2 else path} refers to itself{via}: it has no pixels to read")
     with _ErrorLog() as log:
         try:
             ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
@@ -733,11 +771,8 @@ class RasterWriter:
 def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progress, cog: bool = False,
                       converted: bool | None = None) -> None:
     """Refuse before a long job when the output cannot possibly be written."""
-    dst_abs, src_abs = os.path.abspath(dst), os.path.abspath(src)
-    same = dst_abs == src_abs or (os.path.exists(dst_abs) and os.path.exists(src_abs)
-                                  and os.path.samefile(dst_abs, src_abs))
-    if same:
-        raise RasterError(f"the output {dst} is the input raster: choose another output file")
+    dst_abs = os.path.abspath(dst)
+    check_outputs(raster_outputs("the output", dst), [("the input raster", src)])
     folder = os.path.dirname(dst_abs)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the output folder {folder} does not exist")
@@ -844,8 +879,8 @@ class AtomicRaster:
             self._commit()
         except BaseException as err:
             self._cleanup()
-            if isinstance(err, (RasterWriteError, Cancelled)):
-                raise
+            if isinstance(err, (RasterWriteError, Cancelled)) or not isinstance(err, Exception):
+                raise   # a cancel, Ctrl-C or a stopping signal (lcmsr.cli.Stopped) stays what it is
             raise RasterWriteError(f"finishing {self.what}: {err}") from err
         return False
 

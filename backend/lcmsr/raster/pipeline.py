@@ -40,6 +40,7 @@ from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
+from ..paths import check_outputs, raster_outputs
 from ..progress import Progress
 from . import io
 from .facts import band_ranges, input_facts
@@ -143,6 +144,11 @@ _OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, _OOM) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _is_cpu_alloc_failure(exc: BaseException) -> bool:
+    """Host memory ran out: torch's "DefaultCPUAllocator: can't allocate memory", numpy's MemoryError."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 # ---------------------------------------------------------------- noise
@@ -578,6 +584,11 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     facts = input_facts(src, ds)
     if model_or_path is None:
         model_or_path = choose_model_for(src, options, progress, facts)
+    # An output may never be an input: not the raster, any file it is made of (a VRT's sources), the model.
+    model_file = (os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike))
+                  else getattr(model_or_path, "source_path", None))
+    check_outputs(raster_outputs("the output", dst), [("the input raster", src), ("the model file", model_file)]
+                  + [("a file of the input raster", f) for f in ds.GetFileList() or []])
 
     if device is None:
         choice = resolve_device(options.device)
@@ -625,6 +636,13 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
             else:
                 job.run(tile)
             break
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_cpu_alloc_failure(exc):
+                raise
+            # The allocator's own text names no file and no way out: say both, in the caller's words.
+            t = options.terms
+            raise MemoryError(f"not enough memory to super-resolve {src} with tiles of {tile} LR pixels in batches "
+                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}") from None
         except _TileTooLarge as exc:
             if exchange is not None:
                 raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "

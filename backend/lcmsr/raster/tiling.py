@@ -18,16 +18,16 @@ Pure numpy: no GDAL, no torch.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from .. import atomic
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -172,33 +172,6 @@ def stripe_columns(plan: TilePlan, scale: int, stripe_hr: int) -> int:
     return max(1, round(stripe_hr / stride_hr))
 
 
-def _scratch_prefix() -> str:
-    # The host in the name: a folder shared over the network is never swept of another machine's work.
-    host = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
-    return f".lcmsr-blend-{host}-"
-
-
-def _sweep_stale_scratch(folder: str | None) -> None:
-    """Remove scratch folders of this host's processes that no longer exist (kill -9, power loss)."""
-    folder = folder or tempfile.gettempdir()
-    prefix = _scratch_prefix()
-    try:
-        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or another user's): not ours to judge
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-        except OSError:
-            continue
-
-
 class _Acc:
     __slots__ = ("sum", "wsum", "valid")
 
@@ -337,8 +310,10 @@ class BlockBlender:
 
     def _spill(self, key) -> None:
         if self._spill_dir is None:
-            _sweep_stale_scratch(self._spill_parent)
-            self._spill_dir = tempfile.mkdtemp(prefix=f"{_scratch_prefix()}{os.getpid()}-", dir=self._spill_parent)
+            # lcmsr.atomic's names: a killed run's folder is swept by the next lcmsr command here.
+            parent = self._spill_parent or tempfile.gettempdir()
+            atomic.sweep_stale(parent)
+            self._spill_dir = atomic.temp_folder(parent, "lcmsr-blend")
         acc = self._open.pop(key)
         with open(self._spill_path(key), "wb") as f:
             np.savez(f, sum=acc.sum, wsum=acc.wsum, valid=acc.valid)

@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..model import build_model
 from ..nn.discriminator import PatchDiscriminator, hinge_d_loss
 from ..ops import upsample_bicubic
+from ..paths import check_training
 from ..progress import Progress
 from ..train_options import PAPER_LR, TrainOptions
 from . import checkpoint as ckpt
@@ -181,4 +182,5 @@ class AutoencoderStage(Stage):
 
 def train_autoencoder(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
     """Stage 1.  The result's ``checkpoint`` (and ``opts.out`` if set) is what stage 2 starts from."""
+    check_training(opts, "autoencoder")   # an output may never be an input (lcmsr.paths)
     return run_training(AutoencoderStage(), opts, progress)

@@ -17,6 +17,7 @@ from ..diffusion.consistency import EMA, ct_loss, kd_loss
 from ..model import ModelInfo, build_model
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
+from ..paths import check_training
 from ..progress import Progress
 from ..train_options import PAPER_LR, TrainOptions
 from . import checkpoint as ckpt
@@ -156,6 +157,7 @@ def train_consistency(opts: TrainOptions, progress: Progress | None = None) -> T
         raise ValueError("stage 2 needs the stage-1 checkpoint (stage1 / --stage1)")
     if not opts.out:
         raise ValueError("stage 2 needs the path of the model file to write (out / --out)")
+    check_training(opts, "consistency")   # an output may never be an input (lcmsr.paths)
     s1 = load_stage1(opts.stage1)
     run1, o1 = s1.state["run"], s1.state["options"]
     if opts.scale is not None and opts.scale != o1["scale"]:

@@ -26,6 +26,7 @@ import torch
 from ..config import LATENT_FACTOR
 from ..model import ModelInfo
 from ..ops import upsample_bicubic
+from ..paths import check_training
 from ..progress import Progress
 from ..train_options import DECODER_LR, TrainOptions
 from . import checkpoint as ckpt
@@ -136,6 +137,7 @@ def train_decoder(opts: TrainOptions, progress: Progress | None = None) -> Train
         raise ValueError("decoder alignment needs the path of the model file to write (out / --out)")
     if opts.overrides:
         raise ValueError("decoder alignment keeps the model's config: config overrides (--set) do not apply")
+    check_training(opts, "decoder")   # an output may never be an input (lcmsr.paths)
     base = load_model(opts.base_model)
     info = base.info
     if opts.scale is not None and opts.scale != info.scale:

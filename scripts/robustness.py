@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "robustness"))
 
 FAMILIES = ("rasters", "weights", "train", "sr", "cancel")
+FAMILIES += ("modelfile",)
 
 
 def main(argv=None) -> int:

@@ -947,9 +947,11 @@ class Suite:
                         os.remove(p)
 
     # ------------------------------------------------------------------ all
-    def run(self, families=("rasters", "weights", "train", "sr", "cancel")) -> None:
+    def run(self, families=("rasters", "weights", "train", "sr", "cancel",
+                            "modelfile")) -> None:
         steps = {"rasters": self.run_rasters, "weights": self.run_weights, "train": self.run_training_kills,
                  "sr": self.run_sr_faults, "cancel": self.run_cancel_storms}
+        steps["modelfile"] = lambda: __import__("cases_modelfile").run_modelfile(self)
         try:
             for key in families:
                 steps[key]()

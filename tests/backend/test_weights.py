@@ -317,7 +317,8 @@ def test_a_huge_network_is_refused_before_anything_is_allocated(saved, tmp_path,
     _refused_everywhere(wide, r"wide\.safetensors describes a network of \d+ parameters, but its \d+ bytes of "
                               "tensor data cannot hold them")
     huge = _craft(path, tmp_path / "huge.safetensors", _set("config", "decoder", "features", 3000))
-    _refused_everywhere(huge, r"huge\.safetensors describes a network of \d+ M parameters .* GiB\), more than the 2 GiB")
+    _refused_everywhere(huge, r"huge\.safetensors describes a network of \d+ M parameters .* GiB\), "
+                              "more than the 2 GiB")
     assert devices and set(devices) == {"meta"}
 
 

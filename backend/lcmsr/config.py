@@ -8,11 +8,23 @@ same network code, so what is learned on one carries to the others.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .choices import CONFIG_NAMES, SCALES  # noqa: F401  (used below, and re-exported)
 
 LATENT_FACTOR = 8  # the latent grid is always HR/8, whatever the SR scale
+
+# Sane bounds of every config value, checked whenever a config is made (a model file's JSON included, so a
+# crafted file cannot ask for a 16 GB network or divide by zero).  The paper config's largest values
+# (256 channels, 4 levels, 12 blocks per group, 1000 timesteps) lie far inside them.
+MAX_CHANNELS = 4096     # any layer's width, base_channels x channel_mults included
+MAX_LEVELS = 8          # entries of channel_mults / level_widths
+MAX_BLOCKS = 32         # blocks repeated in one stage or group (the worst config builds on meta in ~2 s)
+MAX_BANDS = 64
+MAX_LATENT_CHANNELS = 64
+MAX_TIMESTEPS = 10_000
+MAX_FACTOR = 1e6        # loss weights, scalings, sigma_data and the like
 
 
 @dataclass
@@ -102,6 +114,7 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        _check_fields(self, "")   # types and bounds first: the rules below assume them
         if self.scale not in SCALES:
             raise ValueError(f"scale {self.scale} is not supported: use one of {', '.join(map(str, SCALES))}")
         if self.bands < 1:
@@ -123,11 +136,30 @@ class ModelConfig:
             raise ValueError(f"consistency.x0_weight must be at least 0, got {self.consistency.x0_weight}")
         if not 0 < self.consistency.gap < self.schedule.timesteps:
             raise ValueError(f"consistency.gap must be in (0, {self.schedule.timesteps}), got {self.consistency.gap}")
+        if not 1 <= self.consistency.gap_min < self.schedule.timesteps:
+            raise ValueError(f"consistency.gap_min must be in [1, {self.schedule.timesteps}), "
+                             f"got {self.consistency.gap_min}")
         d = self.denoiser
         for level in d.attention_levels:
             if not 0 <= level < len(d.channel_mults):
                 raise ValueError(f"denoiser.attention_levels has level {level}, but there are "
                                  f"{len(d.channel_mults)} levels")
+        for label, base, mults in (("encoder", self.encoder.base_channels, self.encoder.channel_mults),
+                                   ("condnet", self.condnet.base_channels, self.condnet.channel_mults),
+                                   ("denoiser", d.base_channels, d.channel_mults)):
+            if base * max(mults) > MAX_CHANNELS:
+                raise ValueError(f"{label}.base_channels x channel_mults reaches {base * max(mults)} channels, "
+                                 f"more than {MAX_CHANNELS}")
+        if d.embed_mult * d.base_channels > MAX_CHANNELS:
+            raise ValueError(f"denoiser.embed_mult x base_channels is {d.embed_mult * d.base_channels}, "
+                             f"more than {MAX_CHANNELS}")
+        # The last step's signal level must stay a float32 number (DDIM/DDPM divide by it).
+        s = self.schedule
+        root = [s.beta_start ** 0.5 + (s.beta_end ** 0.5 - s.beta_start ** 0.5) * i / (s.timesteps - 1)
+                for i in range(s.timesteps)]
+        if sum(math.log1p(-r * r) for r in root) < math.log(1e-30):
+            raise ValueError(f"schedule (timesteps {s.timesteps}, betas {s.beta_start}..{s.beta_end}) leaves "
+                             "no signal at the last step")
 
     @property
     def hr_multiple(self) -> int:
@@ -159,6 +191,90 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+_COUNT = ("int", 0, MAX_BLOCKS)
+_WIDTH = ("int", 1, MAX_CHANNELS)
+_MULTS = ("ints", 1, MAX_CHANNELS, 1, MAX_LEVELS)      # items in [1, MAX_CHANNELS], 1..MAX_LEVELS of them
+_WEIGHT = ("float", 0.0, MAX_FACTOR)
+# Every field of every config: (kind, min, max[, min items, max items]); bounds inclusive unless "open"
+# (then exclusive).  Kinds: int, float (finite; an int is accepted), bool, str (a choice when bounds
+# are a tuple), ints (a list of ints), float? (a float or null).
+_FIELDS = {
+    "EncoderConfig": dict(base_channels=_WIDTH, channel_mults=_MULTS, num_res_blocks=_COUNT, mid_res_blocks=_COUNT,
+                          norm_groups=_WIDTH),
+    "DecoderConfig": dict(latent_width=_WIDTH, mid_res_blocks=_COUNT, level_widths=_MULTS, level_res_blocks=_COUNT,
+                          features=("int", 2, MAX_CHANNELS), blocks_per_group=_COUNT,
+                          distill_rate=("open", 0.0, 1.0), cca_reduction=_WIDTH, norm_groups=_WIDTH,
+                          latent_resize=("str", ("nearest", "bilinear"))),
+    "DenoiserConfig": dict(base_channels=("int", 2, MAX_CHANNELS), channel_mults=_MULTS,
+                           num_res_blocks=("int", 1, MAX_BLOCKS),
+                           attention_levels=("ints", 0, MAX_LEVELS - 1, 0, MAX_LEVELS), head_channels=_WIDTH,
+                           embed_mult=("int", 1, 64), norm_groups=_WIDTH, dropout=("float", 0.0, 0.99)),
+    "ScheduleConfig": dict(timesteps=("int", 2, MAX_TIMESTEPS), beta_start=("open", 0.0, 1.0),
+                           beta_end=("open", 0.0, 1.0)),
+    "ConsistencyConfig": dict(sigma_data=("float", 1e-3, 1e3), timestep_scaling=("float", 1e-3, MAX_FACTOR),
+                              gap=("int", 1, MAX_TIMESTEPS), loss=("str", ("l2", "pseudo_huber")),
+                              huber_c=("float?", 1e-12, MAX_FACTOR),
+                              timestep_sampling=("str", ("uniform", "lognormal")),
+                              lognormal_mean=("float", -100.0, 100.0), lognormal_std=("float", 1e-3, 100.0),
+                              gap_curriculum=("bool",), gap_min=("int", 1, MAX_TIMESTEPS), ema_target=("bool",),
+                              ema_decay=("float", 0.0, 1.0), kd_weight=_WEIGHT, kl_weight=_WEIGHT,
+                              x0_weight=_WEIGHT),
+    "ModelConfig": dict(bands=("int", 1, MAX_BANDS), scale=("int", min(SCALES), max(SCALES)),
+                        latent_channels=("int", 1, MAX_LATENT_CHANNELS), name=("str", 64)),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_value(label: str, value, spec) -> None:
+    kind, *bounds = spec
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{label} must be true or false, got {value!r:.80}")
+        return
+    if kind == "str":
+        if isinstance(bounds[0], tuple):
+            if value not in bounds[0]:
+                raise ValueError(f"{label} must be one of {', '.join(bounds[0])}, got {value!r:.80}")
+        elif not isinstance(value, str) or len(value) > bounds[0]:
+            raise ValueError(f"{label} must be a text of at most {bounds[0]} characters")
+        return
+    if kind == "ints":
+        lo, hi, fewest, most = bounds
+        if not (isinstance(value, list) and fewest <= len(value) <= most and all(_is_int(v) for v in value)
+                and all(lo <= v <= hi for v in value)):
+            raise ValueError(f"{label} must be a list of {fewest} to {most} whole numbers from {lo} to {hi}, "
+                             f"got {value!r:.80}")
+        return
+    if kind == "float?" and value is None:
+        return
+    lo, hi = bounds
+    if kind == "int":
+        ok = _is_int(value) and lo <= value <= hi
+        what = f"a whole number from {lo} to {hi}"
+    else:
+        ok = (_is_int(value) or (isinstance(value, float) and math.isfinite(value))) and (
+            lo < value < hi if kind == "open" else lo <= value <= hi)
+        what = f"a number {'between' if kind == 'open' else 'from'} {lo:g} {'and' if kind == 'open' else 'to'} {hi:g}"
+    if not ok:
+        raise ValueError(f"{label} must be {what}, got {value!r:.80}")
+
+
+def _check_fields(config, prefix: str) -> None:
+    """Every value's type and bounds (``_FIELDS``), nested configs included."""
+    spec = _FIELDS[type(config).__name__]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in spec:
+            _check_value(prefix + f.name, value, spec[f.name])
+        elif not (dataclasses.is_dataclass(value) and type(value).__name__ in _FIELDS):
+            raise ValueError(f"{prefix}{f.name} must be a mapping of settings")   # a nested config
+        else:
+            _check_fields(value, f"{prefix}{f.name}.")
 
 
 def _from_dict(cls, data, label):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .choices import CLI_TERMS, Terms
+from .text import safe_text
 
 # The robust per-band range of the band-wise satellite model: the 1st and 99th percentiles
 # of the band's valid pixels (DATA.md), measured the same way in training and at inference.
@@ -251,7 +252,7 @@ class Domain:
                 continue
             if (not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, (int, float)) and
                                                                   not isinstance(x, bool) for x in v)
-                    or not all(math.isfinite(x) and 1e-4 <= x <= 1e6 for x in v) or v[0] > v[1]):
+                    or not all(1e-4 <= x <= 1e6 for x in v) or v[0] > v[1]):   # (NaN and inf fail too)
                 raise ValueError(f"domain.{name} must be [min, max] metres between 1e-4 and 1e6, got {_safe(v)!r}")
         if self.lr_gsd_m is not None and self.hr_gsd_m is not None:
             want = [g / scale for g in self.lr_gsd_m]
@@ -297,9 +298,7 @@ def _fmt_range(r) -> str:
 
 def _safe(value, limit: int = 80) -> str:
     """A value from an untrusted file, fit for one line of a terminal: no control characters, short."""
-    s = str(value)
-    s = "".join(ch if ch.isprintable() else "?" for ch in s)
-    return s[:limit] + ("..." if len(s) > limit else "")
+    return safe_text(value, limit)
 
 
 # Domains of the shipped models (`lcmsr set-domain --preset`): the recipes in scripts/ write them.

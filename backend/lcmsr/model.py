@@ -18,13 +18,14 @@ from .diffusion.samplers import make_sampler
 from .diffusion.schedule import NoiseSchedule
 from .nn import CondNet, LatentDenoiser, ResidualEncoder, SRDecoder
 from .nn.encoder import DiagonalGaussian
-from .domain import Domain
+from .domain import DATA_TYPES, Domain
 from .normalization import Normalization
 from .ops import upsample_bicubic
 
 # 2: the model's domain (what imagery it is for; lcmsr.domain.Domain).  Format 1 files still load,
 # with an unknown domain.
 FORMAT_VERSION = 2
+MAX_NAME = 200   # characters of a band name
 
 
 @dataclass
@@ -47,6 +48,18 @@ class ModelInfo:
                    normalization=Normalization.for_dtype("Byte", config.bands), config=config)
 
     def validate(self) -> None:
+        """Every value consistent and sane (the config checks its own); ValueError naming the field."""
+        for name in ("scale", "bands", "format_version"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r:.80}")
+        if not isinstance(self.band_names, list) or not all(isinstance(n, str) and len(n) <= MAX_NAME
+                                                                for n in self.band_names):
+            raise ValueError(f"band_names must be a list of texts of at most {MAX_NAME} characters")
+        if self.data_type not in DATA_TYPES:
+            raise ValueError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {self.data_type!r:.80}")
+        if not isinstance(self.training, dict):
+            raise ValueError("training must be a mapping")
         if self.scale != self.config.scale or self.bands != self.config.bands:
             raise ValueError(f"model info says scale {self.scale} and {self.bands} bands but its config says "
                              f"scale {self.config.scale} and {self.config.bands} bands")
@@ -56,6 +69,7 @@ class ModelInfo:
             raise ValueError(f"model info has a normalisation for {self.normalization.bands} bands "
                              f"but the model has {self.bands}")
         self.domain.validate(self.bands, self.scale)
+        self.normalization.check_range(self.data_type, stretched=self.domain.normalization == "input_percentile")
 
     def to_dict(self) -> dict:
         return {"format_version": self.format_version, "scale": self.scale, "bands": self.bands,
@@ -69,10 +83,17 @@ class ModelInfo:
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"model info lacks {', '.join(missing)}")
-        info = cls(scale=int(data["scale"]), bands=int(data["bands"]), band_names=list(data["band_names"]),
-                   normalization=Normalization.from_dict(data["normalization"]),
-                   config=ModelConfig.from_dict(data["config"]), training=dict(data.get("training") or {}),
-                   data_type=str(data.get("data_type", "Byte")), format_version=int(data["format_version"]),
+        if not isinstance(data["config"], dict):
+            raise ValueError("config must be a mapping")
+        try:
+            config = ModelConfig.from_dict(data["config"])
+        except ValueError as exc:
+            raise ValueError(f"config: {exc}") from None
+        # No conversions (int("4"), list("abc")): validate() refuses every value of the wrong type.
+        info = cls(scale=data["scale"], bands=data["bands"], band_names=data["band_names"],
+                   normalization=Normalization.from_dict(data["normalization"]), config=config,
+                   training=data["training"] if data.get("training") is not None else {},
+                   data_type=data.get("data_type", "Byte"), format_version=data["format_version"],
                    domain=Domain.from_dict(data["domain"]) if "domain" in data else Domain())
         info.validate()
         return info

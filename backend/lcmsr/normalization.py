@@ -17,6 +17,13 @@ from .domain import robust_range
 
 # Full ranges of GDAL integer types for which no statistics are needed.
 _DTYPE_RANGES = {"Byte": (0.0, 255.0)}
+# Value ranges of the GDAL integer types a model can be trained on (ModelInfo.data_type).
+INTEGER_RANGES = {"Byte": (0, 255), "Int8": (-128, 127), "UInt16": (0, 65535), "Int16": (-32768, 32767),
+                  "UInt32": (0, 2**32 - 1), "Int32": (-2**31, 2**31 - 1)}
+# Model space is computed in float32: lo and hi must stay float32-sized, with at least ~16 float32
+# steps between them (2**-20 of their magnitude).  A flat UInt16 band (hi = lo + 1 at 65535) passes.
+MAX_FLOAT_MAGNITUDE = 1e30
+MIN_RELATIVE_SPAN = 2.0 ** -20
 
 
 @dataclass
@@ -39,6 +46,27 @@ class Normalization:
     @property
     def bands(self) -> int:
         return len(self.lo)
+
+    def check_range(self, data_type: str, stretched: bool = False) -> None:
+        """Refuse (ValueError naming the band) a range no real data of ``data_type`` has -- one that maps
+        every input to one output value, or overflows float32: lo/hi inside the type's range widened by
+        that range on both sides (float data: +-1e30), a span of at least a hundredth of a grey level
+        (float data: 1e-20) and 2**-20 of the magnitude.  ``stretched``: the model stretches each input
+        band to 0..1 first (domain normalisation "input_percentile"), so lo/hi are in those units."""
+        if stretched:
+            lo_lim, hi_lim, min_span, what = -1e3, 1e3, 1e-3, "inputs stretched to 0..1"
+        elif data_type in INTEGER_RANGES:
+            tmin, tmax = INTEGER_RANGES[data_type]
+            lo_lim, hi_lim, min_span, what = 2 * tmin - tmax, 2 * tmax - tmin, 1e-2, f"{data_type} data"
+        else:
+            lo_lim, hi_lim, min_span, what = -MAX_FLOAT_MAGNITUDE, MAX_FLOAT_MAGNITUDE, 1e-20, f"{data_type} data"
+        for band, (lo, hi) in enumerate(zip(self.lo, self.hi), start=1):
+            if not lo_lim <= lo < hi <= hi_lim:
+                raise ValueError(f"normalisation of band {band} ({lo:g}..{hi:g}) lies outside {lo_lim:g}..{hi_lim:g}, "
+                                 f"beyond any {what}")
+            if hi - lo < max(min_span, MIN_RELATIVE_SPAN * max(abs(lo), abs(hi))):
+                raise ValueError(f"normalisation of band {band} spans only {hi - lo:g} ({lo:g}..{hi:g}): every "
+                                 f"{what} would map to one value")
 
     def _params(self, x):
         """lo and (hi - lo) shaped to broadcast over [..., C, H, W] of ``x``."""
@@ -81,10 +109,14 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Normalization":
-        try:
-            return cls(lo=data["lo"], hi=data["hi"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"normalisation must have 'lo' and 'hi' lists, got {data!r}") from exc
+        """From a file's JSON: 'lo' and 'hi' must be lists of numbers (no strings, booleans or nulls)."""
+        def numbers(v):   # an int beyond float's range would raise OverflowError in float()
+            return isinstance(v, list) and all(isinstance(x, float) or (isinstance(x, int) and not isinstance(x, bool)
+                                                                        and abs(x) < 1e300) for x in v)
+
+        if not (isinstance(data, dict) and numbers(data.get("lo")) and numbers(data.get("hi"))):
+            raise ValueError(f"normalisation must have 'lo' and 'hi' lists of numbers, got {data!r:.120}")
+        return cls(lo=data["lo"], hi=data["hi"])
 
     @classmethod
     def for_dtype(cls, data_type: str, bands: int) -> "Normalization":

@@ -9,11 +9,26 @@ Integrity: metadata key ``lcmsr_sha256`` holds a SHA-256 over the ``lcmsr`` JSON
 every tensor (name, dtype, shape, bytes), so a bit flipped by a disk, a download or a
 copy is refused instead of silently changing the weights.  Files written before the
 checksum existed (no such key) still load.
+
+A model file is untrusted input, and a valid checksum proves nothing about its values, so one
+validator (:func:`_validate`) stands before every use -- :func:`read_info`, :func:`check_model`,
+:func:`load_model`, ``lcmsr info`` and the plugin's add-model check -- and nothing is allocated
+before it has passed:
+
+1. the safetensors header: every entry's dtype, shape and byte range, the ranges tiling the data;
+2. the description: every config value's type and bounds (:mod:`lcmsr.config`), the normalisation
+   sane for the data type (:meth:`Normalization.check_range`), every string cleaned of control
+   characters (:mod:`lcmsr.text`);
+3. the tensors the config implies, built on the ``meta`` device (no memory): the parameter bytes
+   against :data:`MAX_MODEL_BYTES` and the file's data, then every name, shape and dtype;
+4. ``latent_scale`` finite and in [:data:`MIN_LATENT_SCALE`, :data:`MAX_LATENT_SCALE`];
+5. (check_model, load_model) every weight finite and within :data:`MAX_ABS_WEIGHT`; the checksum.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -21,6 +36,7 @@ import torch
 
 from .atomic import AtomicPath
 from .model import FORMAT_VERSION, LCMSR, ModelInfo
+from .text import clean, safe_text
 
 SUPPORTED_FORMAT_VERSIONS = (1, FORMAT_VERSION)  # 1: written before the domain existed (domain unknown)
 METADATA_KEY = "lcmsr"
@@ -30,27 +46,45 @@ DIGEST_KEY = "lcmsr_sha256"
 _LEGACY_METADATA_KEYS = {METADATA_KEY, "format"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 SAVED_PREFIXES = ("decoder.", "condnet.", "denoiser.")
-_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                       "BOOL": 1}   # name -> bytes per value
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+# Sane limits of a model's values.  The shipped models: 5 M parameters (20 MB as float32), latent_scale
+# 0.75 and 1.08, no weight beyond 1.3 in magnitude; the paper config: 31 M parameters (124 MB).
+MAX_MODEL_BYTES = 2 * 1024 ** 3          # float32 bytes of the loaded network
+MIN_LATENT_SCALE, MAX_LATENT_SCALE = 1e-4, 1e4   # 1/std of the stage-1 latent
+MAX_ABS_WEIGHT = 1e4                     # beyond this a float32 forward pass overflows within a few layers
 
 
 class ModelFileError(ValueError):
-    """A model file is missing, unreadable, not a model or inconsistent; the message says which and why."""
+    """A model file is missing, unreadable, not a model or inconsistent; the message says which and why.
+
+    The message is cleaned of control characters (it may quote the file's own text, or name a file
+    whose name holds escape codes)."""
+
+    def __init__(self, message: str):
+        super().__init__(safe_text(message))
 
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
+def _saved(model: LCMSR) -> dict[str, torch.Tensor]:
+    """The tensors a model file holds (a meta-device model gives their names and shapes only)."""
+    return {name: t for name, t in model.state_dict().items()
+            if name.startswith(SAVED_PREFIXES) or name == "latent_scale"}
+
+
 def _inference_state(model: LCMSR, storage: str = "fp32") -> dict[str, torch.Tensor]:
     dtype = STORAGE_DTYPES[storage]
     state = {}
-    for name, tensor in model.state_dict().items():
-        if name.startswith(SAVED_PREFIXES) or name == "latent_scale":
-            # latent_scale stays fp32 (one number); fp16 weights halve the file (the plugin zip's 25 MB limit)
-            keep = torch.float32 if name == "latent_scale" or not tensor.is_floating_point() else dtype
-            # contiguous + cloned: safetensors refuses shared or strided storage
-            state[name] = tensor.detach().to("cpu", keep).contiguous().clone()
-            if keep is not tensor.dtype and state[name].is_floating_point() and not bool(state[name].isfinite().all()):
-                raise ValueError(f"tensor '{name}' has values beyond the {storage} range: store it as fp32")
+    for name, tensor in _saved(model).items():
+        # latent_scale stays fp32 (one number); fp16 weights halve the file (the plugin zip's 25 MB limit)
+        keep = torch.float32 if name == "latent_scale" or not tensor.is_floating_point() else dtype
+        # contiguous + cloned: safetensors refuses shared or strided storage
+        state[name] = tensor.detach().to("cpu", keep).contiguous().clone()
+        if keep is not tensor.dtype and state[name].is_floating_point() and not bool(state[name].isfinite().all()):
+            raise ValueError(f"tensor '{name}' has values beyond the {storage} range: store it as fp32")
     return state
 
 
@@ -79,6 +113,10 @@ def save_model(path, model: LCMSR, info: ModelInfo | None = None, storage: str =
         raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
     meta = dict(info.to_dict(), format_version=FORMAT_VERSION)
     tensors = _inference_state(model, storage)
+    for name, t in tensors.items():   # never write a file the reader refuses
+        problem = _value_problem(name, t)
+        if problem:
+            raise ValueError(f"cannot save {path}: the model has {problem}")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(meta)
     with AtomicPath(path, fsync=True) as tmp:
@@ -123,13 +161,17 @@ def _read_header(path: Path) -> tuple[dict, int]:
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise ModelFileError(f"model file {path} is not a safetensors file: its header is garbled") from None
     data_len = size - 8 - n
+    ranges = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
             start, end = entry["data_offsets"]
-            ok = entry["dtype"] in _SAFETENSORS_DTYPES and 0 <= start <= end and isinstance(entry["shape"], list) \
-                and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            shape = entry["shape"]
+            ok = entry["dtype"] in _SAFETENSORS_DTYPES and isinstance(shape, list) and len(shape) <= 8 \
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 40 for d in shape) \
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in (start, end)) and 0 <= start <= end \
+                and end - start == math.prod(shape) * _SAFETENSORS_DTYPES[entry["dtype"]]
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -138,6 +180,18 @@ def _read_header(path: Path) -> tuple[dict, int]:
         if end > data_len:
             raise ModelFileError(f"model file {path} is truncated: tensor '{name}' ends at byte {end} of the "
                                  f"data but only {data_len} bytes are present")
+        ranges.append((start, end, name))
+    # safetensors' own rule: the tensors' bytes follow each other and fill the data exactly, so the
+    # file's size bounds what its tensors hold (no two tensors share bytes).
+    covered = 0
+    for start, end, name in sorted(ranges):
+        if start != covered:
+            raise ModelFileError(f"model file {path} is not a valid safetensors file: tensor '{name}' starts "
+                                 f"at byte {start} of the data, expected {covered}")
+        covered = end
+    if covered != data_len:
+        raise ModelFileError(f"model file {path} is not a valid safetensors file: its tensors cover "
+                             f"{covered} of its {data_len} data bytes")
     return header, data_len
 
 
@@ -161,38 +215,34 @@ def _info_from_header(path: Path, header: dict) -> ModelInfo:
     if not isinstance(data, dict):
         raise ModelFileError(f"model file {path} has garbled '{METADATA_KEY}' metadata (not a JSON object)")
     version = data.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_FORMAT_VERSIONS:   # not True, 2.0 or "2"
         supported = ", ".join(map(str, SUPPORTED_FORMAT_VERSIONS))
-        raise ModelFileError(f"model file {path} has format version {version!r}, but this lcmsr "
+        raise ModelFileError(f"model file {path} has format version {version!r:.40}, but this lcmsr "
                              f"supports format version {supported}")
     try:
-        return ModelInfo.from_dict(data)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        # clean(): every string of the description (band names, sensor, notes, training record) free of
+        # control characters before anything shows it.
+        return ModelInfo.from_dict(clean(data))
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
         raise ModelFileError(f"model file {path} has an invalid model description: {exc}") from None
 
 
-def read_info(path) -> ModelInfo:
-    """The model's description from the header only (fast: no tensor is read)."""
-    path = Path(path)
-    header, _ = _read_header(path)
-    return _info_from_header(path, header)
-
-
-def check_model(path) -> ModelInfo:
-    """Everything :func:`load_model` checks (tensors, shapes, values, checksum), for dialogs that
-    accept a model file: a file that passes here also loads for a run."""
-    return load_model(path, device="cpu").info
-
-
-def load_model(path, device="cpu") -> LCMSR:
-    """Build the inference model (no encoder) from a model file, validate every tensor, eval mode."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    header, _ = _read_header(path)
-    info = _info_from_header(path, header)
-    model = LCMSR(info.config, info=info, with_encoder=False)
-    expected = _inference_state(model)
+def _expected_tensors(path: Path, info: ModelInfo, header: dict, data_len: int) -> dict[str, torch.Tensor]:
+    """The tensors ``info.config`` implies, built on the meta device (shapes, no memory), checked against
+    the memory budget, the file's size and the header's names, shapes and dtypes."""
+    try:
+        with torch.device("meta"):
+            expected = _saved(LCMSR(info.config, info=info, with_encoder=False))
+    except (ValueError, RuntimeError) as exc:   # e.g. attention heads that do not divide the width
+        raise ModelFileError(f"model file {path} has a config no network can be built from: {exc}") from None
+    params = sum(t.numel() for t in expected.values())
+    if 4 * params > MAX_MODEL_BYTES:
+        raise ModelFileError(f"model file {path} describes a network of {params / 1e6:.0f} M parameters "
+                             f"({4 * params / 2 ** 30:.1f} GiB), more than the {MAX_MODEL_BYTES / 2 ** 30:g} GiB "
+                             "this lcmsr loads")
+    if 2 * params > data_len:   # even at 2 bytes a value (fp16) the tensors would not fit in the file
+        raise ModelFileError(f"model file {path} describes a network of {params} parameters, but its "
+                             f"{data_len} bytes of tensor data cannot hold them")
     missing = [name for name in expected if name not in header]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -206,24 +256,77 @@ def load_model(path, device="cpu") -> LCMSR:
         if found != tuple(tensor.shape):
             raise ModelFileError(f"model file {path} has tensor '{name}' of shape {list(found)}, expected "
                                  f"{list(tensor.shape)}")
-    state, stored = {}, {}
+        if header[name]["dtype"] not in _FLOAT_DTYPES:
+            raise ModelFileError(f"model file {path} has tensor '{name}' stored as {header[name]['dtype']}; "
+                                 f"weights are floating point ({', '.join(_FLOAT_DTYPES)})")
+    return expected
+
+
+def _value_problem(name: str, t: torch.Tensor) -> str | None:
+    """What is degenerate about a stored tensor's values (None: nothing): a non-finite value, a weight
+    beyond :data:`MAX_ABS_WEIGHT`, a latent_scale outside its sane range (cheap: one pass each)."""
+    if not bool(torch.isfinite(t).all()):
+        return f"non-finite values (NaN or inf) in tensor '{name}'"
+    if name == "latent_scale":
+        v = float(t)
+        if not MIN_LATENT_SCALE <= v <= MAX_LATENT_SCALE:
+            return (f"latent_scale {v:g}, outside the sane {MIN_LATENT_SCALE:g}..{MAX_LATENT_SCALE:g} "
+                    "(1/std of the latent)")
+    elif t.numel() and float(t.abs().max()) > MAX_ABS_WEIGHT:
+        return f"weights of magnitude {float(t.abs().max()):.3g} in tensor '{name}', beyond the sane {MAX_ABS_WEIGHT:g}"
+    return None
+
+
+def _read_tensors(path: Path, names) -> dict[str, torch.Tensor]:
+    """``names`` as stored, each checked by :func:`_value_problem`."""
+    from safetensors import safe_open
+
+    stored = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in expected:
-                t = f.get_tensor(name)
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise ModelFileError(f"model file {path} has non-finite values (NaN or inf) in "
-                                         f"tensor '{name}'")
-                stored[name] = t
-                state[name] = t.float()
+            for name in names:
+                stored[name] = f.get_tensor(name)
+                problem = _value_problem(name, stored[name])
+                if problem:
+                    raise ModelFileError(f"model file {path} has {problem}")
     except ModelFileError:
         raise
     except Exception as exc:  # safetensors' own errors (SafetensorError) for anything we did not catch
         raise ModelFileError(f"model file {path} cannot be read as safetensors: {exc}") from None
-    digest = header["__metadata__"].get(DIGEST_KEY)
-    if digest is not None and digest != content_digest(header["__metadata__"][METADATA_KEY], stored):
-        raise ModelFileError(f"model file {path} is damaged: its contents do not match the checksum written "
-                             "with it (a corrupted copy or download?)")
-    model.load_state_dict(state, strict=True)
+    return stored
+
+
+def _validate(path, values: bool) -> tuple[Path, ModelInfo, dict, dict]:
+    """The one validator (module docstring): (path, info, expected tensors, stored tensors).  With
+    ``values=False`` only latent_scale is read (header checks only: fast, for lists and dialogs)."""
+    path = Path(path)
+    header, data_len = _read_header(path)
+    info = _info_from_header(path, header)
+    expected = _expected_tensors(path, info, header, data_len)
+    stored = _read_tensors(path, expected if values else ["latent_scale"])
+    if values:
+        digest = header["__metadata__"].get(DIGEST_KEY)
+        if digest is not None and digest != content_digest(header["__metadata__"][METADATA_KEY], stored):
+            raise ModelFileError(f"model file {path} is damaged: its contents do not match the checksum "
+                                 "written with it (a corrupted copy or download?)")
+    return path, info, expected, stored
+
+
+def read_info(path) -> ModelInfo:
+    """The model's description, validated from the header (no weight is read: fast)."""
+    return _validate(path, values=False)[1]
+
+
+def check_model(path) -> ModelInfo:
+    """Everything :func:`load_model` checks (description, shapes, values, checksum) without building
+    the network, for dialogs that accept a model file: a file that passes here also loads for a run."""
+    return _validate(path, values=True)[1]
+
+
+def load_model(path, device="cpu") -> LCMSR:
+    """Build the inference model (no encoder) from a model file that passed the validator, eval mode."""
+    path, info, _, stored = _validate(path, values=True)
+    model = LCMSR(info.config, info=info, with_encoder=False)
+    model.load_state_dict({name: t.float() for name, t in stored.items()}, strict=True)
     model.source_path = str(path.resolve())   # the output's provenance names the file the weights came from
     return model.to(device).eval()

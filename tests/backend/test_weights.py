@@ -217,3 +217,194 @@ def test_header_length_ending_in_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     (n,) = struct.unpack("<Q", raw[:8])
     assert json.loads(raw[8:8 + n])  # really a safetensors file
     load_model(path)
+
+
+# ---------------------------------------------------------------- crafted descriptions and degenerate values
+# Each file below keeps a VALID checksum (recomputed after the edit), so only the validator can refuse it.
+
+def _craft(src, dst, edit_meta=None, edit_tensors=None):
+    from safetensors import safe_open
+
+    from lcmsr.weights import DIGEST_KEY, METADATA_KEY, content_digest
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    tensors = load_file(str(src))
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    text = json.dumps(meta)
+    save_file(tensors, str(dst), metadata={METADATA_KEY: text, DIGEST_KEY: content_digest(text, tensors)})
+    return dst
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(meta):
+        target = meta
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return edit
+
+
+def _refused_everywhere(path, match):
+    """read_info, check_model, load_model and `lcmsr info` all refuse in one line naming the file."""
+    from lcmsr.cli import main
+    from lcmsr.weights import check_model
+
+    for reader in (read_info, check_model, load_model):
+        with pytest.raises(ModelFileError, match=match) as err:
+            reader(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert main(["info", str(path)]) == 2
+
+
+@pytest.mark.parametrize("where, value", [
+    (("decoder", "features"), "8"), (("decoder", "features"), 8.0), (("decoder", "blocks_per_group"), True),
+    (("decoder", "norm_groups"), 0), (("denoiser", "head_channels"), 0), (("consistency", "sigma_data"), 0),
+    (("decoder", "distill_rate"), float("nan")), (("consistency", "timestep_scaling"), float("inf")),
+    (("decoder", "features"), 10 ** 30), (("decoder", "level_widths"), [8] * 20), (("denoiser", "channel_mults"), 2),
+    (("schedule", "timesteps"), 1), (("latent_channels",), 65)])
+def test_config_values_of_the_wrong_type_or_range_are_refused_naming_the_field(saved, tmp_path, where, value,
+                                                                               capsys):
+    _, _, path = saved
+    bad = _craft(path, tmp_path / "bad.safetensors", _set("config", *where, value))
+    _refused_everywhere(bad, "config: " + r"\.".join(where) + " must be")
+    assert "bad.safetensors" in capsys.readouterr().err
+
+
+def test_every_config_field_has_bounds():
+    """A new config field must get a type and bounds, or a file could set it to anything."""
+    import dataclasses
+
+    from lcmsr import config
+
+    for cls in (config.EncoderConfig, config.DecoderConfig, config.DenoiserConfig, config.ScheduleConfig,
+                config.ConsistencyConfig):
+        assert {f.name for f in dataclasses.fields(cls)} == set(config._FIELDS[cls.__name__]), cls.__name__
+    nested = {"encoder", "condnet", "decoder", "denoiser", "schedule", "consistency"}
+    assert {f.name for f in dataclasses.fields(config.ModelConfig)} - nested == set(config._FIELDS["ModelConfig"])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("scale", "4"), "scale must be a whole number"), (_set("bands", 4.0), "bands must be a whole number"),
+    (_set("band_names", "abcd"), "band_names must be a list"), (_set("data_type", "UInt64"), "data_type must be"),
+    (_set("training", [1]), "training must be a mapping"), (_set("normalization", "lo", ["1", 2, 3, 4]), "lo' and 'hi"),
+    (_set("normalization", "hi", [10 ** 400] * 4), "lo' and 'hi"), (_set("format_version", True), "format version")])
+def test_description_values_of_the_wrong_type_are_refused(saved, tmp_path, edit, match):
+    _, _, path = saved
+    _refused_everywhere(_craft(path, tmp_path / "bad.safetensors", edit), match)
+
+
+def test_a_huge_network_is_refused_before_anything_is_allocated(saved, tmp_path, monkeypatch):
+    """More decoder channels than a small file's tensors hold, and 3000 (the 16 GB allocation, beyond the
+    memory budget): refused in one line, every network built for them built on the meta device."""
+    import lcmsr.weights as weights
+
+    _, _, path = saved
+    devices = []
+
+    class Spy(weights.LCMSR):
+        def __init__(self, *args, **kwargs):
+            devices.append(torch.empty(0).device.type)   # the default device the build allocates on
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(weights, "LCMSR", Spy)
+    wide = _craft(path, tmp_path / "wide.safetensors", _set("config", "decoder", "features", 300))
+    _refused_everywhere(wide, r"wide\.safetensors describes a network of \d+ parameters, but its \d+ bytes of "
+                              "tensor data cannot hold them")
+    huge = _craft(path, tmp_path / "huge.safetensors", _set("config", "decoder", "features", 3000))
+    _refused_everywhere(huge, r"huge\.safetensors describes a network of \d+ M parameters .* GiB\), "
+                              "more than the 2 GiB")
+    assert devices and set(devices) == {"meta"}
+
+
+def test_tensors_the_config_does_not_imply_are_refused_before_loading(saved, tmp_path):
+    _, _, path = saved
+    fewer = _craft(path, tmp_path / "levels.safetensors", _set("config", "denoiser", "channel_mults", [1, 2, 2]))
+    _refused_everywhere(fewer, "missing tensor 'denoiser")
+    ints = _craft(path, tmp_path / "ints.safetensors", edit_tensors=lambda t: t.__setitem__(
+        "decoder.tail.bias", t["decoder.tail.bias"].to(torch.int32)))
+    _refused_everywhere(ints, "tensor 'decoder.tail.bias' stored as I32")
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-38, -0.5, 1e30, float("inf"), float("nan")])
+def test_a_degenerate_latent_scale_is_refused(saved, tmp_path, value):
+    _, _, path = saved
+    bad = _craft(path, tmp_path / "scale.safetensors",
+                 edit_tensors=lambda t: t.__setitem__("latent_scale", torch.tensor(value)))
+    _refused_everywhere(bad, "latent_scale")
+
+
+@pytest.mark.parametrize("data_type, lo, hi", [
+    ("UInt16", 0.0, 1e-45), ("UInt16", -1e308, 1e308), ("UInt16", 100.0, 100.001), ("Byte", 0.0, 1e6),
+    ("Float32", 1e8, 1e8 + 1), ("Float32", 0.0, 1e-30)])
+def test_a_degenerate_normalisation_is_refused(saved, tmp_path, data_type, lo, hi):
+    _, _, path = saved
+    bad = _craft(path, tmp_path / "norm.safetensors", lambda m: m.update(
+        data_type=data_type, normalization={"lo": [lo] * 4, "hi": [hi] * 4}))
+    _refused_everywhere(bad, "normalisation of band 1")
+
+
+def test_sane_normalisations_pass():
+    """The check's bounds leave real data alone: 8-bit, a flat UInt16 band, reflectance, stretched units."""
+    Normalization([0.0], [255.0]).check_range("Byte")
+    Normalization([65534.0], [65535.0]).check_range("UInt16")
+    Normalization([0.0, -0.01], [0.4, 0.02]).check_range("Float32")
+    Normalization([0.0], [1.0107]).check_range("Float32", stretched=True)
+
+
+def test_huge_weights_are_refused(saved, tmp_path):
+    _, _, path = saved
+    bad = _craft(path, tmp_path / "big.safetensors", edit_tensors=lambda t: t.__setitem__(
+        "denoiser.conv_in.weight", t["denoiser.conv_in.weight"] * 1e30))
+    with pytest.raises(ModelFileError, match=r"big\.safetensors has weights of magnitude .* 'denoiser.conv_in.weight'"):
+        load_model(bad)
+
+
+def test_save_model_never_writes_a_file_the_reader_refuses(saved, tmp_path):
+    model, info, _ = saved
+    copy = seeded_model(info.config)
+    copy.latent_scale.fill_(0.0)
+    with pytest.raises(ValueError, match="latent_scale 0"):
+        save_model(tmp_path / "m.safetensors", copy, info)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_escape_codes_in_the_file_never_reach_a_terminal(saved, tmp_path, capsys):
+    from lcmsr.cli import main
+
+    _, _, path = saved
+    esc = "\x1b[2J\x1b[31m"
+    shady = _craft(path, tmp_path / "shady.safetensors", lambda m: m.update(
+        band_names=[esc + "blue", "green\nOK", "red\u202e", "nir"], training={esc + "steps": 3, "note": esc}))
+    info = read_info(shady)
+    assert info.band_names[0] == "\\x1b[2J\\x1b[31mblue" and info.band_names[1] == "green\\nOK"
+    assert load_model(shady).info.band_names == info.band_names
+    assert main(["info", str(shady)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\\x1b[2Jblue" not in out and "\\x1b[31mblue" in out
+    key = _craft(path, tmp_path / "key.safetensors", _set("config", "decoder", esc + "x", 1))
+    with pytest.raises(ModelFileError) as err:
+        read_info(key)
+    assert "\x1b" not in str(err.value) and "\\x1b[31mx" in str(err.value)
+
+
+def test_overlapping_tensor_bytes_are_refused(saved, tmp_path):
+    """Tensors sharing bytes would let a small file claim large tensors; safetensors' tiling rule holds."""
+    _, _, path = saved
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in sorted(header) if k != "__metadata__" and header[k]["data_offsets"][0] > 0)
+    size = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+    header[name]["data_offsets"] = [0, size]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    bad = tmp_path / "overlap.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(ModelFileError, match="overlap.safetensors is not a valid safetensors file"):
+        read_info(bad)

@@ -947,10 +947,12 @@ class Suite:
                         os.remove(p)
 
     # ------------------------------------------------------------------ all
-    def run(self, families=("rasters", "weights", "train", "sr", "cancel", "paths")) -> None:
+    def run(self, families=("rasters", "weights", "train", "sr", "cancel", "paths", "modelfile")) -> None:
         steps = {"rasters": self.run_rasters, "weights": self.run_weights, "train": self.run_training_kills,
                  "sr": self.run_sr_faults, "cancel": self.run_cancel_storms}
-        steps["paths"] = lambda: __import__("cases_paths").run_paths(self)
+        # Families of their own modules (cases_<name>.py, run_<name>(suite)).
+        for name in ("paths", "modelfile"):
+            steps[name] = lambda name=name: getattr(__import__(f"cases_{name}"), f"run_{name}")(self)
         try:
             for key in families:
                 steps[key]()

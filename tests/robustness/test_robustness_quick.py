@@ -26,7 +26,7 @@ def quick_suite(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["raster-cli", "raster-qgis", "weights", "train-kill", "sr-faults", "cancel",
-                                    "paths-loss", "paths-leftovers", "paths-messages"])
+                                    "paths-loss", "paths-leftovers", "paths-messages", "modelfile"])
 def test_quick_family_has_no_crash_hang_loss_or_wrong_outcome(quick_suite, family):
     fam = quick_suite.families[family]
     assert fam.results, f"{family}: no case ran"

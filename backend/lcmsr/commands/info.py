@@ -9,9 +9,9 @@ from ..domain import GSD_TOLERANCE, _safe  # torch-free: `lcmsr --help` stays fa
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="describe a model file, or the environment (--diagnostics)",
-                              description="Print what a .safetensors model file holds without loading its "
-                                          "weights, or with --diagnostics the versions and the device "
-                                          "'auto' would use.")
+                              description="Print what a .safetensors model file holds, after the checks a run "
+                                          "makes (a file described here also loads), or with --diagnostics "
+                                          "the versions and the device 'auto' would use.")
     p.add_argument("model", nargs="?", help="model file (.safetensors)")
     p.add_argument("--diagnostics", action="store_true", help="print versions and which device would run")
     p.set_defaults(func=run)
@@ -57,10 +57,10 @@ def _millions(n: int) -> str:
 def describe_model(path) -> str:
     from pathlib import Path
 
-    from ..weights import read_info
+    from ..weights import check_model
 
     path = Path(path)
-    info = read_info(path)
+    info = check_model(path)   # the loader's own validator: a crafted file is one line, never a traceback
     c = info.config
     counts = _count_by_part(path)
     norm = info.normalization
@@ -100,7 +100,8 @@ def describe_model(path) -> str:
         lines.append(f"domain          unknown (format {info.format_version} file): inputs are not checked "
                      "against it and it is never chosen automatically")
     if info.training:
-        summary = ", ".join(f"{k}={v}" for k, v in info.training.items() if not isinstance(v, (dict, list)))
+        summary = ", ".join(f"{k}={_safe(v, 200)}" for k, v in info.training.items()
+                            if not isinstance(v, (dict, list)))
         lines.append(f"training        {summary}")
     else:
         lines.append("training        (no training summary: untrained or hand-made model)")

@@ -1,0 +1,84 @@
+"""Summarise a mutmut 3 run made by scripts/mutation.sh: totals per file and one row per mutant
+that was not killed (its one-line change, and the family and reason found for it in a families file).
+
+Usage (mutmut must be importable: PYTHONPATH=<OUT>/mutmut-pkgs):
+    python scripts/mutation_report.py OUT/run [--families docs/mutation_families.tsv] [--totals]
+
+The families file has one rule per line, ``glob<TAB>family<TAB>reason``; the first rule whose glob
+matches a mutant's name (e.g. ``lcmsr.train.stage2.*finish*``) classifies it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import fnmatch
+import os
+import sys
+from pathlib import Path
+
+STATUS = {0: "survived", 1: "killed", 3: "killed", 33: "no tests", 34: "skipped", 35: "suspicious",
+          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", None: "not checked"}
+SHOWN = ("survived", "no tests", "timeout", "suspicious", "not checked")
+
+
+def load_rules(path):
+    rules = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            glob, family, reason = (line.split("\t") + ["", ""])[:3]
+            rules.append((glob.strip(), family.strip(), reason.strip()))
+    return rules
+
+
+def change(name, path):
+    """The mutated line(s) as 'old → new' from mutmut's diff of the function."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    diff = get_diff_for_mutant(name, path=path).splitlines()[2:]
+    old = " ".join(x[1:].strip() for x in diff if x.startswith("-"))
+    new = " ".join(x[1:].strip() for x in diff if x.startswith("+"))
+    return f"`{old}` → `{new}`".replace("|", "\\|")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="the scratch folder mutmut ran in (OUT/run)")
+    ap.add_argument("--families", help="TSV of glob, family, reason")
+    ap.add_argument("--totals", action="store_true", help="only the totals per file")
+    args = ap.parse_args()
+    rules = load_rules(args.families) if args.families else []
+    os.chdir(args.run)
+    sys.path.insert(0, os.getcwd())
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.utils.file_utils import walk_mutatable_files
+
+    totals, rows = {}, []
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        if not data.exit_code_by_key:
+            continue
+        counts = collections.Counter(STATUS.get(c, f"exit {c}") for c in data.exit_code_by_key.values())
+        totals[str(path)] = counts
+        for name, code in data.exit_code_by_key.items():
+            status = STATUS.get(code, f"exit {code}")
+            if status in SHOWN and not args.totals:
+                short = name.replace("\u01c1", ".")
+                family, reason = next(((f, r) for g, f, r in rules if fnmatch.fnmatchcase(short, g)), ("?", ""))
+                rows.append((short, status, change(name, path), family, reason))
+    cols = ["killed", "survived", "no tests", "timeout"]
+    print("| file | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+    total = sum(totals.values(), collections.Counter())
+    for f, c in list(totals.items()) + [("**all**", total)]:
+        print(f"| {f} | " + " | ".join(str(c.get(k, 0)) for k in cols) + " |")
+    other = set(total) - set(cols)
+    if other:
+        print("\nother states: " + ", ".join(f"{k} {total[k]}" for k in sorted(other)))
+    if rows:
+        print("\n| mutant | status | change | family | why |\n|---|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -278,7 +278,8 @@ def test_stage2_ct_target_is_the_ema_at_t2_minus_gap_with_the_same_noise(stage1_
     def recorder(name):
         def hook(module, args, output):
             calls[name].append({"x": args[0].detach().clone(), "t": torch.as_tensor(args[1]).clone(),
-                                "cond": args[2].detach().clone(), "grad": torch.is_grad_enabled()})
+                                "cond": args[2].detach().clone(), "grad": torch.is_grad_enabled(),
+                                "scale": args[3], "out_size": tuple(args[4])})
         return hook
 
     stage.model.denoiser.register_forward_hook(recorder("online"))
@@ -292,6 +293,8 @@ def test_stage2_ct_target_is_the_ema_at_t2_minus_gap_with_the_same_noise(stage1_
     assert len(calls["online"]) == 1 and calls["online"][0]["grad"], calls["online"]
     assert len(calls["ema"]) == 1 and not calls["ema"][0]["grad"], "the CT target is not computed by the EMA"
     online, target = calls["online"][0], calls["ema"][0]
+    for call in (online, target):  # the embeddings get the SR factor and the HR size of the patch
+        assert call["scale"] == 4 and call["out_size"] == (32, 32), call
     t2, t1 = online["t"].long(), target["t"].long()
     gap = gap_at(0, stage.opts.iterations, stage.config.consistency)
     assert (t2 >= gap).any() and (t2 > 0).all()  # the draw exercises the gap (fixed seed)
@@ -348,6 +351,27 @@ def test_stage2_model_file_ships_the_ema_denoiser_and_the_stage1_decoder(stage2_
         assert torch.equal(shipped[k], (last if k.startswith("condnet.") else s1)[k]), k
     assert float(shipped["latent_scale"]) == pytest.approx(float(s1["latent_scale"]))
     assert not any(k.startswith("encoder.") for k in shipped)
+
+
+def test_stage2_model_file_carries_the_stage1_normalisation_and_the_training_record(stage2_run, stage1_checkpoint):
+    """What the plugin reads back from the file: the normalisation the weights were trained under (stage 1's),
+    the data type and band names of the training data, and the record of both stages."""
+    from lcmsr.normalization import Normalization
+    from lcmsr.weights import load_model
+
+    info = load_model(stage2_run.model_path).info
+    s1 = ckpt.load_checkpoint(stage1_checkpoint)
+    sset = SourceSet.open([str(SAMPLE_HR)], None)
+    assert info.normalization == Normalization.from_dict(s1.state["run"]["normalization"])
+    assert (info.scale, info.bands, info.data_type, info.band_names) == (4, 3, sset.data_type, sset.band_names)
+    t = info.training
+    assert (t["steps"], t["stage1_steps"], t["stage1"], t["patch"], t["batch"], t["lr"], t["world_size"]) == \
+        (3, 2, str(s1.path), 32, 4, 1e-3, 1)
+    assert t["data"] == [str(SAMPLE_HR)] and t["bands"] == sset.bands and t["seed"] == options().seed
+    assert t["latent_scale"] == pytest.approx(float(s1.tensors["latent_scale"]))
+    assert s1.state["seconds"] <= t["seconds"] <= stage2_run.seconds + s1.state["seconds"]  # both stages' time
+    assert t["stage1_val_psnr"] == s1.state["val_psnr"]
+    assert {"val_data", "val_psnr", "bicubic_psnr", "date"} <= set(t)
 
 
 # --- stage 3 ------------------------------------------------------------------------------------------------

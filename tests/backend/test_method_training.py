@@ -415,3 +415,73 @@ def test_stage3_leaves_condnet_and_denoiser_untouched(stage2_run):
     after = stage.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
     assert any(not torch.equal(stage.model.decoder.state_dict()[k], v) for k, v in decoder.items())
+
+
+def test_stage3_decoder_learns_on_the_latent_that_one_step_inference_decodes(stage2_run):
+    """The decoder's input in a stage-3 step is D's input in LCMSR.sr(steps=1) for the same x_T:
+    f(x_T, T-1, CondNet(LR↑)) / latent_scale, not a nearby timestep and not multiplied by the scale."""
+    stage, sampler = _stage3(stage2_run)
+    seen = []
+    stage.model.decoder.register_forward_hook(lambda m, args, out: seen.append(args[1].detach().clone()))
+    hr, lr = sampler.sample(2)
+    noise_state = stage.noise_gen.get_state()
+    step_gradients(stage, hr, lr, {f"decoder.{k}": p for k, p in stage.model.decoder.named_parameters()})
+    stage.noise_gen.set_state(noise_state)
+    x_T = torch.randn((2, stage.config.latent_channels, 4, 4), generator=stage.noise_gen)
+    with torch.no_grad():
+        stage.model.sr(lr, steps=1, noise=x_T)
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], seen[1])
+
+
+def test_stage3_lpips_only_when_asked_and_weighted_and_a_cosine_learning_rate(stage2_run):
+    from lcmsr.train_options import DECODER_LR
+
+    assert _stage3(stage2_run, lpips=False)[0].lpips is None
+    assert _stage3(stage2_run, lpips=True, lpips_weight=0.0)[0].lpips is None
+    stage, sampler = _stage3(stage2_run, lr=None, iterations=8)
+    assert stage.learning_rate == DECODER_LR and stage.opt.param_groups[0]["lr"] == DECODER_LR
+    assert [stage._lr_at(s) for s in (0, 4, 8, 12)] == pytest.approx([DECODER_LR, DECODER_LR / 2, 0.0, 0.0])
+    stage.train_step(*sampler.sample(2), 2)
+    assert stage.opt.param_groups[0]["lr"] == pytest.approx(DECODER_LR * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
+
+
+# --- optimisers ---------------------------------------------------------------------------------------------
+
+def test_optimisers_and_learning_rates_follow_the_paper(stage1_checkpoint):
+    """Adam β=(0.5, 0.9) for E, D, logvar and the discriminator at 3.6e-5 per batch of 8; AdamW for CondNet and
+    the denoiser at 1.6e-4 per batch of 16 (linear in the batch); the EMA decay from the config."""
+    from lcmsr.train_options import PAPER_LR
+
+    s1, _ = ready(AutoencoderStage(), lr=None, gan_start=0)
+    for opt, params in ((s1.opt, s1.net.parameters()), (s1.opt_disc, s1.disc.parameters())):
+        group = opt.param_groups[0]
+        assert type(opt) is torch.optim.Adam and group["betas"] == (0.5, 0.9)
+        assert group["lr"] == pytest.approx(PAPER_LR["autoencoder"][0] * 4 / 8) == s1.learning_rate
+        assert {id(p) for p in group["params"]} == {id(p) for p in params}
+    s2, _ = ready(ConsistencyStage(load_stage1(stage1_checkpoint)), stage1=stage1_checkpoint, lr=None,
+                  overrides={"consistency": {"ema_decay": 0.5}})
+    group = s2.opt.param_groups[0]
+    assert type(s2.opt) is torch.optim.AdamW
+    assert group["lr"] == pytest.approx(PAPER_LR["consistency"][0] * 4 / 16) == s2.learning_rate
+    trained = list(s2.model.condnet.parameters()) + list(s2.model.denoiser.parameters())
+    assert {id(p) for p in group["params"]} == {id(p) for p in trained}
+    assert s2.ema.decay == 0.5
+
+
+def test_stage1_adaptive_gan_weight_is_clamped_ratio_of_gradient_norms():
+    """d_weight = disc_weight * clamp(||∇nll|| / (||∇g|| + 1e-4), 0, 1e4) at the decoder's last weight."""
+    stage, _ = ready(AutoencoderStage(), gan_start=0, disc_weight=0.8)
+    last = stage.model.decoder.tail.weight
+    unit = torch.ones_like(last) / math.sqrt(last.numel())     # a direction of norm 1
+    for n_nll, n_g, want in ((1e-3, 1e-3, 1e-3 / 1.1e-3), (2.0, 8.0, 2.0 / (8.0 + 1e-4)), (1e3, 1e-5, 1e4)):
+        w = stage._adaptive_weight((last * unit).sum() * n_nll, (last * unit).sum() * n_g)
+        assert float(w) == pytest.approx(0.8 * want, rel=1e-4), (n_nll, n_g)
+
+
+def test_stage1_kl_is_zero_at_the_prior_and_half_the_squared_mean_per_value():
+    from lcmsr.train.stage1 import _kl
+
+    zero = torch.zeros(2, 4, 3, 3)
+    assert float(_kl(zero, zero)) == 0.0
+    assert float(_kl(zero + 1.0, zero)) == pytest.approx(0.5 * 4 * 3 * 3)   # summed per sample, mean over the batch

@@ -2,17 +2,23 @@
 that was not killed (its one-line change, and the family and reason found for it in a families file).
 
 Usage (mutmut must be importable: PYTHONPATH=<OUT>/mutmut-pkgs):
-    python scripts/mutation_report.py OUT/run [--families docs/mutation_families.tsv] [--totals]
+    python scripts/mutation_report.py OUT/run [--families docs/mutation_families.tsv] [--totals] [--merge BASE/run]
 
-The families file has one rule per line, ``glob<TAB>family<TAB>reason``; the first rule whose glob
-matches a mutant's name (e.g. ``lcmsr.train.stage2.*finish*``) classifies it.
+``--merge``: a mutant this run did not check takes its verdict from BASE, an earlier run of the same
+code (for a rerun of only the survivors after tests were added: what BASE's tests killed stays killed).
+
+The families file has one rule per line, ``glob<TAB>regex<TAB>family<TAB>reason``; the first rule whose glob
+matches a mutant's name (e.g. ``lcmsr.train.stage2.*finish*``) and whose regex is found in its change
+(``old → new``; empty matches all) classifies it.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import fnmatch
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,8 +31,8 @@ def load_rules(path):
     rules = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
-            glob, family, reason = (line.split("\t") + ["", ""])[:3]
-            rules.append((glob.strip(), family.strip(), reason.strip()))
+            glob, pattern, family, reason = (line.split("\t") + ["", "", ""])[:4]
+            rules.append((glob.strip(), re.compile(pattern.strip()), family.strip(), reason.strip()))
     return rules
 
 
@@ -45,8 +51,13 @@ def main():
     ap.add_argument("run", help="the scratch folder mutmut ran in (OUT/run)")
     ap.add_argument("--families", help="TSV of glob, family, reason")
     ap.add_argument("--totals", action="store_true", help="only the totals per file")
+    ap.add_argument("--merge", help="an earlier run of the same code whose verdicts fill the unchecked ones")
     args = ap.parse_args()
     rules = load_rules(args.families) if args.families else []
+    base = {}
+    if args.merge:
+        for meta in Path(args.merge, "mutants").rglob("*.meta"):
+            base.update(json.loads(meta.read_text())["exit_code_by_key"])
     os.chdir(args.run)
     sys.path.insert(0, os.getcwd())
     from mutmut.mutation.data import SourceFileMutationData
@@ -58,14 +69,15 @@ def main():
         data.load()
         if not data.exit_code_by_key:
             continue
-        counts = collections.Counter(STATUS.get(c, f"exit {c}") for c in data.exit_code_by_key.values())
-        totals[str(path)] = counts
-        for name, code in data.exit_code_by_key.items():
+        codes = {k: base.get(k) if c is None else c for k, c in data.exit_code_by_key.items()}
+        totals[str(path)] = collections.Counter(STATUS.get(c, f"exit {c}") for c in codes.values())
+        for name, code in codes.items():
             status = STATUS.get(code, f"exit {code}")
             if status in SHOWN and not args.totals:
-                short = name.replace("\u01c1", ".")
-                family, reason = next(((f, r) for g, f, r in rules if fnmatch.fnmatchcase(short, g)), ("?", ""))
-                rows.append((short, status, change(name, path), family, reason))
+                short, diff = name.replace("\u01c1", "."), change(name, path)
+                family, reason = next(((f, r) for g, rx, f, r in rules
+                                       if fnmatch.fnmatchcase(short, g) and rx.search(diff)), ("?", ""))
+                rows.append((short, status, diff, family, reason))
     cols = ["killed", "survived", "no tests", "timeout"]
     print("| file | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
     total = sum(totals.values(), collections.Counter())

@@ -207,7 +207,11 @@ def test_stage1_latent_scale_is_one_over_the_std_of_e_hr_lr_up(tmp_path, monkeyp
     stored with the stage-1 weights that stage 2 starts from."""
     torch.set_num_threads(1)
     calls = _record_encoder_calls(monkeypatch)
-    result = train_autoencoder(options(iterations=1, checkpoint_dir=str(tmp_path / "ck")))
+    said = []
+    progress = Progress()
+    progress.info = said.append
+    result = train_autoencoder(options(iterations=1, checkpoint_dir=str(tmp_path / "ck")), progress)
+    assert any(f"latent_scale {result.latent_scale:.4g}" in m for m in said), said  # the caller's progress hears it
     measured = [c for c in calls if not c["grad"]]  # after the training step, without gradient
     assert measured, "the latent scale was not measured with the encoder"
     for c in measured:
@@ -384,9 +388,10 @@ def _stage3(stage2_run, **changes):
                  out="unused.safetensors", **changes)
 
 
-def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run):
+@pytest.mark.parametrize("pixel", ["l1", "l2"])
+def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run, pixel):
     w = 0.6
-    stage, sampler = _stage3(stage2_run, lpips=True, lpips_weight=w, pixel_loss="l2")
+    stage, sampler = _stage3(stage2_run, lpips=True, lpips_weight=w, pixel_loss=pixel)
     assert stage.lpips is not None, "LPIPS weights are needed for this test (make metric-weights)"
     seen = []
     stage.model.decoder.register_forward_hook(lambda m, args, out: seen.append([a.detach().clone() for a in args]))
@@ -395,7 +400,8 @@ def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run
     got = step_gradients(stage, hr, lr, named)
     assert len(seen) == 1
     out = stage.model.decoder(*seen[0])
-    pixel, lpips = (out - hr).pow(2).mean(), stage.lpips(hr, out).float().mean()
+    pixel = ((out - hr).abs() if pixel == "l1" else (out - hr).pow(2)).mean()
+    lpips = stage.lpips(hr, out).float().mean()
     want = reference_gradients(pixel + w * lpips, named)
     assert distance(got, want) < 1e-4
     wrong = {"pixel dropped": w * lpips, "LPIPS dropped": pixel, "LPIPS weight ignored": pixel + lpips}

@@ -6,6 +6,9 @@ Usage (mutmut must be importable: PYTHONPATH=<OUT>/mutmut-pkgs):
 
 ``--merge``: a mutant this run did not check takes its verdict from BASE, an earlier run of the same
 code (for a rerun of only the survivors after tests were added: what BASE's tests killed stays killed).
+``--killed-by OTHER``: a mutant that OTHER killed counts as killed; OTHER is a run folder (the same code judged
+by more test files) or a text file of ``name exit-status`` lines from running a test with the mutant switched on
+(``MUTANT_UNDER_TEST=name pytest ...`` inside OTHER/run/mutants; status 1: the test failed, so the mutant is killed).
 
 The families file has one rule per line, ``glob<TAB>regex<TAB>family<TAB>reason``; the first rule whose glob
 matches a mutant's name (e.g. ``lcmsr.train.stage2.*finish*``) and whose regex is found in its change
@@ -52,12 +55,23 @@ def main():
     ap.add_argument("--families", help="TSV of glob, family, reason")
     ap.add_argument("--totals", action="store_true", help="only the totals per file")
     ap.add_argument("--merge", help="an earlier run of the same code whose verdicts fill the unchecked ones")
+    ap.add_argument("--killed-by", action="append", default=[], help="a run with more tests: its kills count")
     args = ap.parse_args()
     rules = load_rules(args.families) if args.families else []
-    base = {}
-    if args.merge:
-        for meta in Path(args.merge, "mutants").rglob("*.meta"):
-            base.update(json.loads(meta.read_text())["exit_code_by_key"])
+    def verdicts(run):
+        out = {}
+        for meta in Path(run, "mutants").rglob("*.meta"):
+            out.update(json.loads(meta.read_text())["exit_code_by_key"])
+        return out
+
+    base = verdicts(args.merge) if args.merge else {}
+    def kills(other):
+        if Path(other).is_file():
+            rows = (line.split() for line in Path(other).read_text().splitlines() if line.strip())
+            return {r[0] for r in rows if r[1:] == ["1"]}
+        return {k for k, c in verdicts(other).items() if c == 1}
+
+    killed_elsewhere = set().union(*(kills(o) for o in args.killed_by))
     os.chdir(args.run)
     sys.path.insert(0, os.getcwd())
     from mutmut.mutation.data import SourceFileMutationData
@@ -69,7 +83,8 @@ def main():
         data.load()
         if not data.exit_code_by_key:
             continue
-        codes = {k: base.get(k) if c is None else c for k, c in data.exit_code_by_key.items()}
+        codes = {k: 1 if k in killed_elsewhere else base.get(k) if c is None else c
+                 for k, c in data.exit_code_by_key.items()}
         totals[str(path)] = collections.Counter(STATUS.get(c, f"exit {c}") for c in codes.values())
         for name, code in codes.items():
             status = STATUS.get(code, f"exit {code}")
@@ -77,6 +92,8 @@ def main():
                 short, diff = name.replace("\u01c1", "."), change(name, path)
                 family, reason = next(((f, r) for g, rx, f, r in rules
                                        if fnmatch.fnmatchcase(short, g) and rx.search(diff)), ("?", ""))
+                if status == "timeout":
+                    family, reason = "timeout", "not decided: the tests ran past mutmut's CPU-time limit on the loaded machine"
                 rows.append((short, status, diff, family, reason))
     cols = ["killed", "survived", "no tests", "timeout"]
     print("| file | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))

@@ -473,6 +473,9 @@ def test_optimisers_and_learning_rates_follow_the_paper(stage1_checkpoint):
     trained = list(s2.model.condnet.parameters()) + list(s2.model.denoiser.parameters())
     assert {id(p) for p in group["params"]} == {id(p) for p in trained}
     assert s2.ema.decay == 0.5
+    for stage in (AutoencoderStage(), ConsistencyStage(load_stage1(stage1_checkpoint))):  # a given lr wins
+        stage, _ = ready(stage, stage1=stage1_checkpoint, lr=2e-3)
+        assert stage.learning_rate == 2e-3 and stage.opt.param_groups[0]["lr"] == 2e-3
 
 
 def test_stage1_adaptive_gan_weight_is_clamped_ratio_of_gradient_norms():

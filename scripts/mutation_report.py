@@ -8,7 +8,8 @@ Usage (mutmut must be importable: PYTHONPATH=<OUT>/mutmut-pkgs):
 code (for a rerun of only the survivors after tests were added: what BASE's tests killed stays killed).
 ``--killed-by OTHER``: a mutant that OTHER killed counts as killed; OTHER is a run folder (the same code judged
 by more test files) or a text file of ``name exit-status`` lines from running a test with the mutant switched on
-(``MUTANT_UNDER_TEST=name pytest ...`` inside OTHER/run/mutants; status 1: the test failed, so the mutant is killed).
+(``MUTANT_UNDER_TEST=name pytest ...`` inside OTHER/run/mutants; status 1: the test failed, so the mutant is killed;
+status 0, or survived in OTHER, turns a timeout or "no tests" into survived: the tests ran and passed).
 
 The families file has one rule per line, ``glob<TAB>regex<TAB>family<TAB>reason``; the first rule whose glob
 matches a mutant's name (e.g. ``lcmsr.train.stage2.*finish*``) and whose regex is found in its change
@@ -71,7 +72,14 @@ def main():
             return {r[0] for r in rows if r[1:] == ["1"]}
         return {k for k, c in verdicts(other).items() if c == 1}
 
+    def passes(other):
+        if not Path(other).is_file():
+            return {k for k, c in verdicts(other).items() if c == 0}
+        rows = (line.split() for line in Path(other).read_text().splitlines() if line.strip())
+        return {r[0] for r in rows if r[1:] == ["0"]}
+
     killed_elsewhere = set().union(*(kills(o) for o in args.killed_by))
+    passed_elsewhere = set().union(*(passes(o) for o in args.killed_by)) - killed_elsewhere
     os.chdir(args.run)
     sys.path.insert(0, os.getcwd())
     from mutmut.mutation.data import SourceFileMutationData
@@ -85,6 +93,8 @@ def main():
             continue
         codes = {k: 1 if k in killed_elsewhere else base.get(k) if c is None else c
                  for k, c in data.exit_code_by_key.items()}
+        codes = {k: 0 if k in passed_elsewhere and STATUS.get(c) in ("timeout", "no tests") else c
+                 for k, c in codes.items()}
         totals[str(path)] = collections.Counter(STATUS.get(c, f"exit {c}") for c in codes.values())
         for name, code in codes.items():
             status = STATUS.get(code, f"exit {code}")

@@ -173,3 +173,71 @@ def test_ema_warmup_update_and_state_round_trip():
     other.load_state_dict(state)
     assert other.num_updates == 10 ** 6 and float(other.module.w) == float(ema.module.w)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_pseudo_huber_loss_is_ict_formula_per_sample_with_its_default_c():
+    """iCT's pseudo-Huber: mean over the batch of sqrt(||f_θ - f_target||² + c²) - c, with c given or
+    0.00054 * sqrt(d) (d: values per sample); the same draws as the MSE loss."""
+    schedule = NoiseSchedule(ScheduleConfig())
+    z0, cond = torch.randn(4, 4, 4, 4), torch.randn(4, 4, 4, 4)
+    net = Linear()
+    with torch.no_grad():
+        mse = _expected_ct(net, z0, cond, schedule, ConsistencyConfig(), 7, 250)
+        g = torch.Generator().manual_seed(7)
+        t2 = torch.randint(0, 1000, (4,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        t1 = (t2 - 250).clamp_min(0)
+        pred = consistency_function(net, schedule.q_sample(z0, t2, noise), t2, cond, 4, (32, 32), ConsistencyConfig(), 1000)
+        target = consistency_function(net, schedule.q_sample(z0, t1, noise), t1, cond, 4, (32, 32), ConsistencyConfig(), 1000)
+    sq = (pred - target).pow(2).sum(dim=(1, 2, 3))     # per sample
+    assert torch.allclose(sq.sum() / pred.numel(), mse)   # the same draws as the MSE test
+    for c_opt, c in ((0.5, 0.5), (None, 0.00054 * math.sqrt(64))):
+        opts = ConsistencyConfig(loss="pseudo_huber", huber_c=c_opt)
+        loss, _ = ct_loss(net, None, z0, cond, 4, (32, 32), schedule, opts, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(loss, (torch.sqrt(sq + c * c) - c).mean())
+        assert not torch.allclose(loss, mse)
+
+
+def test_gap_curriculum_halves_in_equal_stages_and_ct_loss_follows_the_step():
+    on = ConsistencyConfig(gap=250, gap_min=10, gap_curriculum=True)
+    # log2(250 / 10) = 4.6: five stages of 200 steps each, 250 // 2^k, never below gap_min.
+    assert [gap_at(s, 1000, on) for s in (0, 199, 200, 400, 600, 799, 800, 999)] == [250, 250, 125, 62, 31, 31, 15, 15]
+    assert gap_at(1000, 1000, on) == 15 and gap_at(5000, 1000, on) == 15   # past the end: the last stage
+    fine = ConsistencyConfig(gap=8, gap_min=1, gap_curriculum=True)
+    assert [gap_at(s, 4, fine) for s in range(4)] == [8, 4, 2, 1]
+    short = ConsistencyConfig(gap=15, gap_min=10, gap_curriculum=True)    # less than one halving: fixed
+    assert {gap_at(s, 100, short) for s in range(100)} == {15}
+    schedule = NoiseSchedule(ScheduleConfig())
+    z0 = torch.randn(2, 4, 4, 4)
+    for step, gap in ((0, 250), (900, 15)):
+        _, stats = ct_loss(Linear(), None, z0, z0, 4, (32, 32), schedule, on, step=step, total_steps=1000,
+                           generator=torch.Generator().manual_seed(0))
+        assert stats["gap"] == gap
+
+
+def test_lognormal_timesteps_come_from_the_generator_and_stay_in_1_to_T_minus_1():
+    schedule = NoiseSchedule(ScheduleConfig())
+    opts = ConsistencyConfig(timestep_sampling="lognormal")
+    a, b = (sample_timesteps(64, schedule, opts, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a, b)           # reproducible: a resumed run draws the same timesteps
+    assert not torch.equal(a, sample_timesteps(64, schedule, opts, torch.Generator().manual_seed(4)))
+    t = schedule.timestep_for_sigma(torch.tensor([1e-9, float(schedule.sigmas[500]), 1e9]))
+    assert t.tolist() == [1, 500, 999]   # never t = 0 (f is the identity there), never past T-1
+
+
+def test_ema_defaults_to_the_paper_decay_and_refuses_a_state_of_another_model():
+    ema = EMA(Linear())
+    ema.num_updates = 10 ** 6
+    assert ema.current_decay() == 0.9999
+    state = ema.state_dict()
+    with pytest.raises(RuntimeError):
+        EMA(Junk2()).load_state_dict(state)   # a missing or extra weight is an error, not ignored
+    with pytest.raises(ValueError, match="num_updates"):
+        EMA(Linear()).load_state_dict({"shadow.w": torch.tensor(1.0)})
+
+
+class Junk2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+        self.v = nn.Parameter(torch.tensor(0.5))

@@ -207,7 +207,11 @@ def test_stage1_latent_scale_is_one_over_the_std_of_e_hr_lr_up(tmp_path, monkeyp
     stored with the stage-1 weights that stage 2 starts from."""
     torch.set_num_threads(1)
     calls = _record_encoder_calls(monkeypatch)
-    result = train_autoencoder(options(iterations=1, checkpoint_dir=str(tmp_path / "ck")))
+    said = []
+    progress = Progress()
+    progress.info = said.append
+    result = train_autoencoder(options(iterations=1, checkpoint_dir=str(tmp_path / "ck")), progress)
+    assert any(f"latent_scale {result.latent_scale:.4g}" in m for m in said), said  # the caller's progress hears it
     measured = [c for c in calls if not c["grad"]]  # after the training step, without gradient
     assert measured, "the latent scale was not measured with the encoder"
     for c in measured:
@@ -278,7 +282,8 @@ def test_stage2_ct_target_is_the_ema_at_t2_minus_gap_with_the_same_noise(stage1_
     def recorder(name):
         def hook(module, args, output):
             calls[name].append({"x": args[0].detach().clone(), "t": torch.as_tensor(args[1]).clone(),
-                                "cond": args[2].detach().clone(), "grad": torch.is_grad_enabled()})
+                                "cond": args[2].detach().clone(), "grad": torch.is_grad_enabled(),
+                                "scale": args[3], "out_size": tuple(args[4])})
         return hook
 
     stage.model.denoiser.register_forward_hook(recorder("online"))
@@ -292,6 +297,8 @@ def test_stage2_ct_target_is_the_ema_at_t2_minus_gap_with_the_same_noise(stage1_
     assert len(calls["online"]) == 1 and calls["online"][0]["grad"], calls["online"]
     assert len(calls["ema"]) == 1 and not calls["ema"][0]["grad"], "the CT target is not computed by the EMA"
     online, target = calls["online"][0], calls["ema"][0]
+    for call in (online, target):  # the embeddings get the SR factor and the HR size of the patch
+        assert call["scale"] == 4 and call["out_size"] == (32, 32), call
     t2, t1 = online["t"].long(), target["t"].long()
     gap = gap_at(0, stage.opts.iterations, stage.config.consistency)
     assert (t2 >= gap).any() and (t2 > 0).all()  # the draw exercises the gap (fixed seed)
@@ -350,6 +357,27 @@ def test_stage2_model_file_ships_the_ema_denoiser_and_the_stage1_decoder(stage2_
     assert not any(k.startswith("encoder.") for k in shipped)
 
 
+def test_stage2_model_file_carries_the_stage1_normalisation_and_the_training_record(stage2_run, stage1_checkpoint):
+    """What the plugin reads back from the file: the normalisation the weights were trained under (stage 1's),
+    the data type and band names of the training data, and the record of both stages."""
+    from lcmsr.normalization import Normalization
+    from lcmsr.weights import load_model
+
+    info = load_model(stage2_run.model_path).info
+    s1 = ckpt.load_checkpoint(stage1_checkpoint)
+    sset = SourceSet.open([str(SAMPLE_HR)], None)
+    assert info.normalization == Normalization.from_dict(s1.state["run"]["normalization"])
+    assert (info.scale, info.bands, info.data_type, info.band_names) == (4, 3, sset.data_type, sset.band_names)
+    t = info.training
+    assert (t["steps"], t["stage1_steps"], t["stage1"], t["patch"], t["batch"], t["lr"], t["world_size"]) == \
+        (3, 2, str(s1.path), 32, 4, 1e-3, 1)
+    assert t["data"] == [str(SAMPLE_HR)] and t["bands"] == sset.bands and t["seed"] == options().seed
+    assert t["latent_scale"] == pytest.approx(float(s1.tensors["latent_scale"]))
+    assert s1.state["seconds"] <= t["seconds"] <= stage2_run.seconds + s1.state["seconds"]  # both stages' time
+    assert t["stage1_val_psnr"] == s1.state["val_psnr"]
+    assert {"val_data", "val_psnr", "bicubic_psnr", "date"} <= set(t)
+
+
 # --- stage 3 ------------------------------------------------------------------------------------------------
 
 def _stage3(stage2_run, **changes):
@@ -360,9 +388,10 @@ def _stage3(stage2_run, **changes):
                  out="unused.safetensors", **changes)
 
 
-def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run):
+@pytest.mark.parametrize("pixel", ["l1", "l2"])
+def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run, pixel):
     w = 0.6
-    stage, sampler = _stage3(stage2_run, lpips=True, lpips_weight=w, pixel_loss="l2")
+    stage, sampler = _stage3(stage2_run, lpips=True, lpips_weight=w, pixel_loss=pixel)
     assert stage.lpips is not None, "LPIPS weights are needed for this test (make metric-weights)"
     seen = []
     stage.model.decoder.register_forward_hook(lambda m, args, out: seen.append([a.detach().clone() for a in args]))
@@ -371,7 +400,8 @@ def test_stage3_step_follows_pixel_plus_weighted_lpips_on_the_decoder(stage2_run
     got = step_gradients(stage, hr, lr, named)
     assert len(seen) == 1
     out = stage.model.decoder(*seen[0])
-    pixel, lpips = (out - hr).pow(2).mean(), stage.lpips(hr, out).float().mean()
+    pixel = ((out - hr).abs() if pixel == "l1" else (out - hr).pow(2)).mean()
+    lpips = stage.lpips(hr, out).float().mean()
     want = reference_gradients(pixel + w * lpips, named)
     assert distance(got, want) < 1e-4
     wrong = {"pixel dropped": w * lpips, "LPIPS dropped": pixel, "LPIPS weight ignored": pixel + lpips}
@@ -391,3 +421,77 @@ def test_stage3_leaves_condnet_and_denoiser_untouched(stage2_run):
     after = stage.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
     assert any(not torch.equal(stage.model.decoder.state_dict()[k], v) for k, v in decoder.items())
+
+
+def test_stage3_decoder_learns_on_the_latent_that_one_step_inference_decodes(stage2_run):
+    """The decoder's input in a stage-3 step is D's input in LCMSR.sr(steps=1) for the same x_T:
+    f(x_T, T-1, CondNet(LR↑)) / latent_scale, not a nearby timestep and not multiplied by the scale."""
+    stage, sampler = _stage3(stage2_run)
+    seen = []
+    stage.model.decoder.register_forward_hook(lambda m, args, out: seen.append(args[1].detach().clone()))
+    hr, lr = sampler.sample(2)
+    noise_state = stage.noise_gen.get_state()
+    step_gradients(stage, hr, lr, {f"decoder.{k}": p for k, p in stage.model.decoder.named_parameters()})
+    stage.noise_gen.set_state(noise_state)
+    x_T = torch.randn((2, stage.config.latent_channels, 4, 4), generator=stage.noise_gen)
+    with torch.no_grad():
+        stage.model.sr(lr, steps=1, noise=x_T)
+    assert len(seen) == 2
+    assert torch.equal(seen[0], seen[1])   # bit for bit: f at T-2 instead of T-1 differs by ~1e-6 only
+
+
+def test_stage3_lpips_only_when_asked_and_weighted_and_a_cosine_learning_rate(stage2_run):
+    from lcmsr.train_options import DECODER_LR
+
+    assert _stage3(stage2_run, lpips=False)[0].lpips is None
+    assert _stage3(stage2_run, lpips=True, lpips_weight=0.0)[0].lpips is None
+    assert _stage3(stage2_run, lr=2e-3)[0].opt.param_groups[0]["lr"] == 2e-3   # a given lr wins
+    stage, sampler = _stage3(stage2_run, lr=None, iterations=8)
+    assert stage.learning_rate == DECODER_LR and stage.opt.param_groups[0]["lr"] == DECODER_LR
+    assert [stage._lr_at(s) for s in (0, 4, 8, 12)] == pytest.approx([DECODER_LR, DECODER_LR / 2, 0.0, 0.0])
+    stage.train_step(*sampler.sample(2), 2)
+    assert stage.opt.param_groups[0]["lr"] == pytest.approx(DECODER_LR * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
+
+
+# --- optimisers ---------------------------------------------------------------------------------------------
+
+def test_optimisers_and_learning_rates_follow_the_paper(stage1_checkpoint):
+    """Adam β=(0.5, 0.9) for E, D, logvar and the discriminator at 3.6e-5 per batch of 8; AdamW for CondNet and
+    the denoiser at 1.6e-4 per batch of 16 (linear in the batch); the EMA decay from the config."""
+    from lcmsr.train_options import PAPER_LR
+
+    s1, _ = ready(AutoencoderStage(), lr=None, gan_start=0)
+    for opt, params in ((s1.opt, s1.net.parameters()), (s1.opt_disc, s1.disc.parameters())):
+        group = opt.param_groups[0]
+        assert type(opt) is torch.optim.Adam and group["betas"] == (0.5, 0.9)
+        assert group["lr"] == pytest.approx(PAPER_LR["autoencoder"][0] * 4 / 8) == s1.learning_rate
+        assert {id(p) for p in group["params"]} == {id(p) for p in params}
+    s2, _ = ready(ConsistencyStage(load_stage1(stage1_checkpoint)), stage1=stage1_checkpoint, lr=None,
+                  overrides={"consistency": {"ema_decay": 0.5}})
+    group = s2.opt.param_groups[0]
+    assert type(s2.opt) is torch.optim.AdamW
+    assert group["lr"] == pytest.approx(PAPER_LR["consistency"][0] * 4 / 16) == s2.learning_rate
+    trained = list(s2.model.condnet.parameters()) + list(s2.model.denoiser.parameters())
+    assert {id(p) for p in group["params"]} == {id(p) for p in trained}
+    assert s2.ema.decay == 0.5
+    for stage in (AutoencoderStage(), ConsistencyStage(load_stage1(stage1_checkpoint))):  # a given lr wins
+        stage, _ = ready(stage, stage1=stage1_checkpoint, lr=2e-3)
+        assert stage.learning_rate == 2e-3 and stage.opt.param_groups[0]["lr"] == 2e-3
+
+
+def test_stage1_adaptive_gan_weight_is_clamped_ratio_of_gradient_norms():
+    """d_weight = disc_weight * clamp(||∇nll|| / (||∇g|| + 1e-4), 0, 1e4) at the decoder's last weight."""
+    stage, _ = ready(AutoencoderStage(), gan_start=0, disc_weight=0.8)
+    last = stage.model.decoder.tail.weight
+    unit = torch.ones_like(last) / math.sqrt(last.numel())     # a direction of norm 1
+    for n_nll, n_g, want in ((1e-3, 1e-3, 1e-3 / 1.1e-3), (2.0, 8.0, 2.0 / (8.0 + 1e-4)), (1e3, 1e-5, 1e4)):
+        w = stage._adaptive_weight((last * unit).sum() * n_nll, (last * unit).sum() * n_g)
+        assert float(w) == pytest.approx(0.8 * want, rel=1e-4), (n_nll, n_g)
+
+
+def test_stage1_kl_is_zero_at_the_prior_and_half_the_squared_mean_per_value():
+    from lcmsr.train.stage1 import _kl
+
+    zero = torch.zeros(2, 4, 3, 3)
+    assert float(_kl(zero, zero)) == 0.0
+    assert float(_kl(zero + 1.0, zero)) == pytest.approx(0.5 * 4 * 3 * 3)   # summed per sample, mean over the batch

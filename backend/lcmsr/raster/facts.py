@@ -126,6 +126,12 @@ def band_samples(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
     return out
 
 
+def value_ranges(samples: list[np.ndarray]) -> list[tuple | None]:
+    """Per band (min, max) of :func:`band_samples`, what every SR (and bicubic) output is clamped to;
+    integer bands as exact Python ints (float64 rounds 2**62 + k).  None for a band with no valid value."""
+    return [(v.min().item(), v.max().item()) if v.size else None for v in samples]
+
+
 def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE, ds: gdal.Dataset | None = None,
                 samples: list[np.ndarray] | None = None) -> list[tuple[float, float, float, float]]:
     """Per selected band: (p1, p99, min, max) of its valid pixels (:func:`band_samples`)."""

@@ -43,7 +43,7 @@ from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..progress import Progress
 from . import io
-from .facts import band_ranges, band_samples, input_facts
+from .facts import band_ranges, band_samples, input_facts, value_ranges
 from .tiling import BlockBlender, plan_tiles, stripe_columns
 from .validity import fill_invalid, neutral_values
 
@@ -547,9 +547,7 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
         norm = Normalization(norm.lo * len(bands), norm.hi * len(bands))
     # Every output value lies in its input band's value range (ringing and extrapolation are clamped):
     # measured on the stretch's sample, so exact up to STRETCH_SAMPLE pixels a side, inside it beyond.
-    # Integer bands keep exact Python ints: float64 rounds 2**62 + k (below the minimum, say).
-    value_ranges = [(v.min().item(), v.max().item()) if v.size else None for v in samples]
-    return domain, bands, norm, value_ranges
+    return domain, bands, norm, value_ranges(samples)
 
 
 def provenance(model, model_or_path, options: SROptions, scale: int, bands: list[int]) -> dict[str, str]:

@@ -204,7 +204,7 @@ class _Acc:
 
     def __init__(self, bands: int, h: int, w: int, dtype=np.float32):
         self.sum = np.zeros((bands, h, w), dtype)
-        self.wsum = np.zeros((h, w), np.float32)
+        self.wsum = np.zeros((h, w), dtype)  # the sums' type too: at 2**62 a float32 sum of weights is 1e11 off
         self.valid = np.zeros((bands, h, w), bool)
 
 

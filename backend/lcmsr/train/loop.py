@@ -438,8 +438,20 @@ def _find_resume(opts: TrainOptions, ckdir: Path, progress: Progress):
         if not ckpt.list_checkpoints(ckdir):
             progress.info(f"no checkpoint in {ckdir} to resume from; starting from step 0")
             return None
-        return ckpt.load_checkpoint(ckdir, warn=progress.warn)
-    return ckpt.load_checkpoint(opts.resume, warn=progress.warn)
+        return ckpt.load_checkpoint(ckdir, warn=progress.warn, check=_resume_problem)
+    return ckpt.load_checkpoint(opts.resume, warn=progress.warn, check=_resume_problem)
+
+
+def _resume_problem(state: dict) -> str:
+    """What a resume needs from a checkpoint's state and this one lacks ('' when it has it all)."""
+    if not (isinstance(state.get("run"), dict) and isinstance(state["run"].get("normalization"), dict)
+            and isinstance(state.get("options"), dict) and isinstance(state.get("stage"), str)):
+        return "its training state is missing or malformed"
+    if not (isinstance(state.get("ranks"), list) and state["ranks"] and all(
+            isinstance(r, dict) and isinstance(r.get("sampler"), dict) and isinstance(r.get("rng"), dict)
+            for r in state["ranks"])):
+        return "its per-process states are missing or malformed"
+    return ""
 
 
 def _check_same_run(ck: ckpt.Checkpoint, opts: TrainOptions, stage_name: str, ctx: DistContext) -> None:

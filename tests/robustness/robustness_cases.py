@@ -947,9 +947,11 @@ class Suite:
                         os.remove(p)
 
     # ------------------------------------------------------------------ all
-    def run(self, families=("rasters", "weights", "train", "sr", "cancel")) -> None:
+    def run(self, families=("rasters", "weights", "train", "sr", "cancel", "corruption", "trainfolder")) -> None:
         steps = {"rasters": self.run_rasters, "weights": self.run_weights, "train": self.run_training_kills,
                  "sr": self.run_sr_faults, "cancel": self.run_cancel_storms}
+        steps["corruption"] = lambda: __import__("cases_corruption").run_corruption(self)
+        steps["trainfolder"] = lambda: __import__("cases_corruption").run_trainfolder(self)
         try:
             for key in families:
                 steps[key]()

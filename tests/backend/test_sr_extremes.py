@@ -20,7 +20,7 @@ OPTS = dict(tile=32, overlap=8)
 
 def test_int64_near_2_to_62_keeps_its_values(tmp_path):
     # float32 has 2**39 between neighbours at 2**62: read that way the whole raster was one constant.
-    base = textured(40, 36, lo=0, hi=200000).round().astype(np.int64)
+    base = textured(40, 36, lo=0, hi=200000).round().astype(np.int64) + 100  # min 2**62 + 100: no float64
     offset = 2**62
     for t, dtype in ((gdal.GDT_Int64, np.int64), (gdal.GDT_UInt64, np.uint64)):
         src = write_raster(tmp_path / f"big{t}.tif", (base + offset).astype(dtype), data_type=t)
@@ -156,3 +156,14 @@ def test_eval_of_a_raster_too_large_to_read_is_refused_at_once(tmp_path):
     finished, exc = _returns_within(lambda: evaluate_rasters(vrt, vrt, 2, lpips=False), 30)
     assert finished, "evaluation started reading 10^12 pixels"
     assert isinstance(exc, ValueError) and "1000000x1000000 pixels" in str(exc)
+
+
+def test_float32_output_bounds_round_inwards():
+    # A Float64 input's minimum that float32 cannot hold: clamping to its nearest float32 would step
+    # outside the input's range.
+    spec = io.OutputSpec(width=1, height=1, data_type=gdal.GDT_Float32, fill=[None],
+                         value_ranges=[(-0.1197345391683628, 1e300)])
+    (lo, hi), = io.output_bounds(spec)
+    assert -0.1197345391683628 <= lo == float(np.float32(lo)) and hi == float(np.finfo(np.float32).max)
+    out, _ = io.finish_block(np.array([[[-1.0, 5e38]]]), np.ones((1, 1, 2), bool), spec)
+    assert out.dtype == np.float32 and -0.1197345391683628 <= out.min() and np.isfinite(out).all()

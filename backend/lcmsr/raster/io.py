@@ -483,6 +483,10 @@ def output_bounds(spec: OutputSpec) -> list[tuple[float, float]]:
         r = (spec.value_ranges or [None] * spec.bands)[i] or (None, None)
         lo = lo_t if r[0] is None else min(max(float(r[0]), lo_t), hi_t)
         hi = hi_t if r[1] is None else max(min(float(r[1]), hi_t), lo_t)
+        if spec.data_type == gdal.GDT_Float32:  # rounded inwards: float32(-0.1197345392) is below it
+            lo32, hi32 = np.float32(lo), np.float32(hi)
+            lo = float(lo32 if lo32 >= lo else np.nextafter(lo32, np.float32(np.inf)))
+            hi = float(hi32 if hi32 <= hi else np.nextafter(hi32, np.float32(-np.inf)))
         out.append((lo, max(lo, hi)))
     return out
 

@@ -60,6 +60,7 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
     with ckpt.FolderLock(folder):
         pass
 

@@ -534,7 +534,7 @@ def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tup
     range and the type's range (:func:`output_bounds`), and a valid pixel never comes out equal to
     the nodata value: it is moved one step towards the valid side instead."""
     check_finite(values, valid, spec)
-    values = values.astype(exact_work_type(spec.data_type), copy=False)
+    values = values.astype(np.float64)   # clipped before the cast: 5e38 as float32 would overflow
     for i, (lo, hi) in enumerate(output_bounds(spec)):
         np.clip(values[i], lo, hi, out=values[i])
     data = to_data_type(values, spec.data_type)

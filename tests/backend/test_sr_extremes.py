@@ -167,3 +167,17 @@ def test_float32_output_bounds_round_inwards():
     assert -0.1197345391683628 <= lo == float(np.float32(lo)) and hi == float(np.finfo(np.float32).max)
     out, _ = io.finish_block(np.array([[[-1.0, 5e38]]]), np.ones((1, 1, 2), bool), spec)
     assert out.dtype == np.float32 and -0.1197345391683628 <= out.min() and np.isfinite(out).all()
+
+
+def test_a_normalisation_span_beyond_float32_still_maps_the_values(tmp_path):
+    # A stretch over +-3e38 spans 6e38, inf in float32: normalised there every pixel became one value.
+    # The stand-in is linear, so the SR of 2e38 * x is 2e38 * the SR of x (both clamped alike).
+    unit = textured(40, 40, lo=-1.0, hi=1.0)
+    outs = []
+    for k, (lo, hi) in ((1.0, (-1.5, 1.5)), (2e38, (-3e38, 3e38))):
+        src = write_raster(tmp_path / f"k{k:g}.tif", (unit * k).astype(np.float32), data_type=gdal.GDT_Float32)
+        model = StandInModel(scale=2, lo=lo, hi=hi, data_type="Float32", noise_weight=0.0)
+        outs.append(read_raster(superresolve(src, tmp_path / f"k{k:g}_sr.tif", model, SROptions(**OPTS)).path)
+                    .astype(np.float64) / k)
+    assert np.isfinite(outs[1]).all() and outs[1].std() > 0.1
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)

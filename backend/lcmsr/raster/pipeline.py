@@ -300,9 +300,11 @@ class _Job:
         self.tiles_run = 0
         self.skipped = 0
         self.draws = model.noise_draws(options.steps, options.sampler)
-        # Blends in float64 where float32 would round the input's or the output's values (64-bit types).
+        # Blends in float64 where float32 would round the input's or the output's values (64-bit types),
+        # or where weighted sums of values near float32's limit (3.4e38) could overflow.
+        huge = any(max(abs(lo), abs(hi)) > 1e30 for lo, hi in io.output_bounds(spec))
         self.work = max(io.exact_work_type(info.data_type), io.exact_work_type(spec.data_type),
-                        key=lambda d: d.itemsize)
+                        np.dtype(np.float64 if huge else np.float32), key=lambda d: d.itemsize)
         # Model outputs are clamped to the output's bounds (within the blend type's range) before blending,
         # so blending never overflows; NaN/inf pass, for the one sanity check (io.check_finite) to stop.
         big = float(np.finfo(self.work).max)

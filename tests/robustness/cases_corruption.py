@@ -276,12 +276,15 @@ def _locked_then_signalled(suite, fam, ckdir: Path, src: Path, sig) -> None:
     non-zero exit, a line saying where the resumable checkpoint is, and a resume that continues from it."""
     name = f"second and third training on a locked folder, then {sig.name}"
     t0 = time.monotonic()
-    a = subprocess.Popen(_train_cmd(src, ckdir, 10**6, 10**6, "--log-every", "1"), stdout=subprocess.PIPE,
+    a = subprocess.Popen(_train_cmd(src, ckdir, 10**6, 10**6, "--quiet"), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=child_env())
     try:
-        for line in a.stderr:   # the bar's "step k/N" goes to stderr
-            if "step 2/" in line:
-                break
+        lock = ckdir / ".lcmsr-train.lock"   # A is training once it holds the folder
+        while a.poll() is None and not (lock.exists() and f"process {a.pid}" in lock.read_text()):
+            if time.monotonic() - t0 > 120:
+                raise subprocess.TimeoutExpired("training A", 120)
+            time.sleep(0.2)
+        time.sleep(2)   # a few steps in
         for who in ("second", "third"):
             proc, _ = _run(_train_cmd(src, ckdir, 3))
             if proc is None:

@@ -28,9 +28,15 @@ def robust_range(values, low: float = STRETCH_PERCENTILES[0], high: float = STRE
     if v.size == 0:
         raise ValueError("no valid pixel values to measure a range from")
     lo, hi = (float(p) for p in np.percentile(v, [low, high]))
-    if not hi > lo or not math.isfinite(hi - lo):
-        hi = lo + 1.0
+    # Float64 data near ±1.8e308: a span that overflows is halved at both ends, so hi - lo stays finite.
+    if not math.isfinite(hi - lo):
+        lo, hi = max(lo, -_HALF_MAX), min(hi, _HALF_MAX)
+    if not hi > lo:
+        hi = lo + max(1.0, abs(lo) * 2.0 ** -20)  # lo + 1 == lo for |lo| >= 2**53
     return lo, hi
+
+
+_HALF_MAX = float(np.finfo(np.float64).max) / 2
 
 
 # ---------------------------------------------------------------------------------------------

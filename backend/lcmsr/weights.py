@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .files import NotARegularFile, check_regular
 from .atomic import AtomicPath
 from .model import FORMAT_VERSION, LCMSR, ModelInfo
 from .text import clean, safe_text
@@ -130,6 +131,10 @@ def _read_header(path: Path) -> tuple[dict, int]:
         raise ModelFileError(f"model file {path} was not found")
     if path.is_dir():
         raise ModelFileError(f"model file {path} is a folder, not a .safetensors file")
+    try:
+        check_regular(path, "model file")   # a FIFO would block the read below for ever
+    except NotARegularFile as exc:
+        raise ModelFileError(str(exc)) from None
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:

@@ -408,3 +408,14 @@ def test_overlapping_tensor_bytes_are_refused(saved, tmp_path):
     bad.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
     with pytest.raises(ModelFileError, match="overlap.safetensors is not a valid safetensors file"):
         read_info(bad)
+
+
+def test_a_fifo_as_model_file_is_refused_instead_of_blocking_the_read(tmp_path):
+    import os
+
+    from lcmsr.weights import ModelFileError, read_info
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"model\.safetensors is a named pipe \(FIFO\), not a regular file"):
+        read_info(fifo)

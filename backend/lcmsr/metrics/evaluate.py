@@ -156,6 +156,7 @@ def _evaluate_readers(sr, hr, sr_path, hr_path, scale, data_range, lpips, device
     if (sr.width, sr.height) != (hr.width, hr.height):
         raise ValueError(f"SR {sr_path} is {sr.width}x{sr.height} pixels but HR {hr_path} is "
                          f"{hr.width}x{hr.height}; they must match")
+    _rio().check_size(hr.width, hr.height, hr_path)   # the SR command's size guard, before any read
     if len(sr.bands) != len(hr.bands):
         raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr_path} has {len(hr.bands)} "
                          f"(alpha bands excluded); pass bands= to compare a selection")

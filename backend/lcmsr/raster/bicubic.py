@@ -17,6 +17,7 @@ from ..ops import upsample_bicubic
 from ..progress import Progress
 from . import io
 from .pipeline import _Recording
+from .facts import band_samples, value_ranges
 from .validity import FILL_ITERATIONS, fill_invalid
 
 BLOCK_LR = io.BLOCK  # LR pixels per block side: scale x whole GeoTIFF tiles out
@@ -36,6 +37,7 @@ def bicubic_upsample(src, dst, scale: int, progress: Progress | None = None) -> 
     ds = None
     w, h = info.width, info.height
     spec = io.derive_output(info, w * s, h * s, 1.0 / s, info.data_type)
+    spec.value_ranges = value_ranges(band_samples(src, bands))   # clamped as SR outputs are
     io.check_destination(dst, src, spec.estimated_bytes(), progress)
     blocks = [(x, y) for y in range(0, h, BLOCK_LR) for x in range(0, w, BLOCK_LR)]
     reader = io.WindowReader(src, bands)

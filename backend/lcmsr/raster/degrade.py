@@ -50,6 +50,7 @@ def degrade(src, dst, scale: int, progress: Progress | None = None, bands: list[
     chosen = io.select_bands(ds, bands, src)
     info = io.describe(ds, src, chosen)
     ds = None
+    io.check_size(info.width, info.height, src)
     w, h = info.width // s, info.height // s
     if w == 0 or h == 0:
         raise io.RasterError(f"{src} ({info.width}x{info.height} pixels) is smaller than the scale {s}")

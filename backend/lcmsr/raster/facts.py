@@ -103,10 +103,11 @@ def input_facts(path: str, ds: gdal.Dataset | None = None) -> InputFacts:
                       sensor=sensor, roles=roles, roles_how=roles_how)
 
 
-def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
-                ds: gdal.Dataset | None = None) -> list[tuple[float, float, float, float]]:
-    """Per selected band: (p1, p99, min, max) of its valid pixels, measured on a decimated read
-    (GDAL's overviews where the file has them), so a whole scene costs about one 1024^2 read."""
+def band_samples(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
+                 ds: gdal.Dataset | None = None) -> list[np.ndarray]:
+    """Per selected band, its valid values (in the band's type, maybe none) on a decimated read (GDAL's overviews
+    where the file has them; every pixel of a raster up to ``sample`` pixels a side), so a whole scene
+    costs about one 1024^2 read."""
     ds = ds if ds is not None else io.open_raster(path)
     w, h = ds.RasterXSize, ds.RasterYSize
     f = max(1.0, max(w, h) / sample)
@@ -121,10 +122,26 @@ def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE,
         valid = valid_values(a, nodata)
         if nodata is None and band.GetMaskFlags() & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
             valid &= io._call(where, band.GetMaskBand().ReadAsArray, 0, 0, w, h, bw, bh) != 0
-        v = a[valid].astype(np.float64)
+        out.append(a[valid])
+    return out
+
+
+def value_ranges(samples: list[np.ndarray]) -> list[tuple | None]:
+    """Per band (min, max) of :func:`band_samples`, what every SR (and bicubic) output is clamped to;
+    integer bands as exact Python ints (float64 rounds 2**62 + k).  None for a band with no valid value."""
+    return [(v.min().item(), v.max().item()) if v.size else None for v in samples]
+
+
+def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE, ds: gdal.Dataset | None = None,
+                samples: list[np.ndarray] | None = None) -> list[tuple[float, float, float, float]]:
+    """Per selected band: (p1, p99, min, max) of its valid pixels (:func:`band_samples`)."""
+    samples = samples if samples is not None else band_samples(path, bands, sample, ds)
+    out = []
+    for b, v in zip(bands, samples):
         if v.size == 0:
             raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
                                  f"super-resolve")
         lo, hi = dom.robust_range(v)
+        v = v.astype(np.float64)
         out.append((lo, hi, float(v.min()), float(v.max())))
     return out

@@ -23,6 +23,7 @@ from osgeo import gdal
 
 from .. import atomic
 from ..choices import CLI_TERMS, Terms
+from ..files import check_regular
 from ..paths import check_outputs, raster_outputs
 from ..progress import Cancelled, Progress
 from .validity import valid_values
@@ -66,14 +67,33 @@ def to_data_type(values: np.ndarray, data_type: int) -> np.ndarray:
     dtype = numpy_dtype(data_type)
     if dtype.kind == "f":
         return values.astype(dtype, copy=False)
-    info = np.iinfo(dtype)
     # float32 holds every 8/16-bit value and both range ends exactly; wider integers need float64
     # so that e.g. 2**31 - 1 is not rounded past the limit.
     work = np.float32 if dtype.itemsize <= 2 else np.float64
     out = values.astype(work, copy=True)
     np.rint(out, out=out)
-    np.clip(out, info.min, info.max, out=out)
+    np.clip(out, *type_range(data_type), out=out)
     return out.astype(dtype)
+
+
+def type_range(data_type: int) -> tuple[float, float]:
+    """The finite values ``data_type`` holds, as floats that convert back without wrapping: 2**63 - 1
+    is 2**63 as a float64, which an int64 cast wraps to -2**63, so 64-bit ends step one float inwards."""
+    dtype = numpy_dtype(data_type)
+    info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    lo, hi = float(info.min), float(info.max)
+    if dtype.kind in "iu" and int(hi) > info.max:
+        hi = float(np.nextafter(hi, 0.0))
+    if dtype.kind in "iu" and int(lo) < info.min:
+        lo = float(np.nextafter(lo, 0.0))
+    return lo, hi
+
+
+def exact_work_type(data_type: int) -> np.dtype:
+    """The float type that keeps a band's values: float32 for 8/16-bit integers and Float32,
+    float64 for 32/64-bit integers and Float64 (float32 rounds 2**62 + k to one constant)."""
+    dtype = numpy_dtype(data_type)
+    return np.dtype(np.float32 if dtype.itemsize <= 2 or dtype == np.float32 else np.float64)
 
 
 # ---------------------------------------------------------------- checked GDAL calls
@@ -167,6 +187,7 @@ def open_raster(path: str | os.PathLike) -> gdal.Dataset:
     path = os.fspath(path)
     if not os.path.exists(path) and not path.startswith("/vsi"):
         raise FileNotFoundError(f"input raster {path} does not exist")
+    check_regular(path, "input raster", folders=True)  # a FIFO or a device would block GDAL forever
     if os.path.isfile(path) and not os.access(path, os.R_OK):
         raise PermissionError(f"input raster {path} is not readable (permission denied)")
     if os.path.isfile(path) and path.lower().endswith(".vrt") and (loop := vrt_loop(path)):
@@ -183,6 +204,18 @@ def open_raster(path: str | os.PathLike) -> gdal.Dataset:
     if ds.RasterCount == 0:
         raise RasterError(f"{path} has no raster bands (is it a container of subdatasets?)")
     return ds
+
+
+# The most pixels (width x height) any command reads: 2**36 is 262144 pixels a side, over 500 Sentinel-2
+# tiles; a bigger raster is almost surely a VRT declaring a size no data fills, and would run for days.
+MAX_PIXELS = 2**36
+
+
+def check_size(width: int, height: int, path: str) -> None:
+    """Refuse, before any work, a raster larger than :data:`MAX_PIXELS` (SR and evaluation alike)."""
+    if width * height > MAX_PIXELS:
+        raise RasterError(f"{path} is {width}x{height} pixels ({width * height:.3g}), more than lcmsr works on "
+                          f"({MAX_PIXELS:.3g}): cut it into pieces first (gdal_translate -srcwin)")
 
 
 def select_bands(ds: gdal.Dataset, bands, path: str) -> list[int]:
@@ -255,6 +288,7 @@ class SourceInfo:
     unit_types: list[str]
     band_metadata: list[dict]
     mask_flags: list[int]
+    rpc: dict = field(default_factory=dict)   # the RPC metadata domain (RPC-only georeferencing)
 
     @property
     def has_crs(self) -> bool:
@@ -284,7 +318,7 @@ def describe(ds: gdal.Dataset, path: str, bands: list[int]) -> SourceInfo:
         offsets=[b.GetOffset() for b in rb], scales=[b.GetScale() for b in rb],
         unit_types=[b.GetUnitType() or "" for b in rb],
         band_metadata=[dict(b.GetMetadata_Dict() or {}) for b in rb],
-        mask_flags=[b.GetMaskFlags() for b in rb],
+        mask_flags=[b.GetMaskFlags() for b in rb], rpc=dict(ds.GetMetadata_Dict("RPC") or {}),
     )
 
 
@@ -328,14 +362,17 @@ def layout(path: str | os.PathLike) -> Layout:
 
 class WindowReader:
     """THE window reader of lcmsr: inference, degrading, training patches and evaluation all read
-    pixels through it.  Windows of the selected bands come as float32 with a per-band validity mask.
+    pixels through it.  Windows of the selected bands come as float32 with a per-band validity mask;
+    ``exact=True`` (inference) gives float64 where float32 would not keep the values (32/64-bit integers,
+    Float64: see :func:`exact_work_type`).  Float64 values beyond float32's range come as its largest
+    finite value, never as inf.
 
     Opens its own read-only handle, so each thread that reads owns one.  The validity rule is
     :mod:`lcmsr.raster.validity`'s: a value is invalid where it equals its band's nodata value,
     where the band's mask or alpha band is 0 (bands without a nodata value), or where it is not finite.
     """
 
-    def __init__(self, path: str | os.PathLike, bands: list[int] | None):
+    def __init__(self, path: str | os.PathLike, bands: list[int] | None, exact: bool = False):
         """``bands``: 1-based, checked; None = every band except alpha bands."""
         self.path = os.fspath(path)
         self._ds = open_raster(self.path)
@@ -345,20 +382,25 @@ class WindowReader:
         self.nodata = [b.GetNoDataValue() for b in rb]
         self._flags = [b.GetMaskFlags() for b in rb]
         self.dtypes = [numpy_dtype(b.DataType) for b in rb]
+        self.work = max((exact_work_type(b.DataType) if exact else np.dtype(np.float32) for b in rb),
+                        key=lambda d: d.itemsize)
         self._mask_bands = [b.GetMaskBand() if f & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA)
                             and not f & gdal.GMF_NODATA else None for b, f in zip(rb, self._flags)]
 
     def read(self, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> (values float32 [C, h, w], valid bool [C, h, w])."""
+        """-> (values [C, h, w] float32 or with ``exact`` float64, valid bool [C, h, w])."""
         where = f"reading window x={x} y={y} {w}x{h} of {self.path}"
         raw = _call(where, self._ds.ReadAsArray, x, y, w, h, band_list=self.bands)
         raw = raw.reshape(len(self.bands), h, w)
-        values = np.empty(raw.shape, np.float32)
+        values = np.empty(raw.shape, self.work)
         valid = np.ones(raw.shape, bool)
         shared_masks: dict[int, np.ndarray] = {}
+        big = float(np.finfo(self.work).max)
         for i, b in enumerate(self.bands):
             band = raw[i].astype(self.dtypes[i], copy=False)
-            values[i] = band
+            # A Float64 1e300 would be inf in float32, which no later step can tell from a broken value.
+            values[i] = np.clip(band, -big, big) if band.dtype.itemsize > self.work.itemsize and \
+                band.dtype.kind == "f" else band
             valid[i] = valid_values(band, self.nodata[i])
             if self.nodata[i] is None and self._mask_bands[i] is not None:
                 key = b if not self._flags[i] & gdal.GMF_PER_DATASET else 0
@@ -403,9 +445,11 @@ class OutputSpec:
     # Per band, what an invalid pixel becomes: the nodata value, NaN, or None (then the dataset mask says it).
     fill: list[float | None] = field(default_factory=list)
     mask: bool = False                   # write a per-dataset mask band (0 = invalid)
-    # Per band (lo, hi) the output values are clamped to (None: no bound), e.g. (0, None) for data
-    # that cannot be negative; integer outputs are also clipped to their type's range.
+    # Per band (lo, hi) the output values are clamped to (None: no bound): the input band's value
+    # range; every output is also clipped to its type's range (:func:`output_bounds`).
     value_ranges: list[tuple[float | None, float | None] | None] | None = None
+    source: str = ""                     # the input, named when the output fails its sanity check
+    rpc: dict = field(default_factory=dict)  # RPC metadata domain, for the output's pixel grid
 
     @property
     def bands(self) -> int:
@@ -439,7 +483,23 @@ def derive_output(info: SourceInfo, width: int, height: int, pixel_factor: float
         color_interp=[ci if ci != gdal.GCI_PaletteIndex else gdal.GCI_GrayIndex for ci in info.color_interp],
         nodata=list(info.nodata), offsets=list(info.offsets), scales=list(info.scales),
         unit_types=list(info.unit_types), band_metadata=[_inherited(m) for m in info.band_metadata],
-        fill=fill, mask=needs_mask)
+        fill=fill, mask=needs_mask, source=info.path, rpc=scale_rpc(info.rpc, 1.0 / pixel_factor))
+
+
+def scale_rpc(rpc: dict, s: float) -> dict:
+    """RPCs for a grid of pixels ``s`` times smaller.  RPC image coordinates put the upper-left pixel's
+    centre at (0, 0), GDAL's at (0.5, 0.5): new + 0.5 = s (old + 0.5), so each offset becomes
+    s * OFF + (s - 1) / 2 and each scale s * SCALE; the polynomials are unchanged."""
+    if not rpc:
+        return {}
+    out = dict(rpc)
+    try:
+        for axis in ("LINE", "SAMP"):
+            out[f"{axis}_OFF"] = repr(s * float(rpc[f"{axis}_OFF"]) + (s - 1) / 2)
+            out[f"{axis}_SCALE"] = repr(s * float(rpc[f"{axis}_SCALE"]))
+    except (KeyError, ValueError):
+        return {}  # not RPCs GDAL could use either: not copied rather than copied wrong
+    return out
 
 
 # Metadata the output must not inherit: the input's band statistics (STATISTICS_MEAN ...) describe
@@ -453,15 +513,74 @@ def _inherited(metadata: dict) -> dict:
     return {k: v for k, v in metadata.items() if not k.upper().startswith(_NOT_INHERITED)}
 
 
+def output_bounds(spec: OutputSpec) -> list[tuple[float, float]]:
+    """Per band, what its output values are clamped to: the band's value range within the type's."""
+    lo_t, hi_t = type_range(spec.data_type)
+    out = []
+    for i in range(spec.bands):
+        r = (spec.value_ranges or [None] * spec.bands)[i] or (None, None)
+        lo = lo_t if r[0] is None else min(max(float(r[0]), lo_t), hi_t)
+        hi = hi_t if r[1] is None else max(min(float(r[1]), hi_t), lo_t)
+        if spec.data_type == gdal.GDT_Float32:  # rounded inwards: float32(-0.1197345392) is below it
+            lo32, hi32 = np.float32(lo), np.float32(hi)
+            lo = float(lo32 if lo32 >= lo else np.nextafter(lo32, np.float32(np.inf)))
+            hi = float(hi32 if hi32 <= hi else np.nextafter(hi32, np.float32(-np.inf)))
+        out.append((lo, max(lo, hi)))
+    return out
+
+
+def check_output_type(spec: OutputSpec, bands: list[int]) -> None:
+    """Refuse, before any work, an output type that cannot hold the input's values: a range outside
+    the type's (Float64 1e300 as Float32), or one Float32 rounds to a few constants (Int64 near 2**62)."""
+    name = os.path.basename(spec.source) or "the input"
+    type_name = gdal.GetDataTypeName(spec.data_type)
+    t_lo, t_hi = type_range(spec.data_type)
+    for b, r in zip(bands, spec.value_ranges or []):
+        if r is None or r[0] is None or r[1] is None:
+            continue
+        lo, hi = r
+        coarse = (spec.data_type == gdal.GDT_Float32 and hi > lo
+                  and float(np.spacing(np.float32(max(abs(lo), abs(hi))))) * 256 > hi - lo)
+        if hi < t_lo or lo > t_hi or coarse:
+            raise RasterError(f"band {b} of {name} holds values {lo:.17g} .. {hi:.17g}, which a {type_name} output "
+                              f"cannot {'tell apart' if coarse else 'hold'}: write it as the input's data type")
+
+
+class OutputNotFinite(RasterError):
+    """The model gave NaN or infinite values for valid pixels: nothing of the output is kept."""
+
+
+def check_finite(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> None:
+    """THE output sanity check, run on every block before it is written: no NaN/inf in a valid pixel.
+
+    Extreme but valid inputs cannot cause one (inference normalises in float64 and bounds model
+    space); a model that still makes one is broken for this input, and a partly written raster
+    would be a silent lie, so the job stops and the output is discarded."""
+    for i in range(values.shape[0]):
+        bad = valid[i] & ~np.isfinite(values[i])
+        if bad.any():
+            raise OutputNotFinite(
+                f"{os.path.basename(spec.source) or 'the input'}: the model gave {int(bad.sum())} NaN or infinite "
+                f"value(s) in output band {i + 1} (the model file is damaged or cannot handle this input); "
+                f"nothing was written")
+
+
 def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray | None]:
     """Float values [C, h, w] + validity -> (output-typed data, dataset mask [h, w] uint8 or None).
 
-    Ringing is clamped to the band's value range and the type's range, and a valid pixel never
-    comes out equal to the nodata value: it is moved one step towards the valid side instead."""
-    for i, r in enumerate(spec.value_ranges or []):
-        if r is not None:
-            np.clip(values[i], r[0], r[1], out=values[i])
+    Refuses non-finite valid values (:func:`check_finite`); ringing is clamped to the band's value
+    range and the type's range (:func:`output_bounds`), and a valid pixel never comes out equal to
+    the nodata value: it is moved one step towards the valid side instead."""
+    check_finite(values, valid, spec)
+    values = values.astype(np.float64)   # clipped before the cast: 5e38 as float32 would overflow
+    for i, (lo, hi) in enumerate(output_bounds(spec)):
+        np.clip(values[i], lo, hi, out=values[i])
     data = to_data_type(values, spec.data_type)
+    if data.dtype.kind in "iu":  # the exact integer ends (a float64 bound may round past them)
+        for i, r in enumerate(spec.value_ranges or []):
+            if r is not None and isinstance(r[0], int) and isinstance(r[1], int):
+                np.clip(data[i], data.dtype.type(max(r[0], np.iinfo(data.dtype).min)),
+                        data.dtype.type(min(r[1], np.iinfo(data.dtype).max)), out=data[i])
     for i, fill in enumerate(spec.fill):
         if fill is None or (isinstance(fill, float) and math.isnan(fill)):
             if fill is not None:
@@ -584,9 +703,10 @@ def output_format(dst: str, data_type: int | None, cog: bool = False, overviews:
     if type_name and takes is not None and type_name not in takes:
         others = [f".{e}" for e, d in sorted(formats.items()) if d in ("GTiff", "HFA", "GPKG", "PNG")
                   and type_name in (_creation_types(d) or [type_name])]
+        ways = ([f"use {', '.join(others)}"] if others else []) + (["use the Float32 output type"]
+                                                                    if "Float32" in takes else [])
         raise RasterError(f"the {driver} format (.{ext}) holds {'/'.join(takes)} values, but the output is "
-                          f"{type_name}: use {', '.join(others)}" + (", or the Float32 output type" if
-                                                                      "Float32" in takes else ""))
+                          f"{type_name}" + (f": {', or '.join(ways)}" if ways else ""))
     options = [str(o).strip() for o in creation_options if str(o).strip()]
     known = _creation_option_names("COG" if cog else driver)
     for option in options:
@@ -638,7 +758,11 @@ def _creation_types(driver: str) -> list[str] | None:
     if driver == "JPEG":
         return ["Byte"]
     text = gdal.GetDriverByName(driver).GetMetadataItem("DMD_CREATIONDATATYPES")
-    return text.split() if text else None
+    types = text.split() if text else None
+    if types and driver in ("GTiff", "COG") and hasattr(gdal, "GDT_Int64"):
+        # GeoTIFF writes 64-bit integers since GDAL 3.5, but 3.5/3.6 do not list them.
+        types += [t for t in ("Int64", "UInt64") if t not in types]
+    return types
 
 
 def _creation_option_names(driver: str) -> set[str]:
@@ -681,6 +805,8 @@ class RasterWriter:
             ds.SetGCPs(spec.gcps, spec.gcp_projection)
         if spec.metadata:
             ds.SetMetadata(spec.metadata)
+        if spec.rpc:
+            ds.SetMetadata(spec.rpc, "RPC")
         for i in range(spec.bands):
             band = ds.GetRasterBand(i + 1)
             if i < len(spec.band_descriptions) and spec.band_descriptions[i]:

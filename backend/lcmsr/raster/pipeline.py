@@ -38,12 +38,13 @@ from .. import __version__, catalog
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
+from ..files import check_regular
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..paths import check_outputs, raster_outputs
 from ..progress import Progress
 from . import io
-from .facts import band_ranges, input_facts
+from .facts import band_ranges, band_samples, input_facts, value_ranges
 from .tiling import BlockBlender, plan_tiles, stripe_columns
 from .validity import fill_invalid, neutral_values
 
@@ -52,6 +53,9 @@ _QUEUE_TILES = 2          # reader look-ahead, in batches
 # Stripe width in HR pixels: rasters at most this wide are one stripe written in full-width strips;
 # wider ones run in stripes of about this width, written in GeoTIFF-tile-aligned blocks.
 STRIPE_HR = 2048
+# Model-space inputs are clamped to +-MODEL_SPACE_LIMIT (the model's range is [-1, 1]): a valid pixel of
+# 3e38 would otherwise be inf in the network and NaN over the whole tile; 32 spans out is no imagery.
+MODEL_SPACE_LIMIT = 64.0
 _STRIP_ROWS = 64          # strip height of one-stripe rasters (RasterWriter regroups to whole tile rows)
 _QUEUE_BLOCKS = 8
 
@@ -215,7 +219,7 @@ class _Reader(threading.Thread):
                 if reader is None or tile.row != row:
                     if reader is not None:
                         reader.close()
-                    reader, row = io.WindowReader(self.path, self.bands), tile.row
+                    reader, row = io.WindowReader(self.path, self.bands, exact=True), tile.row
                 values, valid = reader.read(tile.x, tile.y, tile.read_w, tile.read_h)
                 skip = not valid.any()
                 data = None
@@ -270,6 +274,8 @@ def _load_model(model_or_path, device: torch.device):
     if isinstance(model_or_path, (str, os.PathLike)):
         from ..weights import load_model  # torch-only; imported late so a missing file is a clear error
 
+        check_regular(model_or_path, "model")  # a FIFO would block the reader forever
+
         return load_model(os.fspath(model_or_path), device=str(device))
     model = model_or_path
     if isinstance(model, torch.nn.Module):
@@ -300,6 +306,16 @@ class _Job:
         self.tiles_run = 0
         self.skipped = 0
         self.draws = model.noise_draws(options.steps, options.sampler)
+        # Blends in float64 where float32 would round the input's or the output's values (64-bit types),
+        # or where weighted sums of values near float32's limit (3.4e38) could overflow.
+        huge = any(max(abs(lo), abs(hi)) > 1e30 for lo, hi in io.output_bounds(spec))
+        self.work = max(io.exact_work_type(info.data_type), io.exact_work_type(spec.data_type),
+                        np.dtype(np.float64 if huge else np.float32), key=lambda d: d.itemsize)
+        # Model outputs are clamped to the output's bounds (within the blend type's range) before blending,
+        # so blending never overflows; NaN/inf pass, for the one sanity check (io.check_finite) to stop.
+        big = float(np.finfo(self.work).max)
+        bounds = np.array([(max(lo, -big), min(hi, big)) for lo, hi in io.output_bounds(spec)])
+        self.lo, self.hi = (torch.from_numpy(bounds[:, i].copy())[:, None, None] for i in (0, 1))
         self.runner = Inference(model, device, InferenceOptions(
             precision=precision, channels_last=options.channels_last, compile=options.compile,
             cuda_graphs=options.cuda_graphs), progress)
@@ -338,7 +354,9 @@ class _Job:
         return self._sr(tiles[:half], data[:half]) + self._sr(tiles[half:], data[half:])
 
     def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
-        x = self.norm.forward(torch.from_numpy(np.stack(data)))
+        # Normalised in float64 and bounded: extreme valid values (3e38, 1e300) must not become inf.
+        x = self.norm.forward(torch.from_numpy(np.stack(data)).double())
+        x = x.clamp_(-MODEL_SPACE_LIMIT, MODEL_SPACE_LIMIT).float()
         noise = self._noise(tiles)
         b, c = x.shape[:2]
         if self.bandwise and c > 1:
@@ -352,7 +370,9 @@ class _Job:
         y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
         del x
         y = y.reshape(b, c, *y.shape[2:])
-        y = self.norm.inverse(y.float().cpu(), inplace=True).numpy()
+        y = self.norm.inverse(y.double().cpu(), inplace=True)
+        y = torch.where(torch.isfinite(y), torch.minimum(torch.maximum(y, self.lo), self.hi), y)
+        y = y.numpy().astype(self.work, copy=False)
         return [y[i] for i in range(len(tiles))]
 
     def _compute(self, index: int, tiles, data) -> list[np.ndarray]:
@@ -407,7 +427,7 @@ class _Job:
                f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
         self.tiles_run = self.skipped = 0
         blender = BlockBlender(plan, len(self.info.bands), self.scale, block=block, stripe_cols=stripe_cols,
-                               spill_dir=os.path.dirname(os.path.abspath(self.dst)))
+                               spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)
         neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
@@ -518,8 +538,9 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
             raise DomainError(line + f" -- use a model made for this imagery, or override with "
                                      f"{options.terms['ignore_domain']}")
         progress.warn(line + " (overridden: the result may invent detail that is not there)")
-    ranges = (band_ranges(src, bands, ds=ds) if domain.normalization == "input_percentile" or domain.bandwise
-              else None)
+    samples = band_samples(src, bands, ds=ds)
+    ranges = (band_ranges(src, bands, samples=samples)
+              if domain.normalization == "input_percentile" or domain.bandwise else None)
     norm = info.normalization
     if domain.normalization == "input_percentile":
         # The model's own range applies to inputs stretched by their robust 1-99 % range, band by band:
@@ -532,9 +553,9 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
             f"band {b} {p1:g}..{p99:g}" for b, (p1, p99, _, _) in zip(bands, ranges)))
     elif len(bands) != norm.bands and domain.bandwise:
         norm = Normalization(norm.lo * len(bands), norm.hi * len(bands))
-    # Ringing is clamped to what the input could hold: non-negative data stays non-negative.
-    value_ranges = [(0.0, None) if r[2] >= 0 else None for r in ranges] if ranges else None
-    return domain, bands, norm, value_ranges
+    # Every output value lies in its input band's value range (ringing and extrapolation are clamped):
+    # measured on the stretch's sample, so exact up to STRETCH_SAMPLE pixels a side, inside it beyond.
+    return domain, bands, norm, value_ranges(samples)
 
 
 def provenance(model, model_or_path, options: SROptions, scale: int, bands: list[int]) -> dict[str, str]:
@@ -580,6 +601,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
 
     # One handle for everything read before the tiles (facts, band checks, stretch, output description).
     ds = io.open_raster(src)
+    io.check_size(ds.RasterXSize, ds.RasterYSize, src)
     io.select_bands(ds, options.bands, src)   # band numbers and data types first: RasterError names the band
     facts = input_facts(src, ds)
     if model_or_path is None:
@@ -619,6 +641,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
     spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
     spec.value_ranges = value_ranges
+    io.check_output_type(spec, bands)
     spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
     fmt = None
     if not worker:

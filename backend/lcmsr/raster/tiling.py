@@ -155,7 +155,7 @@ class Block:
     """A finished output block: HR pixels ``[y, y + h) x [x, x + w)``."""
     x: int
     y: int
-    value: np.ndarray   # [C, h, w] float32, the blended result (0 where weight is 0)
+    value: np.ndarray   # [C, h, w] float32 (or the blender's dtype), the blended result (0 where weight is 0)
     valid: np.ndarray   # [C, h, w] bool, nearest-upsampled LR validity (False where no tile ran)
 
 
@@ -175,9 +175,9 @@ def stripe_columns(plan: TilePlan, scale: int, stripe_hr: int) -> int:
 class _Acc:
     __slots__ = ("sum", "wsum", "valid")
 
-    def __init__(self, bands: int, h: int, w: int):
-        self.sum = np.zeros((bands, h, w), np.float32)
-        self.wsum = np.zeros((h, w), np.float32)
+    def __init__(self, bands: int, h: int, w: int, dtype=np.float32):
+        self.sum = np.zeros((bands, h, w), dtype)
+        self.wsum = np.zeros((h, w), dtype)  # the sums' type too: at 2**62 a float32 sum of weights is 1e11 off
         self.valid = np.zeros((bands, h, w), bool)
 
 
@@ -193,11 +193,13 @@ class BlockBlender:
     :meth:`close` removes it, and the next run in that folder removes one left
     by a killed process.  The sums do not depend on the stripe width or the
     block size; only the order in which a pixel's overlapping tiles are added
-    does (float rounding, ~1e-7 relative).
+    does (float rounding, ~1e-7 relative).  ``dtype`` is the sums' type: float64 keeps the values
+    of 32/64-bit integer and Float64 rasters that float32 would round or overflow.
     """
 
     def __init__(self, plan: TilePlan, bands: int, scale: int, block: int | tuple[int, int] = 256,
-                 stripe_cols: int | None = None, spill_dir: str | None = None):
+                 stripe_cols: int | None = None, spill_dir: str | None = None, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
         bh, bw = (block, block) if isinstance(block, int) else block
         if bh < 1 or bw < 1:
             raise ValueError(f"block size must be positive, got {block}")
@@ -286,7 +288,7 @@ class BlockBlender:
             self._spilled.discard(key)
         else:
             y0, y1, x0, x1 = self._block_rect(key)
-            acc = _Acc(self.bands, y1 - y0, x1 - x0)
+            acc = _Acc(self.bands, y1 - y0, x1 - x0, self.dtype)
         self._open[key] = acc
         return acc
 

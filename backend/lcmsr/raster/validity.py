@@ -63,7 +63,8 @@ def fill_invalid(values: np.ndarray, valid: np.ndarray, neutral) -> None:
             v[:] = neutral[c]
             continue
         known = ok.astype(np.float32)
-        acc = np.where(ok, v, 0).astype(np.float32)
+        # float64 sums: nine float32 values near 3.4e38 (valid data) would overflow to inf in float32.
+        acc = np.where(ok, v, 0).astype(np.float64)
         for _ in range(FILL_ITERATIONS):
             missing = known == 0
             if not missing.any():

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,8 +189,10 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [f for _, f in sorted(found)]
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
-    """Load a checkpoint from its JSON file, or the newest valid one when ``path`` is a directory."""
+def load_checkpoint(path: str | os.PathLike, verify: bool = True, warn=None, check=None) -> Checkpoint:
+    """Load a checkpoint from its JSON file, or the newest valid one when ``path`` is a directory
+    (``warn`` is told of the newer ones skipped as damaged or incomplete).  ``check(state)`` says what
+    is wrong with a state the caller needs ('' when sound), e.g. a resume's keys."""
     p = Path(path)
     if p.is_dir():
         candidates = list_checkpoints(p)
@@ -198,9 +201,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         errors = []
         for js in reversed(candidates):
             try:
-                return load_checkpoint(js, verify)
-            except CheckpointError as exc:  # an incomplete newer one: fall back to the previous
+                ck = load_checkpoint(js, verify, check=check)
+            except CheckpointError as exc:  # a damaged or incomplete newer one: fall back to the previous
                 errors.append(str(exc))
+                continue
+            if errors and warn is not None:
+                warn(f"skipped {len(errors)} damaged checkpoint(s), resuming from the newest good one "
+                     f"{js.name}: " + "; ".join(errors))
+            return ck
         raise CheckpointError(f"no valid checkpoint in {p}: " + "; ".join(errors))
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
@@ -210,8 +218,11 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {p} is not readable JSON: {exc}") from None
-    if doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an LCMSR training checkpoint")
+    problem = _shape_problem(doc) or (check(doc["state"]) if check else "")
+    if problem:
+        raise CheckpointError(f"checkpoint {p} is damaged: {problem}")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {p} has format version {doc['format_version']}; this lcmsr "
                               f"reads up to {FORMAT_VERSION}")
@@ -225,6 +236,63 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     except Exception as exc:
         raise CheckpointError(f"checkpoint {p}: cannot read {st.name}: {exc}") from None
     return Checkpoint(int(doc["step"]), tensors, doc["state"], p)
+
+
+def _shape_problem(doc: dict) -> str:
+    """What is missing or of the wrong type in a checkpoint JSON ('' when its structure is sound)."""
+    t = doc.get("tensors")
+    if not isinstance(doc.get("format_version", 0), int) or isinstance(doc.get("format_version", 0), bool):
+        return "format_version is not an integer"
+    if not isinstance(doc.get("step"), int) or isinstance(doc["step"], bool) or doc["step"] < 0:
+        return "its step is not a non-negative integer"
+    if not (isinstance(t, dict) and isinstance(t.get("file"), str) and isinstance(t.get("bytes"), int)
+            and isinstance(t.get("sha256"), str)) or os.path.basename(t["file"]) != t["file"]:
+        return "its tensor file record is missing or malformed"
+    if not isinstance(doc.get("state"), dict):
+        return "its state is missing or malformed"
+    return ""
+
+
+class FolderLock:
+    """One training per checkpoint folder: an exclusive ``flock`` on ``.lcmsr-train.lock`` in it, held
+    while the training runs and released by the kernel however it ends (kill -9 too).  A second
+    training on the folder is refused in one line naming the folder and the process that holds it.
+    Also refuses a folder that is a file, before any work.  (No lock where ``fcntl`` is missing: Windows.)"""
+
+    NAME = ".lcmsr-train.lock"
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._f = None
+
+    def __enter__(self):
+        if self.folder.exists() and not self.folder.is_dir():
+            raise CheckpointError(f"the checkpoint folder {self.folder} is a file, not a folder: give a folder "
+                                  f"(it is made if missing)")
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.folder / self.NAME, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise CheckpointError(f"the checkpoint folder {self.folder} is in use by another training "
+                                  f"({holder}): wait for it to end or use another checkpoint folder") from None
+        f.truncate(0)
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def __exit__(self, *exc):
+        if self._f is not None:
+            self._f.close()  # closing releases the lock
+            self._f = None
 
 
 def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,9 +227,39 @@ def run_training(stage: Stage, opts: TrainOptions, progress: Progress | None = N
     opts = opts.for_stage(stage.name)  # the stage's defaults filled in, every value checked
     ctx = init_distributed(opts.device)
     try:
-        return _run(stage, opts, progress if ctx.is_main else _Quiet(progress), ctx)
+        # One training per checkpoint folder (the lock), and SIGTERM/SIGINT end it with a checkpoint.
+        with (ckpt.FolderLock(checkpoint_dir(opts, stage)) if ctx.is_main else contextlib.nullcontext()), \
+                _StopOnSignals() as stop:
+            return _run(stage, opts, progress if ctx.is_main else _Quiet(progress), ctx, stop)
     finally:
         ctx.close()
+
+
+def checkpoint_dir(opts: TrainOptions, stage: "Stage") -> Path:
+    return Path(opts.checkpoint_dir or os.path.join("checkpoints", stage.name))
+
+
+class _StopOnSignals:
+    """While training runs in the main thread, SIGTERM and SIGINT ask it to stop at the next step
+    boundary, where it writes a resumable checkpoint and says so; a second signal interrupts at once."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.name is not None:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # QGIS trains in a worker thread
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 class _Quiet(Progress):
@@ -260,11 +292,11 @@ def _choose_bf16(precision: str, device: torch.device) -> tuple[bool, str]:
     return False, f"bf16 is not used on {device.type}"
 
 
-def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
+def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -> TrainResult:
     t_start = time.monotonic()
     stage.attach(opts, ctx, progress)
     normalization = stage.base_normalization
-    ckdir = Path(opts.checkpoint_dir or os.path.join("checkpoints", stage.name))
+    ckdir = checkpoint_dir(opts, stage)
     if ctx.is_main:
         progress.info(f"{stage.name}: {ctx.device_reason}" if ctx.device_reason else f"{stage.name}: {ctx.device}")
 
@@ -330,11 +362,13 @@ def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
     step = start
     try:
         while step < opts.iterations:
-            if _cancel_requested(progress, ctx):
+            if _cancel_requested(progress, ctx, stop):
                 save(step)
+                why = f"stopped by {stop.name}" if stop.name else "cancelled"
                 if ctx.is_main:
-                    progress.info(f"{stage.name}: cancelled at step {step}; resumable checkpoint {run.checkpoint}")
-                raise Cancelled(f"training cancelled at step {step}; resume from {ckdir}")
+                    progress.info(f"{stage.name}: {why} at step {step}; resumable checkpoint {run.checkpoint} "
+                                  f"(resume from it to continue)")
+                raise Cancelled(f"training {why} at step {step}; resume from {ckdir}")
             hr, lr = sampler.sample(opts.batch)
             hr, lr = hr.to(ctx.device, non_blocking=True), lr.to(ctx.device, non_blocking=True)
             loss, logs = stage.train_step(hr, lr, step)
@@ -373,8 +407,8 @@ def _run(stage: Stage, opts, progress, ctx: DistContext) -> TrainResult:
                        resumed_from=start if resume_ck is not None else None)
 
 
-def _cancel_requested(progress: Progress, ctx: DistContext) -> bool:
-    flag = 1.0 if progress.cancelled() else 0.0
+def _cancel_requested(progress: Progress, ctx: DistContext, stop: _StopOnSignals) -> bool:
+    flag = 1.0 if progress.cancelled() or stop.name else 0.0
     if ctx.distributed:  # every rank must stop at the same step or the collectives hang
         flag = float(ctx.mean(torch.tensor([flag], device=ctx.device)).item())
     return flag > 0
@@ -404,8 +438,20 @@ def _find_resume(opts: TrainOptions, ckdir: Path, progress: Progress):
         if not ckpt.list_checkpoints(ckdir):
             progress.info(f"no checkpoint in {ckdir} to resume from; starting from step 0")
             return None
-        return ckpt.load_checkpoint(ckdir)
-    return ckpt.load_checkpoint(opts.resume)
+        return ckpt.load_checkpoint(ckdir, warn=progress.warn, check=_resume_problem)
+    return ckpt.load_checkpoint(opts.resume, warn=progress.warn, check=_resume_problem)
+
+
+def _resume_problem(state: dict) -> str:
+    """What a resume needs from a checkpoint's state and this one lacks ('' when it has it all)."""
+    if not (isinstance(state.get("run"), dict) and isinstance(state["run"].get("normalization"), dict)
+            and isinstance(state.get("options"), dict) and isinstance(state.get("stage"), str)):
+        return "its training state is missing or malformed"
+    if not (isinstance(state.get("ranks"), list) and state["ranks"] and all(
+            isinstance(r, dict) and isinstance(r.get("sampler"), dict) and isinstance(r.get("rng"), dict)
+            for r in state["ranks"])):
+        return "its per-process states are missing or malformed"
+    return ""
 
 
 def _check_same_run(ck: ckpt.Checkpoint, opts: TrainOptions, stage_name: str, ctx: DistContext) -> None:

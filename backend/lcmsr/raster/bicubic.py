@@ -39,24 +39,17 @@ def bicubic_upsample(src, dst, scale: int, progress: Progress | None = None) -> 
     spec = io.derive_output(info, w * s, h * s, 1.0 / s, info.data_type)
     spec.value_ranges = value_ranges(band_samples(src, bands))   # clamped as SR outputs are
     io.check_destination(dst, src, spec.estimated_bytes(), progress)
-    blocks = [(x, y) for y in range(0, h, BLOCK_LR) for x in range(0, w, BLOCK_LR)]
-    reader = io.WindowReader(src, bands)
-    try:
-        with io.AtomicRaster(dst, spec, progress) as out:
-            for i, (x, y) in enumerate(blocks):
-                progress.check()
-                bw, bh = min(BLOCK_LR, w - x), min(BLOCK_LR, h - y)
-                x0, y0 = max(0, x - MARGIN_LR), max(0, y - MARGIN_LR)
-                x1, y1 = min(w, x + bw + MARGIN_LR), min(h, y + bh + MARGIN_LR)
-                values, valid = reader.read(x0, y0, x1 - x0, y1 - y0)
-                fill_invalid(values, valid, np.zeros(values.shape[0], np.float32))
-                up = upsample_bicubic(torch.from_numpy(values)[None], s)[0].numpy()
-                oy, ox = (y - y0) * s, (x - x0) * s
-                up = up[:, oy:oy + bh * s, ox:ox + bw * s]
-                valid = valid[:, y - y0:y - y0 + bh, x - x0:x - x0 + bw].repeat(s, axis=1).repeat(s, axis=2)
-                data, mask = io.finish_block(up, valid, spec)
-                out.write(x * s, y * s, data, mask)
-                progress.report((i + 1) / len(blocks), f"block {i + 1}/{len(blocks)}")
-    finally:
-        reader.close()
+
+    def block(reader, x, y, bw, bh):
+        x0, y0 = max(0, x - MARGIN_LR), max(0, y - MARGIN_LR)
+        x1, y1 = min(w, x + bw + MARGIN_LR), min(h, y + bh + MARGIN_LR)
+        values, valid = reader.read(x0, y0, x1 - x0, y1 - y0)
+        fill_invalid(values, valid, np.zeros(values.shape[0], np.float32))
+        up = upsample_bicubic(torch.from_numpy(values)[None], s)[0].numpy()
+        oy, ox = (y - y0) * s, (x - x0) * s
+        up = up[:, oy:oy + bh * s, ox:ox + bw * s]
+        valid = valid[:, y - y0:y - y0 + bh, x - x0:x - x0 + bw].repeat(s, axis=1).repeat(s, axis=2)
+        return x * s, y * s, up, valid
+
+    io.write_blocks(src, bands, dst, spec, progress, (w, h), BLOCK_LR, block)
     return dst

@@ -62,19 +62,8 @@ def degrade(src, dst, scale: int, progress: Progress | None = None, bands: list[
     spec = io.derive_output(info, w, h, float(s), info.data_type)
     io.check_destination(dst, src, spec.estimated_bytes(), progress)
 
-    blocks = [(x, y) for y in range(0, h, BLOCK_LR) for x in range(0, w, BLOCK_LR)]
-    reader = io.WindowReader(src, chosen)
-    try:
-        with io.AtomicRaster(dst, spec, progress) as out:
-            for i, (x, y) in enumerate(blocks):
-                progress.check()
-                bw, bh = min(BLOCK_LR, w - x), min(BLOCK_LR, h - y)
-                values, valid = _degrade_block(reader, x, y, bw, bh, s, w, h)
-                data, mask = io.finish_block(values, valid, spec)
-                out.write(x, y, data, mask)
-                progress.report((i + 1) / len(blocks), f"block {i + 1}/{len(blocks)}")
-    finally:
-        reader.close()
+    io.write_blocks(src, chosen, dst, spec, progress, (w, h), BLOCK_LR,
+                    lambda reader, x, y, bw, bh: (x, y, *_degrade_block(reader, x, y, bw, bh, s, w, h)))
     seconds = time.perf_counter() - start
     progress.info(f"wrote {dst} ({w}x{h}) in {seconds:.1f} s")
     return DegradeResult(os.path.abspath(dst), w, h, seconds, list(progress.warnings))

@@ -565,6 +565,27 @@ def check_finite(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> Non
                 f"nothing was written")
 
 
+
+def write_blocks(src: str, bands, dst: str, spec: OutputSpec, progress, grid: tuple[int, int], block: int,
+                 compute) -> None:
+    """Write ``dst`` (atomically) block by block over a ``grid`` (width, height) cut into ``block``-pixel
+    squares: ``compute(reader, x, y, bw, bh) -> (out_x, out_y, values, valid)`` reads what it needs from
+    ``src`` and gives that block of the output.  Cancel is checked and progress reported per block."""
+    w, h = grid
+    blocks = [(x, y) for y in range(0, h, block) for x in range(0, w, block)]
+    reader = WindowReader(src, bands)
+    try:
+        with AtomicRaster(dst, spec, progress) as out:
+            for i, (x, y) in enumerate(blocks):
+                progress.check()
+                ox, oy, values, valid = compute(reader, x, y, min(block, w - x), min(block, h - y))
+                data, mask = finish_block(values, valid, spec)
+                out.write(ox, oy, data, mask)
+                progress.report((i + 1) / len(blocks), f"block {i + 1}/{len(blocks)}")
+    finally:
+        reader.close()
+
+
 def finish_block(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> tuple[np.ndarray, np.ndarray | None]:
     """Float values [C, h, w] + validity -> (output-typed data, dataset mask [h, w] uint8 or None).
 

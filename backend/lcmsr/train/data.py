@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..normalization import Normalization
+from ..normalization import INTEGER_RANGES, Normalization
 from ..ops import downsample_bicubic
 from ..raster.validity import fill_invalid, neutral_values, valid_values
 
@@ -31,8 +31,6 @@ _GDAL_NAMES = {
     np.dtype(np.int16): "Int16", np.dtype(np.uint32): "UInt32", np.dtype(np.int32): "Int32",
     np.dtype(np.float32): "Float32", np.dtype(np.float64): "Float64",
 }
-_INTEGER_RANGES = {"Byte": (0, 255), "Int8": (-128, 127), "UInt16": (0, 65535), "Int16": (-32768, 32767),
-                   "UInt32": (0, 2**32 - 1), "Int32": (-2**31, 2**31 - 1)}
 
 HR_MULTIPLE = 64  # paper/small configs: latent grid HR/8, halved 3 more times in the denoiser
 
@@ -219,8 +217,8 @@ def make_lr(hr_raw: torch.Tensor, scale: int, data_type: str) -> torch.Tensor:
     training on unquantised LR would show the model cleaner inputs than it will ever get.
     """
     lr = downsample_bicubic(hr_raw, scale)
-    if data_type in _INTEGER_RANGES:
-        lo, hi = _INTEGER_RANGES[data_type]
+    if data_type in INTEGER_RANGES:
+        lo, hi = INTEGER_RANGES[data_type]
         lr = lr.round().clamp(lo, hi)
     return lr
 

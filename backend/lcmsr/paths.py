@@ -6,11 +6,17 @@ same path, a symbolic link to it, a hard link of it, any spelling that resolves 
 the job's outputs.  Nothing is written before the check, so a refused job changes nothing.
 
 No torch, no GDAL: the CLI, the raster pipeline, evaluation, training and the plugin all call it.
+
+Inputs are checked too: opening a named pipe (FIFO) for reading blocks until another process writes to
+it, and a device such as /dev/zero never ends, so every input path that exists must be a regular file (a
+folder too where a reader takes folders, as GDAL does for some formats) before it is opened
+(:func:`check_regular`).
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable
 
 # Files GDAL writes beside a raster (PAM metadata, external overviews and masks): writing a raster
@@ -123,3 +129,25 @@ def check_training(opts, stage: str) -> None:
     outputs, inputs, folder = training_paths(opts, stage)
     check_outputs(outputs, inputs)
     check_checkpoint_folder(folder, inputs)
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+class NotARegularFile(ValueError):
+    """An input path is a pipe, device, socket or (where not allowed) a folder."""
+
+
+def check_regular(path: str | os.PathLike, what: str = "input", folders: bool = False) -> None:
+    """Raise :class:`NotARegularFile` (one line naming ``path``) when ``path`` exists and is not a regular
+    file (``folders``: a folder is accepted).  Paths that do not exist, or that are not file-system paths
+    (GDAL's /vsi... names), are left to the opener, which says what is wrong with them."""
+    try:
+        mode = os.stat(path).st_mode  # follows symbolic links: a link to a FIFO is a FIFO
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(mode) or (folders and stat.S_ISDIR(mode)):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise NotARegularFile(f"{what} {os.fspath(path)} is {kind}, not a regular file")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .files import NotARegularFile, check_regular
+from .paths import NotARegularFile, check_regular
 from .atomic import AtomicPath
 from .model import FORMAT_VERSION, LCMSR, ModelInfo
 from .text import clean, safe_text

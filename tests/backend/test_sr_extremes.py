@@ -11,7 +11,7 @@ import torch
 from test_raster_standin import StandInModel, read_raster, textured, write_raster
 
 gdal = pytest.importorskip("osgeo.gdal")
-from lcmsr.files import NotARegularFile, check_regular  # noqa: E402
+from lcmsr.paths import NotARegularFile, check_regular  # noqa: E402
 from lcmsr.raster import io  # noqa: E402
 from lcmsr.raster.pipeline import SROptions, superresolve  # noqa: E402
 

@@ -23,8 +23,7 @@ from osgeo import gdal
 
 from .. import atomic
 from ..choices import CLI_TERMS, Terms
-from ..files import check_regular
-from ..paths import check_outputs, raster_outputs
+from ..paths import check_outputs, check_regular, raster_outputs
 from ..progress import Cancelled, Progress
 from .validity import valid_values
 

@@ -38,10 +38,9 @@ from .. import __version__, catalog
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
-from ..files import check_regular
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
-from ..paths import check_outputs, raster_outputs
+from ..paths import check_outputs, check_regular, raster_outputs
 from ..progress import Progress
 from . import io
 from .facts import band_ranges, band_samples, input_facts, value_ranges

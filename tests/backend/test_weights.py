@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from lcmsr.normalization import Normalization
 from lcmsr.weights import ModelFileError, load_model, read_info, save_model
 
 from _models_helpers import seeded_model
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -419,3 +422,21 @@ def test_a_fifo_as_model_file_is_refused_instead_of_blocking_the_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ModelFileError, match=r"model\.safetensors is a named pipe \(FIFO\), not a regular file"):
         read_info(fifo)
+
+
+def test_loading_a_model_file_does_not_import_sympy():
+    """The validator builds the network on the meta device; a meta op that imports sympy broke loading
+    inside QGIS, where Debian's older sympy can come first on the path (seen in the desktop test)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'sympy': raise ImportError('sympy blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from lcmsr.weights import load_model\n"
+            f"load_model({str(REPO / 'resources' / 'models' / 'lcmsr_x4_rgb_small.safetensors')!r})\n"
+            "print('loaded')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-2000:]

@@ -8,8 +8,11 @@ from ..config import ScheduleConfig
 
 
 def make_betas(cfg: ScheduleConfig) -> torch.Tensor:
-    """beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2, in float64."""
-    return torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.timesteps, dtype=torch.float64) ** 2
+    """beta = linspace(sqrt(beta_start), sqrt(beta_end), T)^2, in float64, on the CPU (also under a
+    ``with torch.device("meta")`` model build: a meta linspace imports sympy, which a system copy too old
+    for torch breaks inside QGIS)."""
+    return torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.timesteps, dtype=torch.float64,
+                          device="cpu") ** 2
 
 
 class NoiseSchedule(nn.Module):

@@ -38,7 +38,7 @@ $(DEVPLUG)/lcmsr_qgis:
 
 # LCMSR_TEST_STRICT=1: setup installed Xvfb, QGIS and a compiler, so a test that finds them missing fails.
 test: setup
-	LCMSR_TEST_STRICT=1 $(PY) -m pytest -q tests
+	LCMSR_TEST_STRICT=1 $(PY) -m pytest -q --durations=12 tests
 
 test-fast: setup
 	LCMSR_TEST_STRICT=1 $(PY) -m pytest -q -m "not slow" tests

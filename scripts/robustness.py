@@ -4,7 +4,7 @@
 
 Exit status 0 when every case ended in a correct output or a clear error, 1 when
 any crashed, hung, lost or left a file, or had the wrong outcome.  The full run
-takes a few minutes on 2 cores; --quick (about a minute) is what ``make test`` runs.
+takes about 16 minutes on 2 cores; --quick (a few minutes) is what ``make test`` runs.
 The cases live in tests/robustness/robustness_cases.py.
 """
 from __future__ import annotations

@@ -302,13 +302,14 @@ def _reach(bad: np.ndarray) -> np.ndarray:
     """``bad`` ``[..., h, w]`` grown by REACH_LR pixels: the LR pixels whose reduction or enlargement a bad
     value touches."""
     out = bad.copy()
-    for _ in range(REACH_LR):
-        grown = out.copy()
-        grown[..., 1:, :] |= out[..., :-1, :]
-        grown[..., :-1, :] |= out[..., 1:, :]
-        grown[..., :, 1:] |= out[..., :, :-1]
-        grown[..., :, :-1] |= out[..., :, 1:]
-        out = grown
+    for axis in (-2, -1):       # rows, then columns: a square, as the separable kernels reach
+        src = out.copy()
+        for r in range(1, REACH_LR + 1):
+            n = out.shape[axis]
+            head, tail = [slice(None)] * out.ndim, [slice(None)] * out.ndim
+            head[axis], tail[axis] = slice(r, n), slice(0, n - r)
+            out[tuple(head)] |= src[tuple(tail)]
+            out[tuple(tail)] |= src[tuple(head)]
     return out
 
 
@@ -717,8 +718,10 @@ def write_html_report(path, results: dict, title: str, pictures=None, notes=None
 
     rows = results if results and all(isinstance(v, dict) for v in results.values()) else {"result": results}
     order = METRIC_KEYS + TRUST_KEYS
-    cols = [k for k in order if any(k in r for r in rows.values())]
-    cols += sorted({k for r in rows.values() for k in r} - set(cols))
+    # A trust metric no row could measure is left out (the notes say why); the paper's columns always show.
+    cols = [k for k in order if any(k in r for r in rows.values())
+            and (k in METRIC_KEYS or any(r.get(k) is not None for r in rows.values()))]
+    cols += sorted({k for r in rows.values() for k in r} - set(order))
     arrows = {"psnr": " (dB, ↑)", "ssim": " (↑)", "lpips": " (↓)", "fid": " (↓)", "lr_mae": " (↓)",
               "lr_rmse": " (↓)", "lr_max": " (↓)", "sam_input": " (°)", "sam_reference": " (°, ↓)",
               "uncertainty_spearman": " (↑)"}

@@ -325,7 +325,8 @@ def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(pr
     text = html.read_text(encoding="utf-8")
     assert "need a reference" in text and text.count("data:image/png;base64,") == 2   # bicubic | SR crops
     full = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "SR": str(shifted), "LR": str(SAMPLE_LR),
-                            "UNCERTAINTY": str(unc), "LPIPS": False, "DEVICE": 2, "OUTPUT_HTML": str(tmp_path / "f.html")})
+                            "UNCERTAINTY": str(unc), "LPIPS": False, "DEVICE": 2,
+                            "OUTPUT_HTML": str(tmp_path / "f.html")})
     assert full["LR_MAE"] == pytest.approx(noref["LR_MAE"]) and full["SAM_REFERENCE"] > 0
     assert full["UNCERTAINTY_SPEARMAN"] == pytest.approx(1.0) and 5 < full["PSNR"] < 40
     text = (tmp_path / "f.html").read_text(encoding="utf-8")

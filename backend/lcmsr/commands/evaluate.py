@@ -90,7 +90,8 @@ def _pairs(sr_dir: Path, others: dict) -> list[tuple[str, Path, dict]]:
         raise ValueError(f"no image in {sr_dir} has a namesake in {ref}")
     missing = sorted(found[first].keys() - sr.keys())
     if missing:
-        raise ValueError(f"{len(missing)} {first[2:].upper()} image(s) have no SR result in {sr_dir}, e.g. {missing[0]}")
+        raise ValueError(f"{len(missing)} {first[2:].upper()} image(s) have no SR result in {sr_dir}, "
+                         f"e.g. {missing[0]}")
     for flag, images in found.items():
         lacking = [k for k in common if k not in images]
         if lacking:
@@ -138,7 +139,8 @@ def run(args) -> int:
     base = hr if hr is not None else lr
     for p, flag in ((sr, "--sr"), (lr, "--lr"), (unc, "--uncertainty")):
         if p is not None and p.is_dir() != base.is_dir():
-            raise ValueError(f"{flag} and {'--hr' if hr is not None else '--lr'} must both be rasters or both be folders")
+            raise ValueError(f"{flag} and {'--hr' if hr is not None else '--lr'} must both be rasters or both be "
+                             "folders")
     if args.fid and (sr is None or not sr.is_dir() or hr is None):
         raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
     kw = dict(bands=bands, data_range=args.data_range, lpips=not args.no_lpips, device=device)

@@ -518,6 +518,23 @@ def _crop_place(detail, W, H) -> tuple[int, int, int]:
     return int(cx) * CORR_BLOCK, int(cy) * CORR_BLOCK, side
 
 
+def _display_order(reader) -> list[int]:
+    """Which selected bands the crops show as red, green, blue: by the bands' roles where the raster names
+    them (lcmsr.raster.facts: descriptions, colour interpretation, sensor band names), else the first three
+    (one band: grey)."""
+    first = list(range(min(3, len(reader.bands)))) if len(reader.bands) >= 3 else [0]
+    if isinstance(reader, _ArrayReader) or len(reader.bands) < 3:
+        return first
+    from ..raster.facts import input_facts
+
+    roles = input_facts(reader.path).roles
+    mine = [roles[b - 1] if b - 1 < len(roles) else None for b in reader.bands]
+    try:
+        return [mine.index(r) for r in ("red", "green", "blue")]
+    except ValueError:
+        return first
+
+
 def _pictures(sr, lr, hr, s, W, H, detail, err_map, unc_map, byte, unit) -> list[dict]:
     """The report's pictures: the crops side by side (bicubic | SR | reference), the crop's error, and the
     whole-scene error and uncertainty maps, each ramp with its legend."""
@@ -525,7 +542,7 @@ def _pictures(sr, lr, hr, s, W, H, detail, err_map, unc_map, byte, unit) -> list
     from . import pictures as pic
 
     cx, cy, side = _crop_place(detail, W, H)
-    where = f"{side}x{side} pixels at x={cx} y={cy}"
+    where = f"{side}x{side} pixels at x={cx} y={cy}; nodata in cyan"
     crops = []
     if lr is not None:
         lx0, ly0 = max(0, cx // s - MARGIN_LR), max(0, cy // s - MARGIN_LR)
@@ -541,8 +558,11 @@ def _pictures(sr, lr, hr, s, W, H, detail, err_map, unc_map, byte, unit) -> list
     if hr is not None:
         hv, hok = _read0(hr, cx, cy, side, side)
         crops.append(("crop_reference", "reference", hv, hok.all(0)))
-    lo, hi = pic.display_range(crops[-1][2], crops[-1][3], byte)   # the reference's stretch, else SR's
-    out = [dict(name=n, title=t, rgb=pic.stretch(a, m, lo, hi), group="crops", note=where)
+    order = _display_order(sr)
+    shown = "bands " + ",".join(str(sr.bands[i]) for i in order) + (" as red, green, blue" if len(order) == 3
+                                                                   else " in grey")
+    lo, hi = pic.display_range(crops[-1][2][order], crops[-1][3], byte)   # the reference's stretch, else SR's
+    out = [dict(name=n, title=t, rgb=pic.stretch(a[order], m, lo, hi), group="crops", note=f"{where}; {shown}")
            for n, t, a, m in crops]
     if hr is not None:
         emap = err_map.mean()
@@ -552,13 +572,13 @@ def _pictures(sr, lr, hr, s, W, H, detail, err_map, unc_map, byte, unit) -> list
         out.append(dict(name="crop_error", title=f"|SR - reference| ({unit})", group="crops", note=where,
                         legend=legend, rgb=pic.with_legend(pic.ramp(err, vmax), vmax)))
         out.append(dict(name="error_map", title=f"|SR - reference|, mean over bands ({unit})", group="maps",
-                        note=f"whole scene, {err_map.k}x{err_map.k}-pixel cells", legend=legend,
+                        note=f"whole scene, {err_map.k}x{err_map.k}-pixel cells; nodata in cyan", legend=legend,
                         rgb=pic.with_legend(pic.ramp(emap, vmax), vmax)))
     if unc_map.n.any():
         umap = unc_map.mean()
         vmax = _robust_max(umap)
         out.append(dict(name="uncertainty_map", title="uncertainty (spread of the samples)", group="maps",
-                        note=f"whole scene, {unc_map.k}x{unc_map.k}-pixel cells",
+                        note=f"whole scene, {unc_map.k}x{unc_map.k}-pixel cells; nodata in cyan",
                         legend=f"0 (black) to {vmax:.3g} (pale yellow) and above",
                         rgb=pic.with_legend(pic.ramp(umap, vmax), vmax)))
     return out

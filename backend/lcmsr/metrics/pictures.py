@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-NODATA_RGB = (200, 200, 200)   # where a picture has no valid value: light grey, not a ramp colour
+NODATA_RGB = (0, 255, 255)     # where a picture has no valid value: cyan, neither a ramp colour nor common in imagery
 # Inferno's anchors (dark -> bright): monotonic in lightness, readable in grey print and by most colour-blind eyes.
 _RAMP = np.array([(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66),
                   (245, 125, 21), (250, 193, 39), (252, 255, 164)], np.float64)

@@ -249,3 +249,30 @@ def test_report_pictures_without_and_with_a_reference(hr, tmp_path, capsys):
     same = np.all(sr == hr, axis=0)
     emap = np.asarray(pics["error_map"][0])[:512]
     assert same.sum() > 100 and (emap[same] == (0, 0, 4)).all() and not (emap[~same] == (0, 0, 4)).all()
+
+
+def test_eval_folders_without_a_reference_pair_sr_with_lr_by_name(hr, tmp_path, capsys):
+    from lcmsr.cli import main
+
+    for d in ("sr", "lr"):
+        (tmp_path / d).mkdir()
+    lr = read_image(SAMPLE / "neon_lr.tif")
+    write(tmp_path / "lr" / "a.tif", lr)
+    write(tmp_path / "lr" / "b.tif", np.ascontiguousarray(lr[:, ::-1]))
+    write(tmp_path / "sr" / "a.tif", hr)                                     # consistent within rounding
+    write(tmp_path / "sr" / "b.tif", np.ascontiguousarray(np.roll(hr, 8, axis=2)[:, ::-1]))   # shifted
+    js, page = tmp_path / "out.json", tmp_path / "folders.html"
+    assert main(["eval", "--sr", str(tmp_path / "sr"), "--lr", str(tmp_path / "lr"), "--json", str(js),
+                 "--html", str(page), "--device", "cpu"]) == 0
+    out = json.loads(js.read_text())
+    rows = out["results"]
+    assert rows["a"]["lr_mae"] < 0.3 and rows["b"]["lr_mae"] > 5 and out["lr_unit"] == "grey levels"
+    assert rows["mean"]["lr_mae"] == pytest.approx((rows["a"]["lr_mae"] + rows["b"]["lr_mae"]) / 2)
+    assert rows["mean"]["psnr"] is None and any("need a reference" in n for n in out["notes"])
+    text = page.read_text(encoding="utf-8")
+    assert "<h2>a</h2>" in text and "<h2>b</h2>" in text and text.count("data:image/png") == 4
+    assert (tmp_path / "folders_b_crop_sr.png").is_file()
+    (tmp_path / "lr" / "b.tif").unlink()
+    assert main(["eval", "--sr", str(tmp_path / "sr"), "--lr", str(tmp_path / "lr"), "--hr", str(tmp_path / "sr"),
+                 "--device", "cpu", "--no-lpips"]) == 2
+    assert "has no image named b" in capsys.readouterr().err

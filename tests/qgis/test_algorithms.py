@@ -340,6 +340,8 @@ def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(pr
                                 "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["BICUBIC_LR_MAE"] == pytest.approx(modelled["LR_MAE"], rel=0.05) and modelled["LR_MAE"] > 0.5
     assert modelled["BICUBIC_SAM_REFERENCE"] == pytest.approx(modelled["SAM_REFERENCE"], rel=0.05)
+    names = re.findall(r'<img alt="([^"]+)"', (tmp_path / "model.html").read_text(encoding="utf-8"))
+    assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map"]
     with pytest.raises(QgsProcessingException, match="give one"):
         run("evaluate", {"SR": str(shifted), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "z.html")})
     with pytest.raises(QgsProcessingException, match="REFERENCE"):

@@ -161,6 +161,10 @@ def test_nodata_with_wild_values_changes_no_figure(hr, tmp_path):
     sr_ok = ~hole
     sr_ok[88 * 4:112 * 4, 8 * 4:42 * 4] = False
     assert by_value["sam_input"] == pytest.approx(trust.spectral_angle(sr, up(lr), valid=sr_ok), rel=1e-6)
+    # The correlation counts only the 16x16 blocks valid throughout in SR, reference and uncertainty.
+    err = np.abs(sr.astype(np.float64) - ref).mean(0)
+    expect = trust.uncertainty_error_correlation(unc[0], err, 16, valid=~hole & ~ref_hole)
+    assert by_value["uncertainty_spearman"] == pytest.approx(expect, abs=1e-9)
 
 
 def test_uncertainty_correlation_is_the_block_spearman_of_the_definition(hr, tmp_path):

@@ -1,8 +1,9 @@
-"""`lcmsr:evaluate` — PSNR, SSIM and LPIPS of a super-resolved raster against its HR reference.
+"""`lcmsr:evaluate` — PSNR, SSIM and LPIPS of a super-resolved raster against its HR reference, and whether
+to trust it: LR-consistency, spectral angles, the uncertainty map's correlation with the error, pictures.
 
-Either the SR raster is given, or a model: then the reference is degraded with
-the training degradation, super-resolved and scored (the paper's protocol), next
-to bicubic upsampling of the same LR.
+Either the SR raster is given (with its reference, its LR input, or both), or a model: then the reference
+is degraded with the training degradation, super-resolved and scored (the paper's protocol), next to
+bicubic upsampling of the same LR.
 """
 from __future__ import annotations
 
@@ -42,37 +43,69 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
     BICUBIC_PSNR = "BICUBIC_PSNR"
     BICUBIC_SSIM = "BICUBIC_SSIM"
     BICUBIC_LPIPS = "BICUBIC_LPIPS"
+    LR = "LR"
+    UNCERTAINTY = "UNCERTAINTY"
+    LR_MAE = "LR_MAE"
+    LR_RMSE = "LR_RMSE"
+    LR_MAX = "LR_MAX"
+    SAM_INPUT = "SAM_INPUT"
+    SAM_REFERENCE = "SAM_REFERENCE"
+    UNCERTAINTY_SPEARMAN = "UNCERTAINTY_SPEARMAN"
+    BICUBIC_LR_MAE = "BICUBIC_LR_MAE"
+    BICUBIC_SAM_REFERENCE = "BICUBIC_SAM_REFERENCE"
+    # output -> the backend's result key
+    TRUST_OUTPUTS = {LR_MAE: "lr_mae", LR_RMSE: "lr_rmse", LR_MAX: "lr_max", SAM_INPUT: "sam_input",
+                     SAM_REFERENCE: "sam_reference", UNCERTAINTY_SPEARMAN: "uncertainty_spearman"}
 
     def name(self):
         return "evaluate"
 
     def displayName(self):  # noqa: N802
-        return "Evaluate super-resolution (PSNR, SSIM, LPIPS)"
+        return "Evaluate super-resolution (PSNR, SSIM, LPIPS, LR-consistency)"
 
     GROUP, GROUP_ID = TRAINING_GROUP
 
     def shortHelpString(self):  # noqa: N802
         return (
             "Scores super-resolution against a high-resolution reference as in the paper: PSNR and SSIM over the "
-            "selected bands with a border of <i>scale</i> pixels cropped, LPIPS (AlexNet) on the whole image.<br><br>"
-            "<b>Reference</b>: the HR raster. Then either<br>"
-            "• <b>SR raster</b>: a super-resolved raster of the same size (set <b>Scale</b> to its factor), or<br>"
-            "• <b>Model</b>: the reference is degraded (antialiased bicubic, as in training), super-resolved with "
-            "the model and scored; the scale is the model's. Empty SR raster and model = the default model. "
-            "Bicubic upsampling of the same LR is scored too: the baseline the model has to beat.<br>"
+            "selected bands with a border of <i>scale</i> pixels cropped, LPIPS (AlexNet) on the whole image; "
+            "and says whether to trust it.<br><br>"
+            "Either<br>"
+            "• <b>SR raster</b> with its <b>Reference</b> (HR), its <b>LR input</b> (the raster it was "
+            "super-resolved from), or both (set <b>Scale</b> to its factor; with an LR input the scale is read "
+            "from the sizes), or<br>"
+            "• <b>Model</b> with a <b>Reference</b>: the reference is degraded (antialiased bicubic, as in "
+            "training), super-resolved with the model and scored; the scale is the model's. Empty SR raster and "
+            "model = the default model. Bicubic upsampling of the same LR is scored too: the baseline the model "
+            "has to beat.<br><br>"
+            "<b>Whether to trust it</b>: <i>LR-consistency</i> (mean, RMS and largest |degrade(SR) − LR input|, "
+            "in the input's units: grey levels for 8-bit) says whether the result keeps what the input said; the "
+            "<i>spectral angle</i> (degrees) to the bicubic-enlarged input says how much it changed the colours, "
+            "the one to the reference how far its colours are off. Without a reference, PSNR, SSIM and LPIPS "
+            "cannot be measured: only LR-consistency and the angle to the input are. An <b>uncertainty "
+            "raster</b> (Super-resolve raster's uncertainty output) adds its map to the report and, with a "
+            "reference, the Spearman correlation between per-16×16-block uncertainty and error (above 0.3: "
+            "the map points at the errors). Nodata pixels count nowhere.<br>"
+            "The <b>report</b> shows crops at the most detailed place side by side (bicubic | SR | reference), "
+            "the error heat map and the uncertainty map, with their colour scales; the pictures are also "
+            "written as PNG files beside it.<br>"
             "<b>LPIPS</b> (AlexNet) uses the float32 weights where they are found (the folder in "
             "LCMSR_METRIC_WEIGHTS, or build/metric-weights of a source checkout), else the float16 copy bundled "
-            "with the plugin, which gives the same LPIPS within 2e-4.<br>"
-            "Outputs the three numbers (and the bicubic baseline's, with a model) and an HTML report.")
+            "with the plugin, which gives the same LPIPS within 2e-4.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference raster (high resolution)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, "Reference raster (high resolution)",
+                                                            optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.SR, "Super-resolved raster (or give a model)",
                                                             optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.LR, "LR input the super-resolved raster was made from (for LR-consistency)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.UNCERTAINTY, "Uncertainty raster of the super-resolved raster", optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors) to degrade + super-resolve the reference",
             QgsProcessingParameterFile.Behavior.File, extension="safetensors", optional=True))
-        self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model)")
+        self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model or an LR input)")
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Reference bands (empty: all)", None,
                                                      self.REFERENCE, optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterBoolean(self.LPIPS, "Compute LPIPS", defaultValue=True))
@@ -86,11 +119,22 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic baseline PSNR (dB, with a model)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_SSIM, "Bicubic baseline SSIM (with a model)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_LPIPS, "Bicubic baseline LPIPS (with a model)"))
+        for name, label in ((self.LR_MAE, "LR-consistency: mean |degrade(SR) − LR|"),
+                            (self.LR_RMSE, "LR-consistency: RMS of degrade(SR) − LR"),
+                            (self.LR_MAX, "LR-consistency: largest |degrade(SR) − LR|"),
+                            (self.SAM_INPUT, "Spectral angle to the bicubic-enlarged input (degrees)"),
+                            (self.SAM_REFERENCE, "Spectral angle to the reference (degrees)"),
+                            (self.UNCERTAINTY_SPEARMAN, "Spearman correlation of block uncertainty and error"),
+                            (self.BICUBIC_LR_MAE, "Bicubic baseline LR-consistency (mean, with a model)"),
+                            (self.BICUBIC_SAM_REFERENCE, "Bicubic baseline spectral angle to the reference")):
+            self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
-        hr = self.gdal_source(reference, self.REFERENCE)
+        hr = self.gdal_source(reference, self.REFERENCE) if reference is not None else None
         sr_layer = self.parameterAsRasterLayer(parameters, self.SR, context)
+        lr_layer = self.parameterAsRasterLayer(parameters, self.LR, context)
+        unc_layer = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
         model_path = (self.parameterAsFile(parameters, self.MODEL, context) or "").strip()
         bands = self.bands_value(parameters, self.BANDS, context)
         want_lpips = self.parameterAsBoolean(parameters, self.LPIPS, context)
@@ -100,27 +144,41 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         with self.backend_errors():
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
             from lcmsr.device import resolve_device
-            from lcmsr.metrics.evaluate import evaluate_model, evaluate_pair, write_html_report
+            from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
             from lcmsr.paths import check_outputs
 
+            lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None
+            unc = self.gdal_source(unc_layer, self.UNCERTAINTY) if unc_layer is not None else None
             # The backend's output-path rule: the report may not replace a raster or the model it scores.
             check_outputs([(self.OUTPUT_HTML, html)], [(self.REFERENCE, hr), (self.MODEL, model_path),
-                                                        (self.SR, sr_layer.source() if sr_layer else None)])
+                                                        (self.SR, sr_layer.source() if sr_layer else None),
+                                                        (self.LR, lr), (self.UNCERTAINTY, unc)])
             device = resolve_device(request)
             if sr_layer is not None:
                 if model_path:
                     progress.warn(f"{self.SR} is given: {self.MODEL} is not used")
+                if hr is None and lr is None:
+                    raise QgsProcessingException(f"{self.SR} is scored against {self.REFERENCE} (the high-resolution "
+                                                 f"reference), {self.LR} (its low-resolution input), or both: "
+                                                 "give one")
                 sr = self.gdal_source(sr_layer, self.SR)
-                scale = self.scale_value(parameters, self.SCALE, context)
-                metrics = evaluate_pair(sr, hr, scale, bands, lpips=want_lpips, device=device.device,
-                                        progress=progress)
-                title = f"{sr_layer.name()} vs {reference.name()}"
+                scale = None if lr else self.scale_value(parameters, self.SCALE, context)
+                metrics = evaluate_pair(sr, hr, scale, bands, lr=lr, uncertainty=unc, pictures=True,
+                                        lpips=want_lpips, device=device.device, progress=progress)
+                scale = metrics["scale"]
+                title = f"{sr_layer.name()} vs {reference.name() if reference else lr_layer.name() + ' (no reference)'}"
             else:
                 from lcmsr.raster.pipeline import SROptions
 
                 from ..model_cache import model_cache
                 from .superresolve import resolve_model_path
 
+                if hr is None:
+                    raise QgsProcessingException(f"{self.REFERENCE}: a model is scored on the reference it degrades; "
+                                                 "give the high-resolution reference raster")
+                if lr or unc:
+                    progress.warn(f"with a model, {self.LR} and {self.UNCERTAINTY} are not used (the LR is the "
+                                  "degraded reference)")
                 model_path = resolve_model_path(model_path)
                 if not model_path:
                     raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
@@ -132,19 +190,36 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                                     device=request)
                 work_dir = os.path.dirname(QgsProcessingUtils.generateTempFilename("lcmsr_eval"))
                 metrics = evaluate_model(model, hr, work_dir, bands, options=options, lpips=want_lpips,
-                                         device=device.device, progress=progress)
+                                         pictures=True, device=device.device, progress=progress)
                 sr, scale = metrics["sr"], metrics["scale"]
                 title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
             extra = dict(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
-            rows = {os.path.basename(sr): dict({k: metrics.get(k) for k in ("psnr", "ssim", "lpips")}, **extra)}
+            keys = METRIC_KEYS + TRUST_KEYS
+            rows = {os.path.basename(sr): dict({k: metrics.get(k) for k in keys}, **extra)}
             bicubic = metrics.get("bicubic") or {}
             if bicubic:
                 rows["bicubic"] = dict(bicubic, **extra)
-            write_html_report(html, rows, f"LCMSR evaluation: {title}")
-        lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
-        progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
+            write_html_report(html, rows, f"LCMSR evaluation: {title}", pictures=metrics.get("pictures"),
+                              notes=metrics["notes"])
+        if metrics["psnr"] is not None:
+            lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
+            progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
+        if metrics["lr_mae"] is not None:
+            progress.info(f"LR-consistency: mean {metrics['lr_mae']:.3f}, RMS {metrics['lr_rmse']:.3f}, "
+                          f"max {metrics['lr_max']:.3f} {metrics['unit']}")
+        for key, what in (("sam_input", "to the input"), ("sam_reference", "to the reference")):
+            if metrics[key] is not None:
+                progress.info(f"spectral angle {what}: {metrics[key]:.3f} degrees")
+        if metrics["uncertainty_spearman"] is not None:
+            progress.info(f"uncertainty/error Spearman correlation (16x16 blocks): "
+                          f"{metrics['uncertainty_spearman']:.3f}")
+        for note in metrics["notes"]:
+            progress.info(note)
         if bicubic:
             progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
-        return {self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
-                self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
-                self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips")}
+        return dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
+                     self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
+                     self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips"),
+                     self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
+                     self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
+                    **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})

@@ -290,6 +290,64 @@ def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
         run("evaluate", {"REFERENCE": str(SAMPLE_HR), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "y.html")})
 
 
+def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(provider, tiny_model, tmp_path):
+    """LR-consistency, spectral angles and the uncertainty/error correlation come back as outputs and in the
+    report with its pictures; without a reference the run measures what it can and says what it cannot."""
+    import base64
+    import re
+
+    import numpy as np
+    from osgeo import gdal
+
+    from lcmsr.metrics import trust
+    from lcmsr.metrics.evaluate import read_image
+
+    hr = read_image(SAMPLE_HR)
+    shifted = tmp_path / "shifted.tif"
+    gdal.Translate(str(shifted), str(SAMPLE_HR))
+    ds = gdal.Open(str(shifted), gdal.GA_Update)
+    ds.WriteArray(np.roll(hr, 8, axis=2))                     # two LR pixels off: inconsistent with its input
+    ds = None
+    unc = tmp_path / "unc.tif"
+    gdal.Translate(str(unc), str(SAMPLE_HR), bandList=[1], outputType=gdal.GDT_Float32)
+    ds = gdal.Open(str(unc), gdal.GA_Update)
+    ds.WriteArray(np.abs(np.roll(hr, 8, axis=2).astype(np.float32) - hr).mean(0))
+    ds = None
+    html = tmp_path / "noref.html"
+    feedback = RecordingFeedback()
+    noref = run("evaluate", {"SR": str(shifted), "LR": str(SAMPLE_LR), "LPIPS": False, "DEVICE": 2,
+                             "OUTPUT_HTML": str(html)}, feedback)
+    by_hand = trust.lr_consistency(np.roll(hr, 8, axis=2), read_image(SAMPLE_LR), 4)
+    assert noref["LR_MAE"] == pytest.approx(by_hand["mae"], rel=1e-6) and noref["LR_MAE"] > 5
+    assert noref["LR_MAX"] == pytest.approx(by_hand["max"], rel=1e-6)
+    assert noref["SAM_INPUT"] > 0 and noref["PSNR"] is None and noref["SAM_REFERENCE"] is None
+    assert any("need a reference" in line for line in feedback.infos)
+    text = html.read_text(encoding="utf-8")
+    assert "need a reference" in text and text.count("data:image/png;base64,") == 2   # bicubic | SR crops
+    full = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "SR": str(shifted), "LR": str(SAMPLE_LR),
+                            "UNCERTAINTY": str(unc), "LPIPS": False, "DEVICE": 2,
+                            "OUTPUT_HTML": str(tmp_path / "f.html")})
+    assert full["LR_MAE"] == pytest.approx(noref["LR_MAE"]) and full["SAM_REFERENCE"] > 0
+    assert full["UNCERTAINTY_SPEARMAN"] == pytest.approx(1.0) and 5 < full["PSNR"] < 40
+    text = (tmp_path / "f.html").read_text(encoding="utf-8")
+    names = re.findall(r'<img alt="([^"]+)"', text)
+    assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map", "uncertainty_map"]
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1))
+    assert png.startswith(b"\x89PNG") and (tmp_path / "f_crop_bicubic.png").read_bytes() == png
+    # A model: the trust metrics against the LR it made, the bicubic row's too.  The untrained tiny model's
+    # decoder is bicubic, so both rows agree; bicubic is not LR-consistent (its reduction blurs twice).
+    modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
+                                "OUTPUT_HTML": str(tmp_path / "model.html")})
+    assert modelled["BICUBIC_LR_MAE"] == pytest.approx(modelled["LR_MAE"], rel=0.05) and modelled["LR_MAE"] > 0.5
+    assert modelled["BICUBIC_SAM_REFERENCE"] == pytest.approx(modelled["SAM_REFERENCE"], rel=0.05)
+    names = re.findall(r'<img alt="([^"]+)"', (tmp_path / "model.html").read_text(encoding="utf-8"))
+    assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map"]
+    with pytest.raises(QgsProcessingException, match="give one"):
+        run("evaluate", {"SR": str(shifted), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "z.html")})
+    with pytest.raises(QgsProcessingException, match="REFERENCE"):
+        run("evaluate", {"MODEL": tiny_model, "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "z.html")})
+
+
 def _train_parameters(tmp_path, name, **extra):
     return dict({"INPUTS": [str(SAMPLE_HR)], "VALIDATION": str(SAMPLE_HR), "SCALE": 4, "PATCH": 32, "BATCH": 2,
                  "ITERATIONS": 2, "DEVICE": 2, "CHECKPOINT": str(tmp_path / f"{name}_ck"),

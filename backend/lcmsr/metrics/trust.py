@@ -46,6 +46,18 @@ def lr_consistency(sr, lr, scale: int, valid=None) -> dict:
     return {"mae": float(diff.mean()), "rmse": float(np.sqrt((diff ** 2).mean())), "max": float(diff.max())}
 
 
+def angles(a, b) -> np.ndarray:
+    """Per-pixel spectral angle (degrees, ``[H, W]``) between the band vectors of ``a`` and ``b``; NaN where
+    either vector is zero (no direction)."""
+    a, b = _f64(a, "a"), _f64(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"spectral angle of arrays of different shapes: {a.shape} vs {b.shape}")
+    norm = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.clip((a * b).sum(0) / norm, -1.0, 1.0)
+    return np.where(norm > 0, np.degrees(np.arccos(cos)), np.nan)
+
+
 def spectral_angle(a, b, valid=None) -> float | None:
     """Mean spectral angle (degrees) between the band vectors of ``a`` and ``b``, pixel by pixel.
 
@@ -53,20 +65,13 @@ def spectral_angle(a, b, valid=None) -> float | None:
     here and not in PSNR's average.  ``None`` for one band (no angle) or no pixel to count; pixels where
     either vector is zero have no direction and are left out.
     """
-    a, b = _f64(a, "a"), _f64(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"spectral angle of arrays of different shapes: {a.shape} vs {b.shape}")
-    if a.shape[0] < 2:
+    ang = angles(a, b)
+    if _f64(a, "a").shape[0] < 2:
         return None
-    dot = (a * b).sum(0)
-    norm = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    keep = norm > 0
+    keep = np.isfinite(ang)
     if valid is not None:
         keep &= np.asarray(valid, bool)
-    if not keep.any():
-        return None
-    cos = np.clip(dot[keep] / norm[keep], -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)).mean())
+    return float(ang[keep].mean()) if keep.any() else None
 
 
 def block_means(x, block: int, valid=None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,9 +114,15 @@ def spearman(a, b) -> float | None:
     return None if den == 0 else float((ra * rb).sum() / den)
 
 
+def block_pairs(uncertainty, error, block: int = 16, valid=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block mean uncertainty and mean absolute error (both ``[H, W]``), over the whole blocks whose
+    every pixel is valid: the samples :func:`uncertainty_error_correlation` ranks."""
+    u, ok = block_means(uncertainty, block, valid)
+    e, _ = block_means(error, block)
+    return u[ok], e[ok]
+
+
 def uncertainty_error_correlation(uncertainty, error, block: int = 16, valid=None) -> float | None:
     """Whether the uncertainty map means something: Spearman's correlation between per-block mean
     uncertainty and per-block mean absolute error (both ``[H, W]``), over blocks with every pixel valid."""
-    u, ok = block_means(uncertainty, block, valid)
-    e, _ = block_means(error, block)
-    return spearman(u[ok], e[ok])
+    return spearman(*block_pairs(uncertainty, error, block, valid))

@@ -95,6 +95,12 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
         assert key in keys and getattr(type(sr), key) == key
     steps = sr.parameterDefinition("STEPS")
     assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 1000, 1)  # consistency takes 1-4 (checked by the backend), DDIM K
+    # Precision offers "auto" as the default; the indices saved by older versions (0 fp32, 1 bf16) keep meaning.
+    from lcmsr.choices import PRECISIONS
+
+    precision = sr.parameterDefinition("PRECISION")
+    assert PRECISIONS[:2] == ("fp32", "bf16") and PRECISIONS[precision.defaultValue()] == "auto"
+    assert precision.options()[precision.defaultValue()].startswith("Auto")
 
 
 def test_algorithm_modules_import_only_torch_free_choices_at_module_level():

@@ -218,7 +218,7 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         _message(iface, f"The output {dst} would overwrite the input layer's file; choose another name",
                  Qgis.MessageLevel.Warning)
         return None
-    from lcmsr.choices import PRECISIONS
+    from lcmsr.choices import PRECISIONS, SR_DEFAULTS
 
     from .algorithms.base import device_default_index
 
@@ -226,7 +226,8 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
         "INPUT": layer.id(), "MODEL": model_path, "BANDS": list(bands or []),
         "TILE": int(settings.tile), "OVERLAP": int(settings.overlap), "BATCH": int(settings.batch),
         "DEVICE": device_default_index(),
-        "PRECISION": PRECISIONS.index(settings.precision) if settings.precision in PRECISIONS else 0,
+        "PRECISION": PRECISIONS.index(settings.precision if settings.precision in PRECISIONS
+                                      else SR_DEFAULTS["precision"]),
         # Loaded into the project when done, as the toolbox's "Open output file after running".
         "OUTPUT": QgsProcessingOutputLayerDefinition(dst, QgsProject.instance()),
     }

@@ -15,6 +15,13 @@ optimisation of lcmsr.inference buys (plain eager fp32 -> channels_last -> bf16 
 for 1024^2 vs 8192^2 outputs (scripts/bench_raster_memory.py, one fresh process per size).
 Random weights: speed does not depend on their values.  --compile adds torch.compile on the CPU
 (minutes of compiling on a small machine); on CUDA it is always measured.
+
+On the CPU, with the shipped models' real weights (resources/models): the new default precision
+("auto", lcmsr.device.resolve_precision) against plain fp32 and fp32 + channels_last, per part
+(CondNet, denoiser, decoder, rest), one thread, CPU time, interleaved repetitions, medians, with
+a CHECK line per model (issue 18: >= 1.6x plain fp32); the cheap knobs (threads, tile, batch);
+one step vs DDIM-50 per part and one pixel-space step of the same UNet at the HR size; and a real
+GeoTIFF job's CPU time split into model, normalisation/noise, blending, reading and writing.
 """
 from __future__ import annotations
 
@@ -240,6 +247,249 @@ def peak_memory(device, precision):
         return out
 
 
+PARTS = ("condnet", "denoiser", "decoder")
+
+
+def shipped_models():
+    return sorted((REPO / "resources" / "models").glob("*.safetensors"))
+
+
+class PartClock:
+    """This thread's CPU time inside each of the model's three networks (forward hooks; with one torch
+    thread oneDNN computes in the calling thread, so thread time is the part's compute)."""
+
+    def __init__(self, model):
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+        for name in PARTS:
+            part = getattr(model, name)
+            part.register_forward_pre_hook(lambda *_a, n=name: setattr(self, "_" + n, time.thread_time()))
+            part.register_forward_hook(lambda *_a, n=name: self._add(n))
+
+    def _add(self, name):
+        self.seconds[name] += time.thread_time() - getattr(self, "_" + name)
+
+    def reset(self):
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+
+
+def _interleaved(fns, reps):
+    """{name: [(total CPU seconds, {part: seconds}), ...]}, variants interleaved so that load drifts alike."""
+    out = {name: [] for name in fns}
+    for name, (fn, clock) in fns.items():   # first call: oneDNN primitive creation, allocations
+        fn()
+    for _ in range(reps):
+        for name, (fn, clock) in fns.items():
+            clock.reset()
+            start = time.thread_time()
+            fn()
+            out[name].append((time.thread_time() - start, dict(clock.seconds)))
+    return out
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def cpu_default(lr_size=128, reps=5):
+    """The shipped models, real weights: plain fp32 (eager, as before channels_last) vs fp32 with
+    channels_last (the old default) vs the new default ("auto"), per part, one thread, CPU time."""
+    from lcmsr.device import resolve_precision
+    from lcmsr.weights import load_model
+
+    device = torch.device("cpu")
+    precision, why = resolve_precision("auto", device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for path in shipped_models():
+            base = load_model(str(path))
+            g = torch.Generator().manual_seed(0)
+            lr = torch.rand(1, base.bands, lr_size, lr_size, generator=g) * 2 - 1
+            noise = torch.randn((1,) + base.latent_shape(lr_size, lr_size), generator=g)
+            fns = {}
+            plain = copy.deepcopy(base)
+            fns["plain fp32"] = (lambda m=plain: m.sr(lr, noise=noise), PartClock(plain))
+            old = copy.deepcopy(base)
+            run_old = Inference(old, device, InferenceOptions(precision="fp32", channels_last=True))
+            fns["fp32+channels_last"] = (lambda r=run_old: r.sr(lr, noise=noise), PartClock(old))
+            new = copy.deepcopy(base)
+            run_new = Inference(new, device, InferenceOptions(precision="auto"))
+            fns["default (auto)"] = (lambda r=run_new: r.sr(lr, noise=noise), PartClock(new))
+            times = _interleaved(fns, reps)
+            out_mp = (lr_size * base.scale) ** 2 / 1e6
+            for name, runs in times.items():
+                total = _median([t for t, _ in runs])
+                parts = {p: _median([d[p] for _, d in runs]) for p in PARTS}
+                parts["rest"] = max(total - sum(parts.values()), 0.0)
+                rows.append({"model": path.name, "variant": name, "precision": precision if "auto" in name else "fp32",
+                             "seconds": total, "mp_per_s": out_mp / total, "parts": parts})
+            ref = {r["variant"]: r for r in rows if r["model"] == path.name}
+            for r in ref.values():
+                r["speedup_vs_plain_fp32"] = r["mp_per_s"] / ref["plain fp32"]["mp_per_s"]
+                r["speedup_vs_fp32_channels_last"] = r["mp_per_s"] / ref["fp32+channels_last"]["mp_per_s"]
+    finally:
+        torch.set_num_threads(threads)
+    return {"precision": precision, "reason": why, "lr_tile": lr_size, "threads": 1, "reps": reps, "rows": rows}
+
+
+def cpu_knobs(model_path, lr_size=128):
+    """The cheap knobs on the new default, shipped RGB model: threads (wall time), tile size and batch
+    (CPU time, one thread)."""
+    from lcmsr.weights import load_model
+
+    device = torch.device("cpu")
+    model = load_model(str(model_path))
+    runner = Inference(model, device, InferenceOptions(precision="auto"))
+    g = torch.Generator().manual_seed(0)
+
+    def case(b, size):
+        lr = torch.rand(b, model.bands, size, size, generator=g) * 2 - 1
+        noise = torch.randn((b,) + model.latent_shape(size, size), generator=g)
+        return lambda: runner.sr(lr, noise=noise), b * (size * model.scale) ** 2 / 1e6
+
+    out = {"threads": {}, "tile": {}, "batch": {}}
+    # Threads: wall time, interleaved, medians (CPU time would count a second thread's spinning as work).
+    fn, mp = case(1, lr_size // 2)
+    fn()
+    walls = {n: [] for n in (1, 2)}
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(3):
+            for n in walls:
+                torch.set_num_threads(n)
+                start = time.perf_counter()
+                fn()
+                walls[n].append(time.perf_counter() - start)
+        torch.set_num_threads(1)
+        out["threads"] = {n: mp / _median(w) for n, w in walls.items()}
+        cases = {("tile", s): case(1, s) for s in (64, 128, 256)}
+        cases.update({("batch", b): case(b, 64) for b in (1, 4)})
+        for fn, _ in cases.values():
+            fn()
+        cpu = {k: [] for k in cases}
+        for _ in range(3):
+            for k, (fn, _) in cases.items():
+                start = time.thread_time()
+                fn()
+                cpu[k].append(time.thread_time() - start)
+        for (kind, value), (_, mp) in cases.items():
+            out[kind][value] = mp / _median(cpu[(kind, value)])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def real_steps(model_path, lr_size=128):
+    """One step vs DDIM-50 on the shipped RGB model (new default, one thread, CPU time per part), and one
+    call of the same denoiser at the HR size, i.e. what a pixel-space step of this UNet costs."""
+    from lcmsr.weights import load_model
+
+    device = torch.device("cpu")
+    model = load_model(str(model_path))
+    clock = PartClock(model)
+    runner = Inference(model, device, InferenceOptions(precision="auto"))
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(1, model.bands, lr_size, lr_size, generator=g) * 2 - 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"lr_tile": lr_size, "out_tile": lr_size * model.scale}
+    try:
+        for name, steps, sampler, reps in (("consistency_1", 1, "consistency", 3), ("ddim_50", 50, "ddim", 1)):
+            runner.sr(lr, steps=steps, sampler=sampler, generator=g)
+            runs = []
+            for _ in range(reps):
+                clock.reset()
+                start = time.thread_time()
+                runner.sr(lr, steps=steps, sampler=sampler, generator=g)
+                runs.append((time.thread_time() - start, dict(clock.seconds)))
+            total, parts = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            out[name] = {"seconds": total, "parts": parts}
+        # The same UNet run once in pixel space: x_t and the condition at the HR size (convolutions cost
+        # per pixel, so this is 64x the latent step; attention at its lowest level grows faster).
+        hr = lr_size * model.scale
+        c = model.config.latent_channels
+        x_t = torch.randn(1, c, hr, hr, generator=g).contiguous(memory_format=torch.channels_last)
+        cond = torch.randn(1, c, hr, hr, generator=g).contiguous(memory_format=torch.channels_last)
+        t = torch.full((1,), 999, dtype=torch.long)
+        with runner._autocast(), torch.no_grad():
+            start = time.thread_time()
+            model.denoiser(x_t, t, cond, model.scale, (hr, hr))
+            out["pixel_space_step_seconds"] = time.thread_time() - start
+    finally:
+        torch.set_num_threads(threads)
+    one, ddim = out["consistency_1"], out["ddim_50"]
+    out["ratio_ddim50_over_1step"] = ddim["seconds"] / one["seconds"]
+    out["pixel_space_ddim50_seconds_extrapolated"] = 50 * out["pixel_space_step_seconds"]
+    out["pixel_space_ddpm1000_seconds_extrapolated"] = 1000 * out["pixel_space_step_seconds"]
+    return out
+
+
+def io_parts(model_path, lr_size=256, tile=128, batch=4):
+    """Where a real GeoTIFF job's CPU time goes (one torch thread): model, normalisation/noise, blending,
+    reading (reader thread) and writing (writer thread), by wrapping the pipeline's pieces with
+    per-thread CPU clocks.  Needs GDAL."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return None
+    import numpy as np
+
+    from lcmsr.inference import Inference as Inf
+    from lcmsr.raster import pipeline
+    from lcmsr.raster.pipeline import SROptions, superresolve
+    from lcmsr.raster.tiling import BlockBlender
+
+    gdal.UseExceptions()
+    spent = {"model": 0.0, "sr_batch": 0.0, "blend": 0.0, "read": 0.0, "write": 0.0}
+
+    def clocked(key, fn):
+        def wrapper(*a, **k):
+            start = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.thread_time() - start
+        return wrapper
+
+    patches = [(Inf, "sr", "model"), (pipeline._Job, "_sr_batch", "sr_batch"), (BlockBlender, "add", "blend"),
+               (pipeline._Reader, "run", "read"), (pipeline._Writer, "run", "write")]
+    saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for cls, name, key in patches:
+            setattr(cls, name, clocked(key, getattr(cls, name)))
+        with tempfile.TemporaryDirectory() as tmp:
+            # A real-pixel input: the NEON sample tiled to lr_size (DEFLATE GeoTIFF, as users have).
+            sample = gdal.Open(str(REPO / "resources" / "sample" / "neon_lr.tif")).ReadAsArray()
+            reps = -(-lr_size // sample.shape[1])
+            data = np.tile(sample, (1, reps, reps))[:, :lr_size, :lr_size]
+            src = os.path.join(tmp, "lr.tif")
+            ds = gdal.GetDriverByName("GTiff").Create(src, lr_size, lr_size, 3, gdal.GDT_Byte,
+                                                      ["TILED=YES", "COMPRESS=DEFLATE"])
+            ds.SetGeoTransform((500000, 0.4, 0, 4000000, 0, -0.4))
+            ds.SetProjection(gdal.Open(str(REPO / "resources" / "sample" / "neon_lr.tif")).GetProjection())
+            for b in range(3):
+                ds.GetRasterBand(b + 1).WriteArray(data[b])
+            ds = None
+            start, cpu = time.perf_counter(), time.process_time()
+            res = superresolve(src, os.path.join(tmp, "sr.tif"), str(model_path),
+                               SROptions(tile=tile, batch=batch, overlap=16, device="cpu"))
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+        torch.set_num_threads(threads)
+    parts = {"model": spent["model"], "normalise+noise": spent["sr_batch"] - spent["model"],
+             "blend": spent["blend"], "read": spent["read"], "write": spent["write"]}
+    parts["rest"] = max(cpu - sum(parts.values()), 0.0)
+    return {"model": Path(model_path).name, "lr_size": lr_size, "tile": tile, "batch": batch,
+            "precision": res.precision, "wall_seconds": wall, "cpu_seconds": cpu, "parts": parts,
+            "mp_per_s_wall": (lr_size * 4) ** 2 / 1e6 / wall}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -274,6 +524,13 @@ def main(argv=None):
     results["end_to_end"] = None if a.quick else end_to_end(device, "bf16" if gpu else "fp32",
                                                               8192 if gpu else 1024, 128 if not gpu else 256)
     results["peak_memory"] = None if a.quick else peak_memory(device, "bf16" if gpu else "fp32")
+    if not gpu:
+        # The shipped models, real weights: the new CPU default against plain fp32, per part, in this run.
+        models = shipped_models()
+        results["cpu_default"] = cpu_default(lr_size=64 if a.quick else 128, reps=3 if a.quick else 5)
+        results["cpu_knobs"] = None if a.quick else cpu_knobs(models[0])
+        results["real_steps"] = None if a.quick else real_steps(models[0])
+        results["io_parts"] = None if a.quick else io_parts(models[0])
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,6 +568,40 @@ def main(argv=None):
         print(f"peak memory, {m['model']} model, {key} ({m['tiles'][0]} vs {m['tiles'][1]} tiles): host RSS "
               f"{m['peak_rss_mib'][0]:.0f} MiB (1024^2) -> {m['peak_rss_mib'][1]:.0f} MiB (8192^2), "
               f"ratio {m['ratio']:.2f}{gpu_text}")
+    if results.get("cpu_default"):
+        d = results["cpu_default"]
+        print(f"shipped models, real weights, {d['lr_tile']}^2 LR tile, batch 1, 1 thread, CPU time, median of "
+              f"{d['reps']} interleaved; default precision here: {d['precision']} ({d['reason']}):")
+        print(f"  {'model':40s} {'variant':20s} {'MP/s':>6s} {'vs plain':>8s} {'vs fp32+CL':>10s}   "
+              + " ".join(f"{p:>8s}" for p in PARTS + ("rest",)) + "  (ms)")
+        for r in d["rows"]:
+            print(f"  {r['model']:40s} {r['variant']:20s} {r['mp_per_s']:6.3f} {r['speedup_vs_plain_fp32']:7.2f}x "
+                  f"{r['speedup_vs_fp32_channels_last']:9.2f}x   "
+                  + " ".join(f"{1e3 * r['parts'][p]:8.0f}" for p in PARTS + ("rest",)))
+        for r in d["rows"]:
+            if r["variant"] == "default (auto)":
+                print(f"CHECK {r['model']}: new CPU default {r['mp_per_s']:.3f} MP/s = "
+                      f"{r['speedup_vs_plain_fp32']:.2f}x plain fp32 (issue 18 asks >= 1.6x)")
+    if results.get("cpu_knobs"):
+        k = results["cpu_knobs"]
+        print("knobs, new default, shipped RGB model: threads (wall, 64^2 LR) " + ", ".join(
+            f"{n}: {v:.3f} MP/s" for n, v in k["threads"].items()) + " | LR tile (CPU time) " + ", ".join(
+            f"{n}: {v:.3f}" for n, v in k["tile"].items()) + " | batch at 64^2 LR (CPU time) " + ", ".join(
+            f"{n}: {v:.3f}" for n, v in k["batch"].items()))
+    if results.get("real_steps"):
+        s = results["real_steps"]
+        one, ddim = s["consistency_1"], s["ddim_50"]
+        fmt = lambda r: ", ".join(f"{p} {1e3 * r['parts'][p]:.0f}" for p in PARTS)  # noqa: E731
+        print(f"shipped RGB model, new default, {s['out_tile']}^2 output, CPU time: 1 step {one['seconds']:.2f} s "
+              f"({fmt(one)} ms) | DDIM-50 {ddim['seconds']:.2f} s ({fmt(ddim)} ms) = "
+              f"{s['ratio_ddim50_over_1step']:.1f}x | the same UNet at the HR size (pixel space), one step "
+              f"{s['pixel_space_step_seconds']:.2f} s -> x50 {s['pixel_space_ddim50_seconds_extrapolated']:.0f} s, "
+              f"x1000 {s['pixel_space_ddpm1000_seconds_extrapolated']:.0f} s (extrapolated)")
+    if results.get("io_parts"):
+        e = results["io_parts"]
+        print(f"GeoTIFF job, {e['model']}, {e['lr_size']}^2 LR (real pixels), tile {e['tile']}, batch {e['batch']}, "
+              f"{e['precision']}, 1 thread: CPU {e['cpu_seconds']:.1f} s (wall {e['wall_seconds']:.1f} s): " + ", ".join(
+                  f"{k} {v:.2f} s ({100 * v / e['cpu_seconds']:.0f}%)" for k, v in e["parts"].items()))
     print(f"JSON: {out / f'bench_{device.type}.json'}")
     return 0
 

@@ -35,9 +35,12 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16")    # training: auto = bf16 on CUDA a
 
 # Inference: the choices and defaults of SROptions, the `lcmsr sr` flags, the plugin's superresolve
 # parameters and its settings.  Names in the plugin's enum order (its parameters take indices).
+# "auto" is last so that the indices saved in Processing models and history (0 = fp32, 1 = bf16) keep
+# their meaning; it is the default (lcmsr.device.resolve_precision decides, and the log says why).
 PRECISION_LABELS = {
     "fp32": "fp32",
     "bf16": "bf16 (CUDA, or a CPU with native bf16; elsewhere fp32 with a warning)",
+    "auto": "Auto (bf16 on a CPU with native bf16, about 2x faster; else fp32)",
 }
 PRECISIONS = tuple(PRECISION_LABELS)
 OUTPUT_TYPE_LABELS = {"input": "Same as input", "float32": "Float32"}   # the SR raster's data type
@@ -45,7 +48,7 @@ OUTPUT_TYPES = tuple(OUTPUT_TYPE_LABELS)
 # Devices a user picks from a list; "cuda:N" (a given GPU) is accepted wherever a device is typed.
 DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA GPU", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_LABELS)
-SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "fp32", "steps": 1,
+SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "auto", "steps": 1,
                "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
 
 

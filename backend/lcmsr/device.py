@@ -78,3 +78,31 @@ def cpu_native_bf16() -> tuple[bool, str]:
     except OSError:
         pass
     return False, "native bf16 support of this CPU is unknown"
+
+
+def resolve_precision(request: str | None, device: torch.device) -> tuple[str, str]:
+    """Turn "auto" | "fp32" | "bf16" into the precision that runs on ``device``, and why (one clause).
+
+    The one place the inference precision is decided (docs/PERFORMANCE.md has the measurements):
+
+    * "auto" on a CPU with native bf16 (AVX512-BF16 / AMX): bf16 autocast (with channels_last, which
+      lcmsr.inference uses everywhere), measured about 2x plain fp32 on the shipped models, its output
+      within bf16 rounding of fp32's (tests/backend/test_precision_auto.py, on real pixels);
+    * "auto" on other CPUs: fp32 — bf16 would be emulated there, slower than fp32;
+    * "auto" on CUDA: fp32, as before — no CUDA speed figure of bf16 against fp32 has been measured yet
+      (docs/gpu/gpu_check_h200.json checks only that they agree), so nothing supports a change;
+    * "bf16" on a CPU without native bf16 falls back to fp32 (the reason says so; the caller warns).
+    """
+    req = (request or "auto").strip().lower()
+    if req not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision '{request}': use auto, fp32 or bf16")
+    if req == "fp32":
+        return "fp32", "fp32 requested"
+    if device.type == "cuda":
+        if req == "bf16":
+            return "bf16", "bf16 requested"
+        return "fp32", "auto: fp32 on CUDA (bf16's speed on GPUs is not measured yet)"
+    native, why = cpu_native_bf16()
+    if req == "bf16":
+        return ("bf16", f"bf16 requested and {why}") if native else ("fp32", f"bf16 requested but {why}: using fp32")
+    return ("bf16", f"auto: {why}, bf16 runs about 2x fp32") if native else ("fp32", f"auto: {why}")

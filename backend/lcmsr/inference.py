@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .choices import PRECISIONS
+from .device import resolve_precision
 from .progress import Progress
 
 _COMPILED_PARTS = ("condnet", "denoiser", "decoder")
@@ -39,7 +40,7 @@ _MAX_GRAPHS = 4   # captured shapes kept per runner (OOM back-off makes new ones
 
 @dataclass
 class InferenceOptions:
-    precision: str = "fp32"               # "fp32" | "bf16" (autocast)
+    precision: str = "fp32"               # "fp32" | "bf16" (autocast) | "auto" (lcmsr.device.resolve_precision)
     channels_last: bool | None = None     # None: on CUDA and on the CPU (both measured faster)
     compile: bool = False                 # torch.compile, eager fallback on failure
     cuda_graphs: bool = False             # CUDA only; ignored (said once) elsewhere
@@ -103,6 +104,9 @@ class Inference:
         self.options.validate()
         self.device = torch.device(device)
         self.progress = progress or Progress()
+        self.precision = self.options.precision
+        if self.precision == "auto":
+            self.precision = resolve_precision("auto", self.device)[0]
         self.model = model
         cuda = self.device.type == "cuda"
         self.channels_last = self.options.channels_last if self.options.channels_last is not None else True
@@ -143,7 +147,7 @@ class Inference:
         return fn_model.sr(lr, steps=steps, sampler=sampler, generator=generator, noise=noise)
 
     def _autocast(self):
-        if self.options.precision == "bf16":
+        if self.precision == "bf16":
             # Captured graphs must not reuse autocast's cast-weight cache across replays.
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                   cache_enabled=not self.graphs_enabled)

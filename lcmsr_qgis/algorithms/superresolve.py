@@ -147,7 +147,8 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=SR_DEFAULTS["seed"], minValue=0),
             QgsProcessingParameterEnum(self.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
-                                       defaultValue=_index(PRECISIONS, settings.precision)),
+                                       defaultValue=_index(PRECISIONS, settings.precision,
+                                                           PRECISIONS.index(SR_DEFAULTS["precision"]))),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)

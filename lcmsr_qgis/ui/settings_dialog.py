@@ -36,7 +36,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from lcmsr.choices import DEVICES, PRECISIONS
+from lcmsr.choices import DEVICES, PRECISIONS, SR_DEFAULTS
 
 from .. import environment, torch_install
 from ..settings import Settings, bundled_model_paths
@@ -285,8 +285,9 @@ class SettingsDialog(QDialog):
         self.overlap_spin.setValue(int(s.overlap))
         self.batch_spin.setValue(int(s.batch))
         precision = str(s.precision)
-        self.precision_combo.setCurrentIndex(PRECISIONS.index(precision)
-                                             if precision in PRECISIONS else 0)
+        # A value stored by an older version ("fp32", the old default) loads as it was saved.
+        self.precision_combo.setCurrentIndex(PRECISIONS.index(precision if precision in PRECISIONS
+                                                              else SR_DEFAULTS["precision"]))
         self.python_path_edit.setText(str(s.extra_python_path or ""))
         self._update_default_label()
         if self.model_list.count():

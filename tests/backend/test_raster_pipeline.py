@@ -192,15 +192,15 @@ def test_out_of_memory_halves_batch_then_tile_and_says_so(tmp_path):
 
 def test_bf16_runs_on_a_cpu_with_native_bf16_and_falls_back_to_fp32_elsewhere(tmp_path, monkeypatch):
     """As training chooses: bf16 where the CPU computes it natively; emulated it would be slower than fp32."""
-    from lcmsr.raster import pipeline
+    from lcmsr import device
 
     src = write_raster(tmp_path / "in.tif", textured(16, 16).round().astype(np.uint8))
     options = SROptions(tile=32, overlap=8, device="cpu", precision="bf16")
-    monkeypatch.setattr(pipeline, "cpu_native_bf16", lambda: (False, "the CPU has no native bf16"))
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda: (False, "the CPU has no native bf16"))
     res = superresolve(src, tmp_path / "emulated.tif", StandInModel(scale=2), options)
     assert res.precision == "fp32" and res.device == "cpu"
     assert any("bf16 requested but the CPU has no native bf16" in w for w in res.warnings), res.warnings
-    monkeypatch.setattr(pipeline, "cpu_native_bf16", lambda: (True, "the CPU has native bf16 (amx_bf16)"))
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda: (True, "the CPU has native bf16 (amx_bf16)"))
     res = superresolve(src, tmp_path / "native.tif", StandInModel(scale=2), options)
     assert res.precision == "bf16" and not any("bf16" in w for w in res.warnings)
 
@@ -218,7 +218,8 @@ def test_real_neon_sample_degrade_and_sr_are_registered(tmp_path):
     assert np.abs(read_raster(tmp_path / "lr.tif").astype(int) - read_raster(lr_path).astype(int)).max() <= 1
     # SR of the LR lands exactly on the HR grid.
     model = StandInModel(scale=4, noise_weight=0.0)
-    res = superresolve(lr_path, tmp_path / "sr.tif", model, SROptions(tile=48, overlap=8, batch=4))
+    # fp32: the whole-image reference below is fp32 (the default "auto" may run bf16: test_precision_auto.py).
+    res = superresolve(lr_path, tmp_path / "sr.tif", model, SROptions(tile=48, overlap=8, batch=4, precision="fp32"))
     out, hr = gdal.Open(res.path), gdal.Open(str(hr_path))
     assert (out.RasterXSize, out.RasterYSize) == (hr.RasterXSize, hr.RasterYSize)
     assert out.GetGeoTransform() == pytest.approx(hr.GetGeoTransform(), rel=1e-12)

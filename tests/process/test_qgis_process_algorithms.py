@@ -32,7 +32,13 @@ def test_superresolve_runs_and_json_reports_the_output(tiny_model, tmp_path):
     out = tmp_path / "sr.tif"
     proc = run_qgis_process(["run", "lcmsr:superresolve", "--", f"INPUT={SAMPLE_LR}", f"MODEL={tiny_model}",
                              "TILE=64", "OVERLAP=8", "DEVICE=2", f"OUTPUT={out}"])
-    assert "precision fp32" in proc.stdout + proc.stderr
+    # The default precision is "auto": the log names what ran and why.
+    import torch
+
+    from lcmsr.device import resolve_precision
+
+    precision, why = resolve_precision("auto", torch.device("cpu"))
+    assert f"precision {precision} ({why})" in proc.stdout + proc.stderr
     width, height, bands, gt = raster_size(out)
     lr_width, lr_height, _, lr_gt = raster_size(SAMPLE_LR)
     assert (width, height, bands) == (4 * lr_width, 4 * lr_height, 3)

@@ -95,6 +95,12 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
         assert key in keys and getattr(type(sr), key) == key
     steps = sr.parameterDefinition("STEPS")
     assert (steps.minimum(), steps.maximum(), steps.defaultValue()) == (1, 1000, 1)  # consistency takes 1-4 (checked by the backend), DDIM K
+    # Precision offers "auto" as the default; the indices saved by older versions (0 fp32, 1 bf16) keep meaning.
+    from lcmsr.choices import PRECISIONS
+
+    precision = sr.parameterDefinition("PRECISION")
+    assert PRECISIONS[:2] == ("fp32", "bf16") and PRECISIONS[precision.defaultValue()] == "auto"
+    assert precision.options()[precision.defaultValue()].startswith("Auto")
 
 
 def test_algorithm_modules_import_only_torch_free_choices_at_module_level():
@@ -151,8 +157,14 @@ def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provide
     assert got["size"] == (4 * source["size"][0], 4 * source["size"][1])
     assert got["crs"] == source["crs"] == "EPSG:32612" and got["bands"] == 3
     QgsProject.instance().removeAllMapLayers()
-    # The log says which device and precision ran.
-    assert any("device cpu" in line and "precision fp32" in line for line in feedback.infos), feedback.infos
+    # The log says which device and precision ran, and why: the default is "auto" (lcmsr.device decides).
+    import torch
+
+    from lcmsr.device import resolve_precision
+
+    precision, why = resolve_precision("auto", torch.device("cpu"))
+    assert any("device cpu" in line and f"precision {precision} ({why})" in line for line in feedback.infos), \
+        feedback.infos
 
 
 def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path):

@@ -58,6 +58,22 @@ def dialog(qgis_app, qgis_parent):
     QgsApplication.processEvents()
 
 
+def test_precision_defaults_to_auto_and_a_stored_fp32_still_loads(qgis_app, qgis_parent):
+    from lcmsr_qgis.ui.settings_dialog import SettingsDialog
+
+    assert Settings().precision == "auto"
+    dlg = SettingsDialog(qgis_parent, message_box=Recorder())
+    assert dlg.precision_combo.currentText() == "auto"
+    dlg.deleteLater()
+    QgsSettings().setValue(PREFIX + "precision", "fp32")   # what older versions saved (their default)
+    dlg = SettingsDialog(qgis_parent, message_box=Recorder())
+    assert dlg.precision_combo.currentText() == "fp32"
+    dlg.accept()
+    assert Settings().precision == "fp32"
+    dlg.deleteLater()
+    QgsApplication.processEvents()
+
+
 def test_adding_a_valid_model_shows_what_it_is_and_persists_on_ok(dialog, tiny_model):
     assert dialog.add_model(tiny_model)
     assert dialog.boxes.shown == []

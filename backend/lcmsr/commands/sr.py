@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=_positive, default=d["batch"], help="tiles per model call (default %(default)s)")
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
-                   help="bf16 autocast on CUDA or a CPU with native bf16, else fp32 with a warning "
-                        "(default %(default)s)")
+                   help="auto: bf16 on a CPU with native bf16 (AVX512-BF16/AMX, about 2x fp32), fp32 elsewhere "
+                        "and on CUDA; bf16: bf16 autocast on CUDA or a CPU with native bf16, else fp32 with a "
+                        "warning (default %(default)s)")
     p.add_argument("--steps", type=_positive, default=d["steps"],
                    help="sampling steps (default %(default)s: the method's single step)")
     p.add_argument("--sampler", default=d["sampler"], choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),

@@ -36,7 +36,7 @@ import torch
 
 from .. import __version__, catalog
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
-from ..device import cpu_native_bf16, resolve_device
+from ..device import resolve_device, resolve_precision
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
@@ -67,7 +67,7 @@ class SROptions:
     overlap: int = SR_DEFAULTS["overlap"]    # LR pixels shared by neighbouring tiles
     batch: int = SR_DEFAULTS["batch"]        # tiles per model call
     device: str = SR_DEFAULTS["device"]
-    precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name: bf16 on CUDA or a CPU with native bf16
+    precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name; lcmsr.device.resolve_precision decides "auto"
     steps: int = SR_DEFAULTS["steps"]
     sampler: str = SR_DEFAULTS["sampler"]
     seed: int = SR_DEFAULTS["seed"]
@@ -616,14 +616,10 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
         device, reason = choice.device, choice.reason
     else:
         device, reason = torch.device(device), "chosen for this process of a sharded job"
-    precision = options.precision
-    if precision == "bf16" and device.type != "cuda":
-        # As in training: bf16 where it is computed natively; emulated it would be slower than fp32.
-        native, why = cpu_native_bf16()
-        if not native:
-            progress.warn(f"bf16 requested but {why}: using fp32")
-            precision = "fp32"
-    progress.info(f"device {device} ({reason}), precision {precision}")
+    precision, why = resolve_precision(options.precision, device)
+    if options.precision == "bf16" and precision != "bf16":
+        progress.warn(why)   # emulated bf16 would be slower than fp32
+    progress.info(f"device {device} ({reason}), precision {precision} ({why})")
     worker = exchange is not None and exchange.rank != 0
 
     model = _load_model(model_or_path, device)

@@ -388,16 +388,17 @@ class _Job:
             noise = noise.repeat_interleave(c, dim=noise.ndim - 4)
         return noise
 
-    def _model_sr(self, x, tiles, noise) -> torch.Tensor:
-        """Model-space SR of ``x``, LR-consistent when asked (``lr_consistency`` back-projections)."""
+    def _model_sr(self, x, tiles, noise, repeats: int = 1) -> torch.Tensor:
+        """Model-space SR of ``x`` (``repeats`` samples of each tile, sample-major), LR-consistent when asked
+        (``lr_consistency`` back-projections)."""
         # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
         g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
-        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
+        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise, repeats=repeats)
         if self.o.lr_consistency:
             # Iterative back-projection with the project's own degradation: degrade(y) -> x.  Per tile,
             # in model space (linear in data units) before clamping; the tile overlap and the blend ramps
             # hide the tile edges, where the replicate-padded LR is not the raster's.
-            lr = x.to(y.device, torch.float32)
+            lr = x.to(y.device, torch.float32).repeat(repeats, 1, 1, 1)
             for _ in range(self.o.lr_consistency):
                 y = y + upsample_bicubic(lr - downsample_bicubic(y, self.scale), self.scale)
         return y
@@ -415,14 +416,15 @@ class _Job:
         spread = None
         if self.samples > 1:
             # Samples 1..K-1, each with its own draws of the raster-wide noise field, batched together in
-            # calls of at most `batch` tiles: K x the plain run's work, never more memory per call.
+            # calls of at most `batch` tiles (never more memory per call than the plain run), CondNet's
+            # condition computed once per call and shared by its samples.
             per_call = max(1, self.batch // len(tiles))
             ys = [y.reshape(1, b, c, *y.shape[2:])]
             for first in range(1, self.samples, per_call):
                 ks = range(first, min(first + per_call, self.samples))
                 noise = [self._tile_noise(tiles, i, c) for i in ks]
                 noise = None if noise[0] is None else torch.cat(noise, dim=noise[0].ndim - 4)
-                more = self._model_sr(x.repeat(len(ks), 1, 1, 1), tiles, noise)
+                more = self._model_sr(x, tiles, noise, repeats=len(ks))
                 ys.append(more.reshape(len(ks), b, c, *y.shape[2:]))
             spread = self._spread(torch.cat(ys))
             del ys, more

@@ -234,3 +234,14 @@ def test_sharded_job_writes_the_same_uncertainty_raster(tmp_path):
     assert np.array_equal(read(tmp_path / "sharded.tif"), read(single.path))
     assert np.array_equal(read(tmp_path / "sharded_u.tif"), read(single.uncertainty), equal_nan=True)
     assert np.nanmean(read(single.uncertainty)) > 5
+
+
+def test_uncertainty_format_comes_from_its_extension_and_a_wrong_one_is_named(tmp_path, noisy_model):
+    src = crop(tmp_path / "in.tif", size=32)
+    res = run(src, tmp_path / "sr.tif", noisy_model, uncertainty=str(tmp_path / "u.img"), samples=2)
+    ds = gdal.Open(res.uncertainty)
+    assert ds.GetDriver().ShortName == "HFA" and ds.GetRasterBand(1).DataType == gdal.GDT_Float32
+    assert not [w for w in res.warnings if "does not keep" in w]
+    with pytest.raises(io.RasterError, match="the uncertainty raster: the JPEG format"):
+        run(src, tmp_path / "x.tif", noisy_model, uncertainty=str(tmp_path / "u.jpg"))
+    assert not (tmp_path / "x.tif").exists()

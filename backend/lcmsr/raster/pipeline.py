@@ -675,6 +675,13 @@ def provenance(model, model_or_path, options: SROptions, scale: int, bands: list
 UNCERTAINTY_DESCRIPTION = "uncertainty: std of {k} samples, RMS over bands"
 
 
+def _uncertainty_format(options: SROptions, data_type) -> io.OutputFormat:
+    try:
+        return io.output_format(options.uncertainty, data_type, options.cog, options.overviews, bands=1)
+    except io.RasterError as exc:
+        raise io.RasterError(f"the uncertainty raster: {exc}") from None
+
+
 def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
     """The uncertainty raster: one Float32 band on the SR output's grid and georeferencing, NaN where
     any input band is nodata, the output's provenance plus what the values are."""
@@ -686,7 +693,7 @@ def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
     return dataclasses.replace(
         spec, data_type=io.gdal.GDT_Float32, metadata=meta,
         band_descriptions=[UNCERTAINTY_DESCRIPTION.format(k=options.samples)],
-        color_interp=[io.gdal.GCI_GrayIndex], nodata=[nan], offsets=[None], scales=[None],
+        color_interp=[], nodata=[nan], offsets=[None], scales=[None],
         unit_types=[spec.unit_types[0] if spec.unit_types and len(set(spec.unit_types)) == 1 else ""],
         band_metadata=[{}], fill=[nan], mask=False, value_ranges=None, rpc=dict(spec.rpc))
 
@@ -729,7 +736,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     outputs = raster_outputs("the output", dst)
     if options.uncertainty:
         options.uncertainty = os.fspath(options.uncertainty)
-        io.output_format(options.uncertainty, None, options.cog, options.overviews)
+        _uncertainty_format(options, None)
         outputs += raster_outputs("the uncertainty raster", options.uncertainty)
     check_outputs(outputs, [("the input raster", src), ("the model file", model_file)]
                   + [("a file of the input raster", f) for f in ds.GetFileList() or []])
@@ -774,7 +781,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     if options.uncertainty:
         uspec = uncertainty_spec(spec, options)
         if not worker:
-            ufmt = io.output_format(options.uncertainty, uspec.data_type, options.cog, options.overviews, bands=1)
+            ufmt = _uncertainty_format(options, uspec.data_type)
             io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
                                  converted=not ufmt.streamed)
 

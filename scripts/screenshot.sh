@@ -7,7 +7,8 @@
 #   scripts/screenshot.sh [--model FILE.safetensors] [--no-run] [--out DIR] [--work DIR] [--timeout SECONDS]
 #
 # Images: --out (default docs/img): superresolve_dialog.png, settings_dialog.png and, when a model exists (--model,
-# or the bundled resources/models/*.safetensors), qgis_result.png.  --work (default build/): the QGIS profile
+# or the bundled resources/models/*.safetensors), qgis_result.png and qgis_uncertainty.png (the optional
+# uncertainty output, loaded with its colour ramp).  --work (default build/): the QGIS profile
 # (desktop-profile/, wiped first) and the logs, status.json and raw grabs (desktop-shot/).  Exit 0 when every
 # step worked.
 # Needs: apt-get install -y --no-install-recommends xvfb xauth imagemagick (and QGIS, see docs/ENVIRONMENT.md).
@@ -90,7 +91,8 @@ if [ ! -f "$WORK/status.json" ]; then
 fi
 
 # README images must stay small: an UI grab has few colours, so a 256-colour palette loses nothing visible.
-for png in "$OUT"/superresolve_dialog.png "$OUT"/settings_dialog.png "$OUT"/settings_models.png "$OUT"/qgis_result.png; do
+for png in "$OUT"/superresolve_dialog.png "$OUT"/settings_dialog.png "$OUT"/settings_models.png "$OUT"/qgis_result.png \
+           "$OUT"/qgis_uncertainty.png; do
   [ -f "$png" ] || continue
   convert "$png" -strip "$png.tmp" && mv "$png.tmp" "$png"
   if [ "$(stat -c %s "$png")" -gt 300000 ]; then

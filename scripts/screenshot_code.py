@@ -8,7 +8,8 @@ result, opens the plugin's settings dialog, then quits QGIS.  Every step is chec
 `qgis --code` exec()s this file in QGIS's `__main__` namespace, so there is no `__file__` and everything it
 needs comes from environment variables set by screenshot.sh:
   LCMSR_SHOT_WORK    folder for the log, the status file and the raw full-screen grabs
-  LCMSR_SHOT_OUT     folder for the README images (superresolve_dialog.png, qgis_result.png, settings_dialog.png)
+  LCMSR_SHOT_OUT     folder for the README images (superresolve_dialog.png, qgis_result.png, qgis_uncertainty.png,
+                     settings_dialog.png)
   LCMSR_SHOT_INPUT   the raster to open (the sample neon_lr.tif)
   LCMSR_SHOT_MODEL   model for the run; empty: the dialog's MODEL stays empty (the plugin's default/bundled model)
   LCMSR_SHOT_RUN     "1" to run the algorithm and photograph the result, "0" to skip
@@ -145,6 +146,8 @@ def _lcmsr_screenshot_main():
         parameters = {"INPUT": layer.id()}
         if model:
             parameters["MODEL"] = model
+        if want_run:   # the optional second output, loaded with its colour ramp (qgis_uncertainty.png)
+            parameters["UNCERTAINTY"] = os.path.join(work, "uncertainty.tif")
         dialog = processing.createAlgorithmDialog("lcmsr:superresolve", parameters)
         if dialog is None:
             raise RuntimeError("processing.createAlgorithmDialog('lcmsr:superresolve') returned None")
@@ -222,6 +225,10 @@ def _lcmsr_screenshot_main():
             raise RuntimeError("the algorithm finished but no '... LCMSR' result layer was added to the map")
         result = result_layers[0]
         log(f"result layer {result.name()!r}: {result.width()}x{result.height()} from {result.source()}")
+        tree = QgsProject.instance().layerTreeRoot()
+        uncertainty = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name().endswith("uncertainty")]
+        for lyr in uncertainty:   # the result picture shows the SR raster; the uncertainty gets its own
+            tree.findLayer(lyr.id()).setItemVisibilityChecked(False)
         status["result_size"] = [result.width(), result.height()]
         canvas = iface.mapCanvas()
         canvas.setExtent(result.extent())
@@ -230,6 +237,14 @@ def _lcmsr_screenshot_main():
         settle(1500)
         window = iface.mainWindow()
         grab("qgis_result.png", window.frameGeometry())
+        if uncertainty:
+            log(f"uncertainty layer {uncertainty[0].name()!r}: renderer {uncertainty[0].renderer().type()}")
+            status["uncertainty_renderer"] = uncertainty[0].renderer().type()
+            tree.findLayer(uncertainty[0].id()).setItemVisibilityChecked(True)
+            canvas.refresh()
+            canvas.waitWhileRendering()
+            settle(1500)
+            grab("qgis_uncertainty.png", window.frameGeometry())
 
     def open_settings():
         from lcmsr_qgis.ui.settings_dialog import SettingsDialog

@@ -50,6 +50,9 @@ DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA
 DEVICES = tuple(DEVICE_LABELS)
 SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "auto", "steps": 1,
                "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
+# Trust (issue 15): K one-step samples for the uncertainty raster (written only when asked), and the
+# back-projection iterations that make degrade(SR) give back the input (0 = off; measured in the model cards).
+SR_DEFAULTS.update({"samples": 4, "lr_consistency": 3})
 
 
 @dataclass(frozen=True)

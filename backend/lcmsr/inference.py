@@ -143,8 +143,9 @@ class Inference:
             _COMPILE_CACHE[model] = cached
         return cached
 
-    def _call(self, fn_model, lr, steps, sampler, generator, noise):
-        return fn_model.sr(lr, steps=steps, sampler=sampler, generator=generator, noise=noise)
+    def _call(self, fn_model, lr, steps, sampler, generator, noise, repeats=1):
+        extra = {"repeats": repeats} if repeats > 1 else {}   # models without the option run plain calls
+        return fn_model.sr(lr, steps=steps, sampler=sampler, generator=generator, noise=noise, **extra)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -168,27 +169,28 @@ class Inference:
     # -- the call -------------------------------------------------------------------
     @torch.no_grad()
     def sr(self, lr: torch.Tensor, steps: int = 1, sampler: str = "consistency",
-           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           repeats: int = 1) -> torch.Tensor:
         """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s] (float32, on the device,
-        channels_last strides when that option is on)."""
+        channels_last strides when that option is on); ``repeats`` samples of each image: see ``LCMSR.sr``."""
         x = self.to_device(lr)
         if noise is not None:
             noise = noise.to(self.device, non_blocking=self.pin)
         if self.graphs_enabled and self._graphable(steps, sampler, noise):
-            y = self._graphed(x, steps, sampler, noise)
+            y = self._graphed(x, steps, sampler, noise, repeats)
             if y is not None:
                 return y
         with self._autocast():
             if self._runner is not self.model:
                 try:
-                    y = self._call(self._runner, x, steps, sampler, generator, noise)
+                    y = self._call(self._runner, x, steps, sampler, generator, noise, repeats)
                 except Exception as exc:
                     if _is_oom(exc):
                         raise
                     self._compile_failed(exc)
-                    y = self._call(self.model, x, steps, sampler, generator, noise)
+                    y = self._call(self.model, x, steps, sampler, generator, noise, repeats)
             else:
-                y = self._call(self.model, x, steps, sampler, generator, noise)
+                y = self._call(self.model, x, steps, sampler, generator, noise, repeats)
         # Not .contiguous(): a channels_last result converted here would cost one more batch of HR
         # pixels; callers index it per tile as it is.
         return y.float()
@@ -210,14 +212,14 @@ class Inference:
             return False
         return (noise.ndim == 5 and noise.shape[0] >= needed) or (noise.ndim == 4 and needed == 1)
 
-    def _graphed(self, x, steps, sampler, noise):
-        key = (tuple(x.shape), None if noise is None else tuple(noise.shape), steps, sampler)
+    def _graphed(self, x, steps, sampler, noise, repeats=1):
+        key = (tuple(x.shape), None if noise is None else tuple(noise.shape), steps, sampler, repeats)
         graph = self._graphs.get(key)
         if graph is None:
             if len(self._graphs) >= _MAX_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
             try:
-                graph = _Graph(lambda a, n: self._call(self._runner, a, steps, sampler, None, n),
+                graph = _Graph(lambda a, n: self._call(self._runner, a, steps, sampler, None, n, repeats),
                                x, noise, self._autocast)
             except Exception as exc:
                 if _is_oom(exc):

@@ -164,8 +164,12 @@ class LCMSR(nn.Module):
     # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def sr(self, lr: torch.Tensor, steps: int = 1, sampler: str = "consistency",
-           generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s]."""
+           generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+           repeats: int = 1) -> torch.Tensor:
+        """Model-space LR [B, C, h, w] -> model-space SR [B, C, h*s, w*s].
+
+        ``repeats`` > 1: that many samples of every image, [repeats * B, ...] sample-major, with CondNet run
+        once per image (it is about half a step's cost); ``noise`` then holds repeats * B fields."""
         if lr.ndim != 4 or lr.shape[1] != self.bands:
             raise ValueError(f"expected an LR tensor of shape [B, {self.bands}, h, w], got {tuple(lr.shape)}")
         runner = make_sampler(sampler, self.schedule, steps)
@@ -177,6 +181,8 @@ class LCMSR(nn.Module):
             # Replicate padding: reflect fails for inputs smaller than the pad.
             x = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate")
         cond = self.condnet(upsample_bicubic(x, s))
+        if repeats > 1:
+            x, cond = x.repeat(repeats, 1, 1, 1), cond.repeat(repeats, 1, 1, 1)
         out_size = (hp * s, wp * s)
         z = runner.sample(lambda x_t, t: self.consistency(x_t, t, cond, out_size), cond, noise, generator)
         out = self.decode(x, z)

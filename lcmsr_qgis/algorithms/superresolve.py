@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
+    QgsColorRampShader,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
@@ -14,6 +16,9 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsStyle,
 )
 
 from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS, Terms
@@ -60,6 +65,40 @@ def output_layer_name(input_name: str, scale: int) -> str:
     return f"{input_name} x{scale} LCMSR"
 
 
+def uncertainty_layer_name(input_name: str, scale: int) -> str:
+    return f"{input_name} x{scale} LCMSR uncertainty"
+
+
+UNCERTAINTY_RAMP = "Magma"   # dark = the samples agree, bright = detail the model invents differently each draw
+
+
+class UncertaintyStyle(QgsProcessingLayerPostProcessorInterface):
+    """Shows the loaded uncertainty raster as a single-band pseudocolour ramp from 0 (the samples agree) to its
+    98th percentile, so the few largest spreads do not wash out the rest."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        provider = layer.dataProvider() if layer is not None else None
+        if provider is None or not layer.isValid():
+            return
+        _, high = provider.cumulativeCut(1, 0.0, 0.98)
+        high = high if high > 0 else 1.0
+        ramp = QgsStyle.defaultStyle().colorRamp(UNCERTAINTY_RAMP)
+        shader = QgsColorRampShader(0.0, float(high), ramp)   # interpolated, continuous
+        shader.classifyColorRamp()
+        raster_shader = QgsRasterShader(0.0, float(high))
+        raster_shader.setRasterShaderFunction(shader)
+        renderer = QgsSingleBandPseudoColorRenderer(provider, 1, raster_shader)
+        renderer.setClassificationMin(0.0)
+        renderer.setClassificationMax(float(high))
+        layer.setRenderer(renderer)
+        layer.triggerRepaint()
+
+
+# One stateless styler for every run: Processing keeps only a C++ pointer to a post-processor, so the Python
+# object must outlive the algorithm instance that hands it over.
+UNCERTAINTY_STYLE = UncertaintyStyle()
+
+
 def warn_fallback(progress, choice) -> None:
     """A GPU that was wanted but is not usable is a warning, never silent (the pipeline logs the device)."""
     if choice.fallback:
@@ -84,6 +123,9 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     COG = "COG"
     OVERVIEWS = "OVERVIEWS"
     OUTPUT = "OUTPUT"
+    UNCERTAINTY = "UNCERTAINTY"
+    SAMPLES = "SAMPLES"
+    LR_CONSISTENCY = "LR_CONSISTENCY"
 
     def name(self):
         return "superresolve"
@@ -113,6 +155,13 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "invents detail (smoother, higher PSNR); 'DDIM'/'DDPM' are the multi-step baselines the single step is "
             "measured against.<br>"
             "<b>Seed</b>: the same seed gives the same output.<br>"
+            "<b>Uncertainty</b> (optional output): where the model invents detail. One Float32 band on the output's "
+            "grid: per pixel, the standard deviation of <b>Uncertainty samples</b> (K) results drawn with different "
+            "noise, root-mean-square over the bands, in the output's units; nodata where the input is. The "
+            "super-resolved raster stays the first sample, identical to a run without it; the run costs about K "
+            "times as long. Not with the faithful sampler, which draws no noise.<br>"
+            "<b>LR-consistency iterations</b> (advanced): back-projection steps that correct the result so that "
+            "reducing it again with the project's antialiased bicubic gives back the input (0 = off).<br>"
             "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
             "or Float32, in the format its extension names (.tif GeoTIFF, .img Erdas Imagine, .gpkg GeoPackage, "
             ".png, .jpg for 8-bit data, or another GDAL format that writes files; any other extension is refused). "
@@ -149,6 +198,12 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             QgsProcessingParameterEnum(self.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
                                        defaultValue=_index(PRECISIONS, settings.precision,
                                                            PRECISIONS.index(SR_DEFAULTS["precision"]))),
+            QgsProcessingParameterNumber(self.SAMPLES, "Uncertainty samples (K)",
+                                         QgsProcessingParameterNumber.Type.Integer,
+                                         defaultValue=SR_DEFAULTS["samples"], minValue=2, maxValue=64),
+            QgsProcessingParameterNumber(self.LR_CONSISTENCY, "LR-consistency iterations (0 = off)",
+                                         QgsProcessingParameterNumber.Type.Integer,
+                                         defaultValue=SR_DEFAULTS["lr_consistency"], minValue=0, maxValue=50),
         ]
         for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
@@ -168,6 +223,8 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.UNCERTAINTY, "Uncertainty (spread of K samples)", optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -175,6 +232,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         bands = self.bands_value(parameters, self.BANDS, context)
         model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context))
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
         progress = self.progress(feedback)
         with self.backend_errors():
             from lcmsr.device import resolve_device
@@ -203,6 +261,9 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                                                                          context)),
                 models=Settings().models,
                 terms=QGIS_TERMS,
+                uncertainty=uncertainty,
+                samples=self.parameterAsInt(parameters, self.SAMPLES, context),
+                lr_consistency=self.parameterAsInt(parameters, self.LR_CONSISTENCY, context),
             )
             if not model_path:
                 model_path = choose_model_for(src, options, progress)
@@ -215,7 +276,12 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             details.name = output_layer_name(layer.name(), model.info.scale)
             # Processing names file outputs after the file by default; the input's name says more.
             details.forceName = True
-        return {self.OUTPUT: dst}
+        if uncertainty and context.willLoadLayerOnCompletion(uncertainty):
+            details = context.layerToLoadOnCompletionDetails(uncertainty)
+            details.name = uncertainty_layer_name(layer.name(), model.info.scale)
+            details.forceName = True
+            details.setPostProcessor(UNCERTAINTY_STYLE)
+        return {self.OUTPUT: dst, self.UNCERTAINTY: uncertainty}
 
 
 def _index(values, value, default: int = 0) -> int:

@@ -51,7 +51,8 @@ class StandInModel(torch.nn.Module):
         return make_sampler(sampler, self.schedule, steps).noise_draws
 
     @torch.no_grad()
-    def sr(self, lr, steps=1, sampler="consistency", generator=None, noise=None):
+    def sr(self, lr, steps=1, sampler="consistency", generator=None, noise=None, repeats=1):
+        lr = lr.repeat(repeats, 1, 1, 1)   # as LCMSR.sr: repeats samples of each image, sample-major
         self.batches.append(tuple(lr.shape))
         b, c, h, w = lr.shape
         s, m = self.info.scale, self.lr_multiple

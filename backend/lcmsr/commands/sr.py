@@ -51,6 +51,16 @@ def register(subparsers) -> None:
     p.add_argument("--co", action="append", default=[], metavar="NAME=VALUE", dest="creation_options",
                    help="a creation option of OUT's GDAL driver (repeatable), e.g. --co COMPRESS=ZSTD; it replaces "
                         "the default of the same name (GeoTIFF: tiled 256, DEFLATE with predictor)")
+    p.add_argument("--uncertainty", default=None, metavar="UNC",
+                   help="also write UNC: one Float32 band on OUT's grid, the per-pixel standard deviation of "
+                        "--samples samples drawn with different noise (root-mean-square over the bands, in OUT's "
+                        "units), nodata where IN is; OUT stays the first sample, identical to a run without it. "
+                        "Costs about K model calls per tile; not with the faithful sampler (it draws no noise)")
+    p.add_argument("--samples", type=_positive, default=d["samples"], metavar="K",
+                   help="samples for --uncertainty (default %(default)s)")
+    p.add_argument("--lr-consistency", type=int, default=d["lr_consistency"], metavar="N",
+                   help="back-projection iterations that make OUT, degraded again with the project's antialiased "
+                        "bicubic, give back IN (0 = off; default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (first call compiles; falls back to eager, saying so)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each tile shape as a CUDA graph")
@@ -64,7 +74,10 @@ def io_paths(args):
     """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli)."""
     from ..paths import raster_outputs
 
-    return raster_outputs("OUT", args.output), [("IN", args.input), ("the model file (--model)", args.model)]
+    outputs = raster_outputs("OUT", args.output)
+    if args.uncertainty:
+        outputs += raster_outputs("--uncertainty", args.uncertainty)
+    return outputs, [("IN", args.input), ("the model file (--model)", args.model)]
 
 
 def run(args) -> int:
@@ -83,7 +96,8 @@ def run(args) -> int:
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
                         seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
                         creation_options=args.creation_options,
-                        compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain)
+                        compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain,
+                        uncertainty=args.uncertainty, samples=args.samples, lr_consistency=args.lr_consistency)
     # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
     world = world_from_env()
     progress = TqdmProgress(desc="sr", disable=True if args.quiet or (world and world.rank) else None)
@@ -99,4 +113,6 @@ def run(args) -> int:
     print(f"{result.path}: {result.width}x{result.height}, {result.tiles} tile(s) "
           f"({result.skipped_tiles} skipped as nodata), {result.device} {result.precision}, "
           f"{result.seconds:.1f} s")
+    if result.uncertainty:
+        print(f"{result.uncertainty}: uncertainty (spread of {args.samples} samples)")
     return 0

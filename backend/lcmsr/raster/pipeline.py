@@ -23,6 +23,8 @@ the networks' finite receptive field, which the blend ramps hide.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import queue
@@ -40,6 +42,7 @@ from ..device import resolve_device, resolve_precision
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
+from ..ops import downsample_bicubic, upsample_bicubic
 from ..paths import check_outputs, check_regular, raster_outputs
 from ..progress import Progress
 from . import io
@@ -57,6 +60,11 @@ STRIPE_HR = 2048
 MODEL_SPACE_LIMIT = 64.0
 _STRIP_ROWS = 64          # strip height of one-stripe rasters (RasterWriter regroups to whole tile rows)
 _QUEUE_BLOCKS = 8
+MAX_SAMPLES = 64          # uncertainty samples K
+MAX_BACK_PROJECTION = 50  # LR-consistency iterations
+# Noise draw numbers of uncertainty sample k start at k * SAMPLE_DRAWS: distinct from every draw of
+# sample 0 (which is the plain run's), for any sampler's number of draws.
+SAMPLE_DRAWS = 1 << 16
 
 
 @dataclass
@@ -86,6 +94,11 @@ class SROptions:
     models: list[str] = field(default_factory=list)
     # How error messages name the options to change: the CLI's flags, or the plugin's parameter labels.
     terms: Terms = CLI_TERMS
+    # Trust (docs/DESIGN.md, "Uncertainty and LR-consistency"): the uncertainty raster's path (None: not
+    # written), its number of samples K, and the back-projection iterations (0 = off).
+    uncertainty: str | None = None
+    samples: int = SR_DEFAULTS["samples"]
+    lr_consistency: int = SR_DEFAULTS["lr_consistency"]
 
     def validate(self) -> None:
         if self.tile < 8:
@@ -101,6 +114,14 @@ class SROptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.output_type not in OUTPUT_TYPES:
             raise ValueError(f"output type must be one of {', '.join(OUTPUT_TYPES)}, got '{self.output_type}'")
+        if not 0 <= self.lr_consistency <= MAX_BACK_PROJECTION:
+            raise ValueError(f"LR-consistency iterations must be in 0..{MAX_BACK_PROJECTION}, got {self.lr_consistency}")
+        if self.uncertainty:
+            if not 2 <= self.samples <= MAX_SAMPLES:
+                raise ValueError(f"uncertainty needs 2 to {MAX_SAMPLES} samples, got {self.samples}")
+            if self.sampler == "faithful":
+                raise ValueError("the faithful sampler draws no noise, so its samples do not spread: "
+                                 "an uncertainty raster needs the consistency, ddim or ddpm sampler")
 
 
 @dataclass
@@ -116,6 +137,7 @@ class SRResult:
     warnings: list[str] = field(default_factory=list)
     bands: list[int] = field(default_factory=list)   # the input bands written, in output order
     model: str = ""                                   # the model file that ran ("" for an in-memory model)
+    uncertainty: str = ""                             # the uncertainty raster written ("" for none)
 
 
 class _Recording(Progress):
@@ -294,8 +316,10 @@ def _alignment(model, tile: int) -> int:
 
 class _Job:
     def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None,
-                 norm: Normalization | None = None, bandwise: bool = False, fmt: io.OutputFormat | None = None):
+                 norm: Normalization | None = None, bandwise: bool = False, fmt: io.OutputFormat | None = None,
+                 uspec: io.OutputSpec | None = None, ufmt: io.OutputFormat | None = None):
         self.src, self.dst, self.model, self.info, self.spec, self.fmt = src, dst, model, info, spec, fmt
+        self.uspec, self.ufmt = uspec, ufmt   # the uncertainty raster's (options.uncertainty)
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
         self.exchange = exchange
         self.scale = int(model.info.scale)
@@ -305,6 +329,9 @@ class _Job:
         self.tiles_run = 0
         self.skipped = 0
         self.draws = model.noise_draws(options.steps, options.sampler)
+        # With an uncertainty raster, each tile's result carries one more band: the spread of K samples.
+        self.samples = options.samples if options.uncertainty else 1
+        self.out_bands = len(info.bands) + (self.samples > 1)
         # Blends in float64 where float32 would round the input's or the output's values (64-bit types),
         # or where weighted sums of values near float32's limit (3.4e38) could overflow.
         huge = any(max(abs(lo), abs(hi)) > 1e30 for lo, hi in io.output_bounds(spec))
@@ -320,7 +347,7 @@ class _Job:
             cuda_graphs=options.cuda_graphs), progress)
 
     # -- model ------------------------------------------------------------------
-    def _noise(self, tiles) -> torch.Tensor | None:
+    def _noise(self, tiles, sample: int = 0) -> torch.Tensor | None:
         if self.draws == 0:
             return None
         t = tiles[0]
@@ -328,7 +355,8 @@ class _Job:
         per_draw = []
         for d in range(self.draws):
             per_draw.append(torch.stack([
-                position_noise(self.o.seed, tile.y * lh // t.h, tile.x * lw // t.w, lh, lw, c, draw=d)
+                position_noise(self.o.seed, tile.y * lh // t.h, tile.x * lw // t.w, lh, lw, c,
+                               draw=sample * SAMPLE_DRAWS + d)
                 for tile in tiles]))
         # One draw fixes x_T ([B, c, h, w]); several fix every draw of a multi-step sampler ([draws, B, ...]).
         return per_draw[0] if self.draws == 1 else torch.stack(per_draw)
@@ -352,32 +380,74 @@ class _Job:
             self.progress.warn(f"out of GPU memory ({message}): batch reduced to {self.batch} tile(s)")
         return self._sr(tiles[:half], data[:half]) + self._sr(tiles[half:], data[half:])
 
+    def _tile_noise(self, tiles, sample: int, c: int) -> torch.Tensor | None:
+        noise = self._noise(tiles, sample)
+        if noise is not None and self.bandwise and c > 1:
+            # A band-wise model sees every band as an image of its own; each band of a tile gets the
+            # tile's noise, so the result does not depend on how many bands are run together.
+            noise = noise.repeat_interleave(c, dim=noise.ndim - 4)
+        return noise
+
+    def _model_sr(self, x, tiles, noise, repeats: int = 1) -> torch.Tensor:
+        """Model-space SR of ``x`` (``repeats`` samples of each tile, sample-major), LR-consistent when asked
+        (``lr_consistency`` back-projections)."""
+        # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
+        g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
+        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise, repeats=repeats)
+        if self.o.lr_consistency:
+            # Iterative back-projection with the project's own degradation: degrade(y) -> x.  Per tile,
+            # in model space (linear in data units) before clamping; the tile overlap and the blend ramps
+            # hide the tile edges, where the replicate-padded LR is not the raster's.
+            lr = x.to(y.device, torch.float32).repeat(repeats, 1, 1, 1)
+            for _ in range(self.o.lr_consistency):
+                y = y + upsample_bicubic(lr - downsample_bicubic(y, self.scale), self.scale)
+        return y
+
     def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
         # Normalised in float64 and bounded: extreme valid values (3e38, 1e300) must not become inf.
         x = self.norm.forward(torch.from_numpy(np.stack(data)).double())
         x = x.clamp_(-MODEL_SPACE_LIMIT, MODEL_SPACE_LIMIT).float()
-        noise = self._noise(tiles)
         b, c = x.shape[:2]
         if self.bandwise and c > 1:
-            # A band-wise model sees every band as an image of its own; each band of a tile gets the
-            # tile's noise, so the result does not depend on how many bands are run together.
             x = x.reshape(b * c, 1, *x.shape[2:])
-            if noise is not None:
-                noise = noise.repeat_interleave(c, dim=noise.ndim - 4)
-        # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
-        g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
-        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise)
+        # Sample 0 is computed exactly as without an uncertainty raster: the main output stays bit-for-bit
+        # the plain run's (and the uncertainty is the spread around the result the user gets).
+        y = self._model_sr(x, tiles, self._tile_noise(tiles, 0, c))
+        spread = None
+        if self.samples > 1:
+            # Samples 1..K-1, each with its own draws of the raster-wide noise field, batched together in
+            # calls of at most `batch` tiles (never more memory per call than the plain run), CondNet's
+            # condition computed once per call and shared by its samples.
+            per_call = max(1, self.batch // len(tiles))
+            ys = [y.reshape(1, b, c, *y.shape[2:])]
+            for first in range(1, self.samples, per_call):
+                ks = range(first, min(first + per_call, self.samples))
+                noise = [self._tile_noise(tiles, i, c) for i in ks]
+                noise = None if noise[0] is None else torch.cat(noise, dim=noise[0].ndim - 4)
+                more = self._model_sr(x, tiles, noise, repeats=len(ks))
+                ys.append(more.reshape(len(ks), b, c, *y.shape[2:]))
+            spread = self._spread(torch.cat(ys))
+            del ys, more
         del x
         y = y.reshape(b, c, *y.shape[2:])
         y = self.norm.inverse(y.double().cpu(), inplace=True)
         y = torch.where(torch.isfinite(y), torch.minimum(torch.maximum(y, self.lo), self.hi), y)
+        if spread is not None:
+            y = torch.cat([y, spread.double().cpu()], dim=1)
         y = y.numpy().astype(self.work, copy=False)
         return [y[i] for i in range(len(tiles))]
+
+    def _spread(self, ys: torch.Tensor) -> torch.Tensor:
+        """[K, B, C, H, W] model-space samples -> [B, 1, H, W]: the standard deviation over the K samples
+        (unbiased), root-mean-square over the bands, in the output's data units after its clamping."""
+        v = self.norm.inverse(ys.to(torch.float64 if self.work == np.float64 else torch.float32))
+        v = torch.minimum(torch.maximum(v, self.lo.to(v)), self.hi.to(v))
+        return v.var(dim=0, unbiased=True).mean(dim=1, keepdim=True).sqrt()
 
     def _compute(self, index: int, tiles, data) -> list[np.ndarray]:
         if self.exchange is not None and self.exchange.owner(index) != self.exchange.rank:
             s = self.scale
-            shape = (len(tiles), len(self.info.bands), tiles[0].h * s, tiles[0].w * s)
+            shape = (len(tiles), self.out_bands, tiles[0].h * s, tiles[0].w * s)
             y = self.exchange.recv(index, shape)
             return [y[i] for i in range(len(tiles))]
         return self._sr(tiles, data)
@@ -425,50 +495,79 @@ class _Job:
         p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "
                f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
         self.tiles_run = self.skipped = 0
-        blender = BlockBlender(plan, len(self.info.bands), self.scale, block=block, stripe_cols=stripe_cols,
-                               spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)
+        c = len(self.info.bands)
+        unc = self.o.uncertainty if self.samples > 1 else None
+        blenders = [BlockBlender(plan, c, self.scale, block=block, stripe_cols=stripe_cols,
+                                 spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)]
+        if unc:
+            # The uncertainty raster: a second blend of the same tiles (its blocks complete with the main ones).
+            blenders.append(BlockBlender(plan, 1, self.scale, block=block, stripe_cols=stripe_cols,
+                                         spill_dir=os.path.dirname(os.path.abspath(unc)), dtype=self.work))
         neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
-        blocks_q: queue.Queue = queue.Queue(maxsize=_QUEUE_BLOCKS)
-        reader = _Reader(self.src, self.info.bands, blender.order, neutral, tiles_q, stop)
+        reader = _Reader(self.src, self.info.bands, blenders[0].order, neutral, tiles_q, stop)
+        written = None   # the uncertainty raster once committed, removed again if the main output then fails
         try:
             with io.AtomicRaster(self.dst, self.spec, p, fmt=self.fmt) as out:
-                writer = _Writer(out, self.spec, blocks_q)
-                reader.start()
-                writer.start()
-                try:
-                    done = 0
-                    for index, pending in enumerate(self._batches(tiles_q, writer)):
-                        todo = [(t, d) for t, d, _ in pending if d is not None]
-                        outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
-                                    if todo else [])
-                        for t, d, valid in pending:
-                            hr = next(outs) if d is not None else None
-                            for b in blender.add(t, hr, valid):
-                                self._send(blocks_q, b, writer)
-                        del outs
-                        self.tiles_run += len(todo)
-                        self.skipped += len(pending) - len(todo)
-                        done += len(pending)
-                        p.report(done / total, f"tile {done}/{total}")
-                    _put(blocks_q, _END, threading.Event())
-                    writer.join()
-                    if writer.error is not None:
-                        raise writer.error
-                finally:
-                    stop.set()
-                    reader.join()
-                    if writer.is_alive():
-                        writer.error = writer.error or RuntimeError("aborted")
-                        while writer.is_alive():
-                            try:
-                                blocks_q.put(_END, timeout=0.1)
-                            except queue.Full:
-                                pass
-                            writer.join(timeout=0.1)
+                with contextlib.ExitStack() as second:
+                    targets = [(out, self.spec)]
+                    if unc:
+                        targets.append((second.enter_context(io.AtomicRaster(unc, self.uspec, p, fmt=self.ufmt)),
+                                        self.uspec))
+                    self._stream(plan, total, blenders, reader, tiles_q, stop, targets)
+                written = unc
+        except BaseException:
+            if written:
+                io._remove(written)   # with its side-cars: the two outputs come as a pair or not at all
+            raise
         finally:
-            blender.close()
+            for blender in blenders:
+                blender.close()
+
+    def _stream(self, plan, total, blenders, reader, tiles_q, stop, targets) -> None:
+        """Read, compute, blend and write every tile; one writer thread per output."""
+        p, c = self.progress, len(self.info.bands)
+        writers = [_Writer(out, spec, queue.Queue(maxsize=_QUEUE_BLOCKS)) for out, spec in targets]
+        reader.start()
+        for writer in writers:
+            writer.start()
+        try:
+            done = 0
+            for index, pending in enumerate(self._batches(tiles_q, writers[0])):
+                todo = [(t, d) for t, d, _ in pending if d is not None]
+                outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
+                            if todo else [])
+                for t, d, valid in pending:
+                    hr = next(outs) if d is not None else None
+                    # Main output: the bands; uncertainty: the extra band, valid where every input band is.
+                    parts = [(hr if hr is None else hr[:c], valid),
+                             (hr if hr is None else hr[c:], valid.all(axis=0, keepdims=True))]
+                    for blender, writer, (value, ok) in zip(blenders, writers, parts):
+                        for b in blender.add(t, value, ok):
+                            self._send(writer.inbox, b, writer)
+                del outs
+                self.tiles_run += len(todo)
+                self.skipped += len(pending) - len(todo)
+                done += len(pending)
+                p.report(done / total, f"tile {done}/{total}")
+            for writer in writers:
+                _put(writer.inbox, _END, threading.Event())
+                writer.join()
+                if writer.error is not None:
+                    raise writer.error
+        finally:
+            stop.set()
+            reader.join()
+            for writer in writers:
+                if writer.is_alive():
+                    writer.error = writer.error or RuntimeError("aborted")
+                    while writer.is_alive():
+                        try:
+                            writer.inbox.put(_END, timeout=0.1)
+                        except queue.Full:
+                            pass
+                        writer.join(timeout=0.1)
 
     def serve(self, tile: int) -> None:
         """A non-zero rank of a sharded job: read the same tiles, run the batches it owns, send them."""
@@ -573,6 +672,32 @@ def provenance(model, model_or_path, options: SROptions, scale: int, bands: list
     return meta
 
 
+UNCERTAINTY_DESCRIPTION = "uncertainty: std of {k} samples, RMS over bands"
+
+
+def _uncertainty_format(options: SROptions, data_type) -> io.OutputFormat:
+    try:
+        return io.output_format(options.uncertainty, data_type, options.cog, options.overviews, bands=1)
+    except io.RasterError as exc:
+        raise io.RasterError(f"the uncertainty raster: {exc}") from None
+
+
+def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
+    """The uncertainty raster: one Float32 band on the SR output's grid and georeferencing, NaN where
+    any input band is nodata, the output's provenance plus what the values are."""
+    meta = {k: v for k, v in spec.metadata.items() if k.startswith(io.PROVENANCE_PREFIX)}
+    meta[f"{io.PROVENANCE_PREFIX}UNCERTAINTY"] = (
+        f"per-pixel standard deviation (unbiased) of {options.samples} samples with different noise, "
+        f"root-mean-square over the bands, in the output's data units")
+    nan = float("nan")
+    return dataclasses.replace(
+        spec, data_type=io.gdal.GDT_Float32, metadata=meta,
+        band_descriptions=[UNCERTAINTY_DESCRIPTION.format(k=options.samples)],
+        color_interp=[], nodata=[nan], offsets=[None], scales=[None],
+        unit_types=[spec.unit_types[0] if spec.unit_types and len(set(spec.unit_types)) == 1 else ""],
+        band_metadata=[{}], fill=[nan], mask=False, value_ranges=None, rpc=dict(spec.rpc))
+
+
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                  progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
     """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
@@ -608,7 +733,12 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     # An output may never be an input: not the raster, any file it is made of (a VRT's sources), the model.
     model_file = (os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike))
                   else getattr(model_or_path, "source_path", None))
-    check_outputs(raster_outputs("the output", dst), [("the input raster", src), ("the model file", model_file)]
+    outputs = raster_outputs("the output", dst)
+    if options.uncertainty:
+        options.uncertainty = os.fspath(options.uncertainty)
+        _uncertainty_format(options, None)
+        outputs += raster_outputs("the uncertainty raster", options.uncertainty)
+    check_outputs(outputs, [("the input raster", src), ("the model file", model_file)]
                   + [("a file of the input raster", f) for f in ds.GetFileList() or []])
 
     if device is None:
@@ -643,9 +773,16 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
         fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
                               bands=spec.bands)
         io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
+    uspec = ufmt = None
+    if options.uncertainty:
+        uspec = uncertainty_spec(spec, options)
+        if not worker:
+            ufmt = _uncertainty_format(options, uspec.data_type)
+            io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
+                                 converted=not ufmt.streamed)
 
     job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
-               norm=norm, bandwise=domain.bandwise, fmt=fmt)
+               norm=norm, bandwise=domain.bandwise, fmt=fmt, uspec=uspec, ufmt=ufmt)
     tile = options.tile
     while True:
         try:
@@ -681,7 +818,10 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     progress.report(1.0, "done")
     progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
                   f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}")
+    if options.uncertainty:
+        progress.info(f"wrote the uncertainty raster {options.uncertainty} (spread of {options.samples} samples)")
     return SRResult(path=os.path.abspath(dst), device=str(device), precision=precision, seconds=seconds,
                     tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
                     warnings=list(progress.warnings), bands=list(bands),
-                    model=os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "")
+                    model=os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "",
+                    uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "")

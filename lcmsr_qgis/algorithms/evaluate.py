@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
 )
@@ -45,6 +46,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
     BICUBIC_LPIPS = "BICUBIC_LPIPS"
     LR = "LR"
     UNCERTAINTY = "UNCERTAINTY"
+    SAMPLES = "SAMPLES"
     LR_MAE = "LR_MAE"
     LR_RMSE = "LR_RMSE"
     LR_MAX = "LR_MAX"
@@ -83,7 +85,8 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             "<i>spectral angle</i> (degrees) to the bicubic-enlarged input says how much it changed the colours, "
             "the one to the reference how far its colours are off. Without a reference, PSNR, SSIM and LPIPS "
             "cannot be measured: only LR-consistency and the angle to the input are. An <b>uncertainty "
-            "raster</b> (Super-resolve raster's uncertainty output) adds its map to the report and, with a "
+            "raster</b> (Super-resolve raster's uncertainty output; with a model, set <b>Uncertainty samples</b> "
+            "K to make one, at about K times the time) adds its map to the report and, with a "
             "reference, the Spearman correlation between per-16×16-block uncertainty and error (above 0.3: "
             "the map points at the errors). Nodata pixels count nowhere.<br>"
             "The <b>report</b> shows crops at the most detailed place side by side (bicubic | SR | reference), "
@@ -108,6 +111,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model or an LR input)")
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Reference bands (empty: all)", None,
                                                      self.REFERENCE, optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.SAMPLES, "Uncertainty samples with a model (K; 0 = no uncertainty raster)",
+            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0, maxValue=64, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.LPIPS, "Compute LPIPS", defaultValue=True))
         self.add_device_parameter(self.DEVICE)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Report",
@@ -178,7 +184,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                                                  "give the high-resolution reference raster")
                 if lr or unc:
                     progress.warn(f"with a model, {self.LR} and {self.UNCERTAINTY} are not used (the LR is the "
-                                  "degraded reference)")
+                                  f"degraded reference; {self.SAMPLES} makes the uncertainty raster)")
                 model_path = resolve_model_path(model_path)
                 if not model_path:
                     raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
@@ -189,8 +195,11 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                 options = SROptions(tile=settings.tile, overlap=settings.overlap, batch=settings.batch,
                                     device=request)
                 work_dir = os.path.dirname(QgsProcessingUtils.generateTempFilename("lcmsr_eval"))
+                samples = self.parameterAsInt(parameters, self.SAMPLES, context)
+                if samples == 1:
+                    raise QgsProcessingException(f"{self.SAMPLES}: a spread needs at least 2 samples (0 = none)")
                 metrics = evaluate_model(model, hr, work_dir, bands, options=options, lpips=want_lpips,
-                                         pictures=True, device=device.device, progress=progress)
+                                         pictures=True, device=device.device, progress=progress, samples=samples)
                 sr, scale = metrics["sr"], metrics["scale"]
                 title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
             extra = dict(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))

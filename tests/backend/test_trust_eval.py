@@ -280,3 +280,23 @@ def test_eval_folders_without_a_reference_pair_sr_with_lr_by_name(hr, tmp_path, 
     assert main(["eval", "--sr", str(tmp_path / "sr"), "--lr", str(tmp_path / "lr"), "--hr", str(tmp_path / "sr"),
                  "--device", "cpu", "--no-lpips"]) == 2
     assert "has no image named b" in capsys.readouterr().err
+
+
+def test_eval_of_the_shipped_model_makes_an_uncertainty_map_that_points_at_its_errors(tmp_path):
+    """`lcmsr eval --model M --hr HR --samples K`: the model's own uncertainty raster is made, drawn and
+    scored; on the real sample the shipped aerial model's spread follows its error (the issue's 0.3 bar)."""
+    import json
+
+    from lcmsr.cli import main
+
+    model = Path(__file__).resolve().parents[2] / "resources" / "models" / "lcmsr_x4_rgb_small.safetensors"
+    js, html = tmp_path / "r.json", tmp_path / "r.html"
+    assert main(["eval", "--model", str(model), "--hr", str(SAMPLE / "neon_hr.tif"), "--samples", "2",
+                 "--no-lpips", "--device", "cpu", "--work-dir", str(tmp_path / "work"),
+                 "--json", str(js), "--html", str(html)]) == 0
+    row = next(iter(json.loads(js.read_text())["results"].values()))
+    assert row["uncertainty_spearman"] > 0.3
+    assert (tmp_path / "work" / "neon_hr" / "uncertainty.tif").is_file()
+    assert 'alt="uncertainty_map"' in html.read_text(encoding="utf-8")
+    assert main(["eval", "--sr", str(SAMPLE / "neon_hr.tif"), "--hr", str(SAMPLE / "neon_hr.tif"),
+                 "--samples", "2"]) == 2                        # --samples is for --model

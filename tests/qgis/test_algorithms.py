@@ -279,7 +279,7 @@ def test_evaluate_a_given_sr_raster_and_a_model(provider, tiny_model, tmp_path):
     # With a model: degrade the reference, super-resolve it, score — the same numbers as doing it by hand —
     # next to bicubic upsampling of the same LR, which the untrained tiny model (decoder = bicubic) equals.
     modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
-                                "OUTPUT_HTML": str(tmp_path / "model.html")})
+                                "SAMPLES": 2, "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["LPIPS_VALUE"] is None and os.path.exists(modelled["SR_RASTER"])
     from lcmsr.metrics.evaluate import evaluate_rasters
 
@@ -366,11 +366,11 @@ def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(pr
     # decoder is bicubic, and bicubic is not LR-consistent (its reduction blurs twice); the default
     # LR-consistency back-projection brings the model's row back close to the input, bicubic's stays far.
     modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
-                                "OUTPUT_HTML": str(tmp_path / "model.html")})
+                                "SAMPLES": 2, "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["BICUBIC_LR_MAE"] > 2.0 and modelled["LR_MAE"] < modelled["BICUBIC_LR_MAE"] / 4
     assert modelled["BICUBIC_SAM_REFERENCE"] == pytest.approx(modelled["SAM_REFERENCE"], rel=0.05)
     names = re.findall(r'<img alt="([^"]+)"', (tmp_path / "model.html").read_text(encoding="utf-8"))
-    assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map"]
+    assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map", "uncertainty_map"]
     with pytest.raises(QgsProcessingException, match="give one"):
         run("evaluate", {"SR": str(shifted), "LPIPS": False, "OUTPUT_HTML": str(tmp_path / "z.html")})
     with pytest.raises(QgsProcessingException, match="REFERENCE"):

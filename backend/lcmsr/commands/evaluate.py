@@ -42,6 +42,10 @@ def register(subparsers) -> None:
                    help="with --sr: uncertainty raster on the SR grid (`lcmsr sr --uncertainty`), or folder with the "
                         "same file names; its map goes into --html, its correlation with the error (needs --hr) "
                         "into the results")
+    p.add_argument("--samples", type=int, default=0, metavar="K",
+                   help="with --model: also draw K noise samples per tile (as `lcmsr sr --uncertainty --samples K`, "
+                        "about K times the SR's time): the uncertainty map goes into --html, its correlation with the "
+                        "error into the results (default: none)")
     p.add_argument("--scale", type=int, default=None,
                    help="SR factor = border crop in pixels for PSNR/SSIM (default: SR size / LR size with --lr, "
                         "else 4; with --model the model's)")
@@ -133,7 +137,12 @@ def run(args) -> int:
         if p and not p.exists():
             raise FileNotFoundError(f"{what} {p} does not exist")
     if args.model and (hr is None or lr or unc):
-        raise ValueError("--model needs --hr (the reference it degrades) and takes no --lr or --uncertainty")
+        raise ValueError("--model needs --hr (the reference it degrades) and takes no --lr or --uncertainty "
+                         "(--samples K makes the uncertainty raster)")
+    if args.samples and not args.model:
+        raise ValueError("--samples is for --model (the SR it runs); with --sr give its --uncertainty raster")
+    if args.samples and args.samples < 2:
+        raise ValueError(f"--samples must be at least 2 (a spread needs two draws), got {args.samples}")
     if sr is not None and hr is None and lr is None:
         raise ValueError("--sr needs --hr (the reference), --lr (the input it was made from), or both")
     base = hr if hr is not None else lr
@@ -160,7 +169,7 @@ def run(args) -> int:
         try:
             for h in list_images(hr) if hr.is_dir() else [hr]:
                 r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,
-                                   lpips=kw["lpips"], pictures=pictures, device=device)
+                                   lpips=kw["lpips"], pictures=pictures, device=device, samples=args.samples)
                 name = h.stem if hr.is_dir() else h.name
                 rows[name], baseline[name], scale = {k: r[k] for k in keys}, r["bicubic"], r["scale"]
                 pics[name], unit = r.get("pictures"), r["unit"]

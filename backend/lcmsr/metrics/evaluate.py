@@ -640,7 +640,8 @@ def _paper_pair(sr, hr, scale, bands, data_range, lpips, device) -> dict:
 
 
 def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, options=None, lpips: bool = True,
-                   pictures: bool = False, device: str | torch.device = "cpu", progress=None) -> dict:
+                   pictures: bool = False, device: str | torch.device = "cpu", progress=None,
+                   samples: int = 0) -> dict:
     """The paper's protocol on one HR raster: degrade it by the model's scale as training does, super-resolve
     the result with ``model`` (an LCMSR or a model file) and score it against the reference.
 
@@ -650,7 +651,8 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
     trust metrics against that LR and the reference; ``pictures`` as there) plus ``"sr"`` and ``"lr"`` (the
     rasters' paths), ``"scale"``, and ``"bicubic"``: the same metrics of bicubic upsampling of the same LR
     (the baseline every SR paper reports; its raster is ``"bicubic_sr"``).
-    ``progress`` as for :func:`evaluate_pair`.
+    ``progress`` as for :func:`evaluate_pair`.  ``samples`` = K > 1 also writes the SR's uncertainty raster
+    (the spread of K samples, ``"uncertainty"``) and scores it: its map and its block correlation with the error.
     """
     import dataclasses
 
@@ -663,8 +665,13 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
 
     progress = progress or Progress()
     scale = int((read_info(model) if isinstance(model, (str, os.PathLike)) else model.info).scale)
-    lr, sr, bic = (os.path.join(work_dir, f"{name}.tif") for name in ("lr", "sr", "bicubic"))
-    check_outputs([(f"the {name} raster", path) for name, path in (("LR", lr), ("SR", sr), ("bicubic", bic))]
+    lr, sr, bic, unc = (os.path.join(work_dir, f"{name}.tif") for name in ("lr", "sr", "bicubic", "uncertainty"))
+    if not samples:
+        unc = None
+    elif samples < 2:
+        raise ValueError(f"uncertainty samples must be at least 2 (a spread needs two draws), got {samples}")
+    check_outputs([(f"the {name} raster", path) for name, path in (("LR", lr), ("SR", sr), ("bicubic", bic),
+                                                                     ("uncertainty", unc)) if path]
                   + [("the band subset", os.path.join(work_dir, "reference.vrt"))],
                   [("the reference raster", hr), ("the model file", model if isinstance(model, (str, os.PathLike))
                                                    else getattr(model, "source_path", None))])
@@ -677,6 +684,8 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
     degrade(hr, lr, scale, SubProgress(progress, 0.0, 0.1), bands=bands)
     progress.info(f"Super-resolving into {sr}")
     options = dataclasses.replace(options or SROptions(), bands=None)
+    if unc:
+        options = dataclasses.replace(options, uncertainty=unc, samples=samples)
     superresolve(lr, sr, model, options, SubProgress(progress, 0.1, 0.85))
     progress.info(f"Bicubic baseline into {bic}")
     bicubic_upsample(lr, bic, scale, SubProgress(progress, 0.85, 0.9))
@@ -686,13 +695,13 @@ def evaluate_model(model, hr, work_dir, bands: Sequence[int] | None = None, *, o
     progress.check()
     progress.report(0.9, "scoring")
     # The trust metrics against the LR the model saw (the degraded reference, in its data type).
-    result = evaluate_pair(sr, reference, scale, lr=lr, pictures=pictures, lpips=lpips, device=device,
-                           progress=progress)
+    result = evaluate_pair(sr, reference, scale, lr=lr, uncertainty=unc, pictures=pictures, lpips=lpips,
+                           device=device, progress=progress)
     # Scored like the SR; LPIPS only if the SR got one (missing weights warn once, not twice).
     baseline = evaluate_pair(bic, reference, scale, lr=lr, lpips=result["lpips"] is not None, device=device)
     progress.report(1.0, "done")
     return dict(result, sr=sr, lr=lr, scale=scale, bicubic={k: baseline[k] for k in METRIC_KEYS + TRUST_KEYS},
-                bicubic_sr=bic)
+                bicubic_sr=bic, uncertainty=unc)
 
 
 # --------------------------------------------------------------------------- report

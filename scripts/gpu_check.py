@@ -6,6 +6,10 @@ cannot see.
    noise (the noise is a function of the seed, not of the device), fp32, and bf16 stays close to fp32.
 2. The three training stages run on CUDA from .npy patches (tiny config, a few steps, bf16 autocast) and
    write a model file that loads on the CPU.
+3. The uncertainty path (``LCMSR.sr(repeats=K)``: CondNet once, K noise draws) and the LR-consistency
+   back-projection on CUDA equal the CPU's for the same noise.
+4. Speed of one step on CUDA through ``lcmsr.inference.Inference``, both shipped models, batch 8 of 256 LR
+   pixels: fp32 and bf16, each with and without channels_last (the figures behind ``precision="auto"`` there).
 
 Prepare here (needs GDAL):  .venv/bin/python scripts/gpu_check.py --prepare build/gpu-check
 Run there:  run(command="PYTHONPATH=backend python scripts/gpu_check.py --data build/gpu-check --out $OUT",
@@ -102,6 +106,76 @@ def check_training(data: Path, out: Path, report: dict, device: str) -> bool:
     return good
 
 
+def check_uncertainty(data: Path, report: dict, device: str) -> bool:
+    import torch
+
+    from lcmsr.ops import downsample_bicubic, upsample_bicubic
+    from lcmsr.weights import load_model
+
+    path = MODELS / "lcmsr_x4_rgb_small.safetensors"
+    cpu, gpu = load_model(path, "cpu"), load_model(path, device)
+    lr = torch.from_numpy(np.load(data / "neon_lr.npy")[:, :64, :64] / 127.5 - 1.0).float()[None]
+    k = 4
+    noise = torch.randn((k,) + cpu.latent_shape(64, 64), generator=torch.Generator().manual_seed(3))
+
+    def run(model, dev):
+        y = model.sr(lr.to(dev), noise=noise.to(dev), repeats=k)
+        x = lr.to(dev).repeat(k, 1, 1, 1)
+        for _ in range(3):
+            y = y + upsample_bicubic(x - downsample_bicubic(y, 4), 4)
+        return y.cpu()
+
+    a, b = run(cpu, "cpu"), run(gpu, device)
+    diff = float((a - b).abs().max())
+    spread = float(b.std(dim=0).mean())
+    consistent = float((downsample_bicubic(b, 4) - lr).abs().mean())
+    good = diff < 2e-3 and spread > 1e-3 and consistent < 1e-2
+    report["uncertainty"] = dict(samples=k, cuda_vs_cpu_max=diff, spread_mean=spread,
+                                 lr_consistency_mae_model_space=consistent, ok=good)
+    print(f"{'ok ' if good else 'BAD'} uncertainty x{k} + back-projection: |cuda-cpu|max {diff:.2e}, "
+          f"spread {spread:.3f}, |degrade(SR)-LR| {consistent:.2e} (model space)")
+    return good
+
+
+def bench_cuda(report: dict, device: str) -> bool:
+    import torch
+
+    from lcmsr.inference import Inference, InferenceOptions
+    from lcmsr.weights import load_model
+
+    rows = []
+    for path in sorted(MODELS.glob("*.safetensors")):
+        for name, precision, cl in (("fp32", "fp32", False), ("fp32+channels_last", "fp32", True),
+                                    ("bf16", "bf16", False), ("bf16+channels_last", "bf16", True)):
+            model = load_model(path, device)
+            run = Inference(model, device, InferenceOptions(precision=precision, channels_last=cl))
+            lr = torch.rand(8, model.bands, 256, 256, device=device) * 2 - 1
+            noise = torch.randn((8,) + model.latent_shape(256, 256), device=device)
+            for _ in range(3):
+                run.sr(lr, noise=noise)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                run.sr(lr, noise=noise)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            sec = float(np.median(times))
+            mp = 8 * (256 * 4) ** 2 / 1e6
+            rows.append(dict(model=path.name, variant=name, seconds_per_batch=sec, output_mp_per_s=mp / sec,
+                             peak_gib=torch.cuda.max_memory_allocated() / 2**30))
+            torch.cuda.reset_peak_memory_stats()
+            del run, model
+            torch.cuda.empty_cache()
+    for r in rows:
+        base = next(x for x in rows if x["model"] == r["model"] and x["variant"] == "fp32")
+        r["speedup_vs_fp32"] = base["seconds_per_batch"] / r["seconds_per_batch"]
+        print(f"    {r['model']} {r['variant']}: {r['output_mp_per_s']:.1f} MP/s "
+              f"({r['speedup_vs_fp32']:.2f}x fp32), peak {r['peak_gib']:.1f} GiB")
+    report["speed"] = dict(batch=8, tile_lr=256, rows=rows)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepare", type=Path, help="write the .npy inputs into this folder (needs GDAL) and stop")
@@ -122,6 +196,9 @@ def main() -> int:
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device}
     ok = check_samplers(args.data, report, args.device)
     ok = check_training(args.data, args.out, report, args.device) and ok
+    ok = check_uncertainty(args.data, report, args.device) and ok
+    if args.device.startswith("cuda"):
+        ok = bench_cuda(report, args.device) and ok
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     return 0 if ok else 1
 

@@ -41,7 +41,7 @@ _MAX_GRAPHS = 4   # captured shapes kept per runner (OOM back-off makes new ones
 @dataclass
 class InferenceOptions:
     precision: str = "fp32"               # "fp32" | "bf16" (autocast) | "auto" (lcmsr.device.resolve_precision)
-    channels_last: bool | None = None     # None: on CUDA and on the CPU (both measured faster)
+    channels_last: bool | None = None     # None: on the CPU (1.3x there); not on CUDA (0.93-0.96x on an H200)
     compile: bool = False                 # torch.compile, eager fallback on failure
     cuda_graphs: bool = False             # CUDA only; ignored (said once) elsewhere
     pin_memory: bool = True               # CUDA only
@@ -109,7 +109,10 @@ class Inference:
             self.precision = resolve_precision("auto", self.device)[0]
         self.model = model
         cuda = self.device.type == "cuda"
-        self.channels_last = self.options.channels_last if self.options.channels_last is not None else True
+        # Measured: oneDNN gains 1.3x from NHWC on the CPU; cuDNN on an H200 lost 4-7 % with it at batch 8 of
+        # 256² tiles (scripts/gpu_check.py, docs/gpu/gpu_check_h200.json), so CUDA keeps the default layout.
+        cl = self.options.channels_last
+        self.channels_last = (self.device.type == "cpu") if cl is None else cl
         if isinstance(model, torch.nn.Module):
             model.to(self.device)
             model.eval()

@@ -85,7 +85,7 @@ class SROptions:
     overviews: bool = SR_DEFAULTS["overviews"]     # build overviews (average) into the output, or a .ovr beside it
     creation_options: list[str] = field(default_factory=list)   # NAME=VALUE for the driver, over the defaults
     # Speed options (lcmsr.inference): results equal fp32 eager up to float (channels_last) or bf16 rounding.
-    channels_last: bool | None = None  # None: yes (measured faster on CPU and CUDA)
+    channels_last: bool | None = None  # None: on the CPU (measured faster), not on CUDA (measured slower)
     compile: bool = False              # torch.compile, eager fallback (said) where it fails
     cuda_graphs: bool = False          # CUDA: replay each tile shape as a CUDA graph
     # The domain guard: an input outside the model's domain stops the job unless this is set (then it warns).

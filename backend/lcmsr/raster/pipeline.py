@@ -34,14 +34,14 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .. import __version__, catalog
+from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import cpu_native_bf16, resolve_device
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..paths import check_outputs, check_regular, raster_outputs
-from ..progress import Progress
+from ..progress import Eta, Progress
 from . import io
 from .facts import band_ranges, band_samples, input_facts, value_ranges
 from .tiling import BlockBlender, plan_tiles, stripe_columns
@@ -63,9 +63,11 @@ _QUEUE_BLOCKS = 8
 class SROptions:
     """One job's options; the defaults (and the CLI's and the plugin's) are lcmsr.choices.SR_DEFAULTS."""
     bands: list[int] | None = None   # 1-based input bands in model order; None = all (alpha excluded)
-    tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side
+    tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side; 0: chosen (lcmsr.memory)
     overlap: int = SR_DEFAULTS["overlap"]    # LR pixels shared by neighbouring tiles
-    batch: int = SR_DEFAULTS["batch"]        # tiles per model call
+    batch: int = SR_DEFAULTS["batch"]        # tiles per model call; 0: chosen (lcmsr.memory)
+    # GB the job may add to the process's memory on the CPU; tile and batch left at 0 are chosen to fit it.
+    memory_budget: float = SR_DEFAULTS["memory_budget"]
     device: str = SR_DEFAULTS["device"]
     precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name: bf16 on CUDA or a CPU with native bf16
     steps: int = SR_DEFAULTS["steps"]
@@ -88,12 +90,16 @@ class SROptions:
     terms: Terms = CLI_TERMS
 
     def validate(self) -> None:
-        if self.tile < 8:
-            raise ValueError(f"tile must be at least 8 LR pixels, got {self.tile}")
-        if not 0 <= self.overlap < self.tile // 2:
+        if self.tile and self.tile < 8:
+            raise ValueError(f"tile must be at least 8 LR pixels (or 0: chosen), got {self.tile}")
+        if self.tile and not 0 <= self.overlap < self.tile // 2:
             raise ValueError(f"overlap must be in [0, tile/2), got overlap={self.overlap} with tile={self.tile}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be at least 1, got {self.batch}")
+        if not 0 <= self.overlap < 2048:
+            raise ValueError(f"overlap must be in [0, 2048) LR pixels, got {self.overlap}")
+        if self.batch < 0:
+            raise ValueError(f"batch must be at least 1 (or 0: chosen), got {self.batch}")
+        if not 0 < self.memory_budget < 1e6:
+            raise ValueError(f"memory budget must be a positive number of GB, got {self.memory_budget}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         self.sampler = canonical_sampler(self.sampler)
@@ -424,6 +430,7 @@ class _Job:
         total = len(plan.tiles)
         p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "
                f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
+        eta, said = Eta(total), 0   # the time left: said on the bar each batch, in the log every 10 %
         self.tiles_run = self.skipped = 0
         blender = BlockBlender(plan, len(self.info.bands), self.scale, block=block, stripe_cols=stripe_cols,
                                spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)
@@ -451,7 +458,12 @@ class _Job:
                         self.tiles_run += len(todo)
                         self.skipped += len(pending) - len(todo)
                         done += len(pending)
-                        p.report(done / total, f"tile {done}/{total}")
+                        eta.update(done, self.tiles_run, self.spec.width * self.spec.height * done // total)
+                        p.report(done / total, eta.text())
+                        if eta.seconds_left() is not None and (not said or done * 10 // total > said) \
+                                and done < total:
+                            said = max(1, done * 10 // total)
+                            p.info(f"progress: {eta.text()}")
                     _put(blocks_q, _END, threading.Event())
                     writer.join()
                     if writer.error is not None:
@@ -573,6 +585,36 @@ def provenance(model, model_or_path, options: SROptions, scale: int, bands: list
     return meta
 
 
+def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise: bool, bands: int,
+                    progress, sharded: bool) -> tuple[int, int]:
+    """The tile and batch: the user's where given; on the CPU the rest chosen to fit the memory budget
+    (lcmsr.memory, said in the log, with a warning where the user's values exceed it); on CUDA 256/8
+    with the out-of-memory back-off."""
+    if device.type == "cuda":
+        return options.tile or memory.CUDA_TILE, options.batch or memory.CUDA_BATCH
+    config = getattr(getattr(model.info, "config", None), "name", "")
+    figures, measured = memory.figures(config, 1 if bandwise else int(model.info.bands), precision)
+    # Images one tile makes in a model call: a band-wise model runs each band as an image.
+    images_per_tile = bands if bandwise else 1
+    plan = memory.choose(info.width, info.height, scale=int(model.info.scale), model=figures,
+                         images_per_tile=images_per_tile, out_bands=bands, overlap=options.overlap,
+                         budget_gb=options.memory_budget, tile=options.tile, batch=options.batch,
+                         # every process of a sharded job must form the same batches: the budget alone
+                         available=None if sharded else memory.available_bytes(), stripe_hr=STRIPE_HR)
+    if not measured:
+        progress.info(f"no working-memory figure for a '{config or 'custom'}' model: estimated from the "
+                      f"small model's")
+    progress.info(f"memory: {plan.reason}")
+    if plan.estimate > plan.allowance:
+        t = options.terms
+        given = [t.set(k, v) for k, v in (("tile", options.tile), ("batch", options.batch)) if v]
+        what = " and ".join(given) if given else f"the smallest choice ({t.set('tile', plan.tile)}, batch 1)"
+        budget = t.names.get("memory_budget", "the memory budget")
+        progress.warn(f"{what} may need more memory than allowed: about {plan.estimate / memory.GB:.2f} GB "
+                      f"against {plan.allowance / memory.GB:.2f} GB (raise {budget} if the machine has it)")
+    return plan.tile, plan.batch
+
+
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                  progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
     """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
@@ -650,7 +692,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
 
     job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
                norm=norm, bandwise=domain.bandwise, fmt=fmt)
-    tile = options.tile
+    tile, job.batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),
+                                      progress, sharded=exchange is not None)
     while True:
         try:
             if worker:
@@ -664,7 +707,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
             # The allocator's own text names no file and no way out: say both, in the caller's words.
             t = options.terms
             raise MemoryError(f"not enough memory to super-resolve {src} with tiles of {tile} LR pixels in batches "
-                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}") from None
+                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}, or leave both "
+                                f"to the memory budget") from None
         except _TileTooLarge as exc:
             if exchange is not None:
                 raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "

@@ -90,7 +90,7 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
         assert alg.createInstance() is not alg and alg.createInstance().name() == alg.name()
     sr = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
     keys = [p.name() for p in sr.parameterDefinitions()]
-    for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "STEPS", "SEED", "OUTPUT_TYPE",
+    for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "STEPS", "SEED", "OUTPUT_TYPE",
                 "OUTPUT"):
         assert key in keys and getattr(type(sr), key) == key
     steps = sr.parameterDefinition("STEPS")

@@ -147,3 +147,14 @@ def test_user_values_over_the_budget_are_run_with_a_warning(tmp_path, monkeypatc
     assert any("batch 8, stripes" in m for m in progress.infos)
     assert any("--tile 96 and --batch 8 may need more memory" in w and "--memory-budget" in w
                for w in progress.warnings)
+
+
+def test_the_cli_takes_a_budget_and_zero_for_a_chosen_tile_or_batch(capsys):
+    from lcmsr.cli import build_parser
+
+    args = build_parser().parse_args(["sr", "in.tif", "out.tif", "--memory-budget", "2.5", "--tile", "0"])
+    assert (args.memory_budget, args.tile, args.batch) == (2.5, 0, 0)
+    for bad in (["--memory-budget", "0"], ["--memory-budget", "lots"], ["--batch", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["sr", "in.tif", "out.tif", *bad])
+    assert "not a positive number of GB" in capsys.readouterr().err

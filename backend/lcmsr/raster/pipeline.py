@@ -456,7 +456,7 @@ class _Job:
                 writer.start()
                 try:
                     done = 0
-                    eta, said = Eta(total), 0   # the time left: on the bar each batch, in the log every 10 %
+                    eta, said = Eta(total), -1   # the time left: on the bar each batch, in the log every 10 %
                     for index, pending in enumerate(self._batches(tiles_q, writer)):
                         todo = [(t, d) for t, d, _ in pending if d is not None]
                         outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
@@ -471,9 +471,8 @@ class _Job:
                         done += len(pending)
                         eta.update(done, self.tiles_run, self.spec.width * self.spec.height * done // total)
                         p.report(done / total, eta.text())
-                        if eta.seconds_left() is not None and (not said or done * 10 // total > said) \
-                                and done < total:
-                            said = max(1, done * 10 // total)
+                        if eta.seconds_left() is not None and done * 10 // total > said and done < total:
+                            said = done * 10 // total
                             p.info(f"progress: {eta.text()}")
                     _put(blocks_q, _END, threading.Event())
                     writer.join()

@@ -153,6 +153,9 @@ def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provide
     QgsProject.instance().removeAllMapLayers()
     # The log says which device and precision ran.
     assert any("device cpu" in line and "precision fp32" in line for line in feedback.infos), feedback.infos
+    # From the first finished batch the progress text says the output rate and the time left (the CLI's words).
+    assert "MP/s" in feedback.texts[0] and feedback.texts[0].endswith(" left"), feedback.texts
+    assert any(line.startswith("progress: tile ") for line in feedback.infos), feedback.infos
 
 
 def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path):

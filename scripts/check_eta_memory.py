@@ -99,7 +99,8 @@ def main() -> int:
     print(f"\n{'at':>8} {'tile':>10} {'MP/s':>6} {'said left':>10} {'real left':>10} {'error':>7}")
     for t, done, total, rate, left in estimates:
         real = finish - t
-        print(f"{t:7.1f}s {done:>5}/{total:<4} {rate:6.2f} {left:9.0f}s {real:9.1f}s {100 * (left - real) / real:+6.0f}%")
+        print(f"{t:7.1f}s {done:>5}/{total:<4} {rate:6.2f} {left:9.0f}s {real:9.1f}s "
+              f"{100 * (left - real) / real:+6.0f}%")
     ok = True
     if estimates:
         t, _, _, _, left = estimates[0]

@@ -9,11 +9,11 @@ call.  Per model and precision it prints an upper envelope ``added <= fixed + pe
 (tile * scale)^2``: ``per_pixel`` the largest added/pixels over the points of at least 0.25 M HR pixels
 (on the smallest, a fixed per-call cost dominates), ``fixed`` the smallest constant that puts every
 point under the line.  lcmsr.memory.WORKING_MEMORY records these two figures (with a margin for
-run-to-run variation, said there); the least-squares fit is printed beside them for comparison.  A band-wise model runs every band as
-an image of its own, so ``images`` counts tiles x bands for it.
+run-to-run variation, said there); the least-squares fit is printed beside them for comparison.
+A band-wise model runs every band as an image of its own, so ``images`` counts tiles x bands for it.
 
-    .venv/bin/python scripts/measure_working_memory.py                      # both shipped models, fp32 + bf16
-    .venv/bin/python scripts/measure_working_memory.py --points 1x128 2x128 1x256
+    .venv/bin/python scripts/measure_working_memory.py --json build/working_memory.json   # both shipped models
+    .venv/bin/python scripts/measure_working_memory.py --points 1x128 2x128 --precisions bf16
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--points", nargs="+", default=["1x96", "4x96", "1x192"],
+    p.add_argument("--points", nargs="+", default=["1x96", "4x96", "1x192", "2x128", "1x256"],
                    help="IMAGESxTILE: images per call and LR tile side")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -101,7 +101,8 @@ def main() -> int:
             slope = max((added / px)[px >= 0.25e6], default=max(added / px))
             base = max(0.0, float(max(added - slope * px)))
             print(f"  envelope: {base / 2**20:.0f} MiB + {slope:.0f} bytes per HR pixel per image; "
-                  f"fit: {fixed / 2**20:.0f} MiB + {per_pixel:.0f} bytes/pixel (worst point off by {100 * worst:.0f} %)",
+                  f"fit: {fixed / 2**20:.0f} MiB + {per_pixel:.0f} bytes/pixel "
+                  f"(worst point off by {100 * worst:.0f} %)",
                   flush=True)
             results.append({"model": Path(model).name, "precision": precision, "fixed_bytes": base,
                             "bytes_per_hr_pixel": slope, "fit_fixed_bytes": fixed, "fit_bytes_per_hr_pixel": per_pixel,

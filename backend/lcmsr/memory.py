@@ -17,12 +17,13 @@ from dataclasses import dataclass
 GB = 1e9
 # (fixed bytes per call, bytes per HR output pixel per image) of peak RSS a model call adds, keyed
 # (config name, bands the network sees, precision): the upper envelope of the points measured by
-#   .venv/bin/python scripts/measure_working_memory.py --points 1x96 4x96 1x192 2x128 1x256
-# on this project's 2-core Xeon (avx512_bf16), per-pixel figures rounded up by about 15 % because the same
-# point measured twice differed by up to 30 % (glibc's arenas, oneDNN's scratch).
+#   .venv/bin/python scripts/measure_working_memory.py --json build/working_memory.json
+# (images x LR tile: 1x96 4x96 1x192 2x128 1x256) on this project's 2 shared cores (avx512_bf16),
+# per-pixel figures rounded up by about 15 % because the same point measured twice differed by up to 30 % (glibc's arenas, oneDNN's scratch).
 WORKING_MEMORY = {
-    ("small", 3, "fp32"): (10_000_000, 760), ("small", 3, "bf16"): (60_000_000, 450),   # measured 9 MiB + 663, 55 MiB + 391
-    ("small", 1, "fp32"): (10_000_000, 760), ("small", 1, "bf16"): (10_000_000, 420),   # measured 1 MiB + 659, 0 MiB + 360
+    # measured 9 MiB + 663, 55 MiB + 391, 1 MiB + 659, 0 MiB + 360
+    ("small", 3, "fp32"): (10_000_000, 760), ("small", 3, "bf16"): (60_000_000, 450),
+    ("small", 1, "fp32"): (10_000_000, 760), ("small", 1, "bf16"): (10_000_000, 420),
 }
 # Beyond the model call: tiles queued by the reader, the blender's blocks of the current stripe, the
 # writer's queue and GDAL's caches.  Per output band and HR pixel of one stripe's row of tiles, bytes
@@ -109,5 +110,5 @@ def choose(width: int, height: int, *, scale: int, model: tuple[int, int], image
             b += 1
     need = estimate(chosen, b)
     return MemoryPlan(chosen, b, need, allowance,
-                      f"tiles of {min(chosen, width)}x{min(chosen, height)} LR pixels, batch {b}: about {need / GB:.2f} GB of working memory "
-                      f"within {allowance / GB:.2f} GB ({why})")
+                      f"tiles of {min(chosen, width)}x{min(chosen, height)} LR pixels, batch {b}: about "
+                      f"{need / GB:.2f} GB of working memory within {allowance / GB:.2f} GB ({why})")

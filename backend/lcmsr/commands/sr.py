@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--memory-budget", type=_gigabytes, default=d["memory_budget"], metavar="GB",
                    help="CPU: memory the job may add to the process (the model's working memory, tiles in "
                         "flight, blending), at most half of what the system has available; the default tile and "
-                        "batch are chosen to fit it (default %(default)s GB: the command peaks near 1.5 GB)")
+                        "batch are chosen to fit it (default %(default)s GB, which keeps the command under 1.5 GB)")
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
                    help="bf16 autocast on CUDA or a CPU with native bf16, else fp32 with a warning "

@@ -10,7 +10,7 @@ PREFIX = "lcmsr/"
 # The run defaults are the backend's (lcmsr.choices is torch-free and ships with the plugin).
 DEFAULTS = {
     "default_model": "",
-    **{key: SR_DEFAULTS[key] for key in ("device", "tile", "overlap", "batch", "precision")},
+    **{key: SR_DEFAULTS[key] for key in ("device", "tile", "overlap", "batch", "memory_budget", "precision")},
     "extra_python_path": "",
 }
 
@@ -29,9 +29,9 @@ class Settings:
     def _get(self, key):
         default = DEFAULTS[key]
         value = self._s.value(PREFIX + key, default)
-        if isinstance(default, int):
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
             try:
-                return int(value)
+                return type(default)(value)
             except (TypeError, ValueError):
                 return default
         return value if value is not None else default

@@ -225,6 +225,7 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
     parameters = {
         "INPUT": layer.id(), "MODEL": model_path, "BANDS": list(bands or []),
         "TILE": int(settings.tile), "OVERLAP": int(settings.overlap), "BATCH": int(settings.batch),
+        "MEMORY_BUDGET": float(settings.memory_budget),
         "DEVICE": device_default_index(),
         "PRECISION": PRECISIONS.index(settings.precision if settings.precision in PRECISIONS
                                       else SR_DEFAULTS["precision"]),

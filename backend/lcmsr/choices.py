@@ -48,7 +48,9 @@ OUTPUT_TYPES = tuple(OUTPUT_TYPE_LABELS)
 # Devices a user picks from a list; "cuda:N" (a given GPU) is accepted wherever a device is typed.
 DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA GPU", "cpu": "CPU"}
 DEVICES = tuple(DEVICE_LABELS)
-SR_DEFAULTS = {"tile": 256, "overlap": 32, "batch": 8, "device": "auto", "precision": "auto", "steps": 1,
+# tile 0 and batch 0: chosen on the CPU to fit memory_budget (GB the job may add to the process; lcmsr.memory),
+# 256 and 8 on CUDA.
+SR_DEFAULTS = {"tile": 0, "overlap": 32, "batch": 0, "memory_budget": 0.8, "device": "auto", "precision": "auto", "steps": 1,
                "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
 # Trust (issue 15): K one-step samples for the uncertainty raster (written only when asked), and the
 # back-projection iterations that make degrade(SR) give back the input (0 = off; measured in the model cards).
@@ -59,7 +61,7 @@ SR_DEFAULTS.update({"samples": 4, "lr_consistency": 3})
 class Terms:
     """How an error message names the option the user should change: each face has its own words.
     ``names``: option -> its name (a CLI flag, a Processing parameter's label); ``setting``: how a value
-    for it is written.  Options: bands, ignore_domain, tile, batch, overlap, device (and cpu, a value)."""
+    for it is written.  Options: bands, ignore_domain, tile, batch, overlap, memory_budget, device (and cpu, a value)."""
     names: dict
     setting: str = "{name} {value}"
 
@@ -71,7 +73,7 @@ class Terms:
 
 
 CLI_TERMS = Terms({"bands": "--bands", "ignore_domain": "--ignore-domain", "tile": "--tile", "batch": "--batch",
-                   "overlap": "--overlap", "device": "--device", "cpu": "cpu"})
+                   "overlap": "--overlap", "memory_budget": "--memory-budget", "device": "--device", "cpu": "cpu"})
 
 # Model sizes (lcmsr.config.CONFIGS builds them), in the order the plugin offers them.
 CONFIG_LABELS = {"tiny": "tiny (tests only)", "small": "small (CPU-friendly, shipped)",

@@ -49,7 +49,9 @@ def base_device_label(name: str) -> str:
 
 # Parameter labels, said once: the dialog shows them and the backend's error messages name them (QGIS_TERMS).
 LABELS = {"bands": "Bands (empty: all but alpha)", "ignore_domain": "Run even if the input is outside the model's domain",
-          "tile": "Tile size (LR pixels)", "overlap": "Tile overlap (LR pixels)", "batch": "Tiles per batch",
+          "tile": "Tile size (LR pixels; 0: fits the memory budget)", "overlap": "Tile overlap (LR pixels)",
+          "batch": "Tiles per batch (0: fits the memory budget)",
+          "memory_budget": "Memory budget, GB (CPU: what the run may add to the process)",
           "device": "Device"}
 # How the backend's messages name what to change, in this dialog's words instead of the CLI's flags.
 QGIS_TERMS = Terms({**{k: f"'{v}'" for k, v in LABELS.items()}, "bands": "'Bands'",
@@ -113,6 +115,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     TILE = "TILE"
     OVERLAP = "OVERLAP"
     BATCH = "BATCH"
+    MEMORY_BUDGET = "MEMORY_BUDGET"
     STEPS = "STEPS"
     SAMPLER = "SAMPLER"
     SEED = "SEED"
@@ -183,12 +186,15 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.add_device_parameter(self.DEVICE)
         advanced = [
             QgsProcessingParameterNumber(self.TILE, LABELS["tile"], QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=settings.tile, minValue=16, maxValue=8192),
+                                         defaultValue=settings.tile, minValue=0, maxValue=8192),
             QgsProcessingParameterNumber(self.OVERLAP, LABELS["overlap"],
                                          QgsProcessingParameterNumber.Type.Integer, defaultValue=settings.overlap,
                                          minValue=0, maxValue=4096),
             QgsProcessingParameterNumber(self.BATCH, LABELS["batch"], QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=settings.batch, minValue=1, maxValue=1024),
+                                         defaultValue=settings.batch, minValue=0, maxValue=1024),
+            QgsProcessingParameterNumber(self.MEMORY_BUDGET, LABELS["memory_budget"],
+                                         QgsProcessingParameterNumber.Type.Double,
+                                         defaultValue=settings.memory_budget, minValue=0.1, maxValue=1024.0),
             QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
                                          defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
             QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1],
@@ -248,6 +254,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                 tile=self.parameterAsInt(parameters, self.TILE, context),
                 overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
                 batch=self.parameterAsInt(parameters, self.BATCH, context),
+                memory_budget=self.parameterAsDouble(parameters, self.MEMORY_BUDGET, context),
                 device=request,
                 precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
                 steps=self.parameterAsInt(parameters, self.STEPS, context),

@@ -17,6 +17,7 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -221,9 +222,15 @@ class SettingsDialog(QDialog):
         self.device_combo = QComboBox(page)
         self.device_combo.setEditable(True)   # "cuda:1" picks a second GPU
         self.device_combo.addItems(list(DEVICES))
-        self.tile_spin = self._spin(page, 16, 8192)
+        self.tile_spin = self._spin(page, 0, 8192)
         self.overlap_spin = self._spin(page, 0, 4096)
-        self.batch_spin = self._spin(page, 1, 1024)
+        self.batch_spin = self._spin(page, 0, 1024)
+        for spin in (self.tile_spin, self.batch_spin):   # 0: chosen on the CPU to fit the memory budget
+            spin.setSpecialValueText("Auto (fits the memory budget)")
+        self.memory_spin = QDoubleSpinBox(page)
+        self.memory_spin.setRange(0.1, 1024.0)
+        self.memory_spin.setSingleStep(0.1)
+        self.memory_spin.setSuffix(" GB")
         self.precision_combo = QComboBox(page)
         self.precision_combo.addItems(list(PRECISIONS))
         self.python_path_edit = QLineEdit(page)
@@ -239,6 +246,7 @@ class SettingsDialog(QDialog):
         form.addRow("Tile size (LR pixels)", self.tile_spin)
         form.addRow("Tile overlap (LR pixels)", self.overlap_spin)
         form.addRow("Tiles per batch", self.batch_spin)
+        form.addRow("Memory budget (CPU: what a run may add to QGIS)", self.memory_spin)
         form.addRow("Precision", self.precision_combo)
         form.addRow("Extra Python path", path_row)
         note = QLabel("These are the defaults of the Processing algorithms and of "
@@ -284,6 +292,7 @@ class SettingsDialog(QDialog):
         self.tile_spin.setValue(int(s.tile))
         self.overlap_spin.setValue(int(s.overlap))
         self.batch_spin.setValue(int(s.batch))
+        self.memory_spin.setValue(float(s.memory_budget))
         precision = str(s.precision)
         # A value stored by an older version ("fp32", the old default) loads as it was saved.
         self.precision_combo.setCurrentIndex(PRECISIONS.index(precision if precision in PRECISIONS
@@ -415,6 +424,7 @@ class SettingsDialog(QDialog):
         s.set("tile", self.tile_spin.value())
         s.set("overlap", self.overlap_spin.value())
         s.set("batch", self.batch_spin.value())
+        s.set("memory_budget", self.memory_spin.value())
         s.set("precision", self.precision_combo.currentText())
         extra = self.python_path_edit.text().strip()
         s.set("extra_python_path", extra)

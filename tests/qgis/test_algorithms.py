@@ -90,7 +90,7 @@ def test_every_algorithm_is_listed_with_help_and_icon(provider):
         assert alg.createInstance() is not alg and alg.createInstance().name() == alg.name()
     sr = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
     keys = [p.name() for p in sr.parameterDefinitions()]
-    for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "STEPS", "SEED", "OUTPUT_TYPE",
+    for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "STEPS", "SEED", "OUTPUT_TYPE",
                 "OUTPUT"):
         assert key in keys and getattr(type(sr), key) == key
     steps = sr.parameterDefinition("STEPS")
@@ -165,6 +165,9 @@ def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provide
     precision, why = resolve_precision("auto", torch.device("cpu"))
     assert any("device cpu" in line and f"precision {precision} ({why})" in line for line in feedback.infos), \
         feedback.infos
+    # From the first finished batch the progress text says the output rate and the time left (the CLI's words).
+    assert "MP/s" in feedback.texts[0] and feedback.texts[0].endswith(" left"), feedback.texts
+    assert any(line.startswith("progress: tile ") for line in feedback.infos), feedback.infos
 
 
 def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path):

@@ -85,12 +85,13 @@ def test_adding_a_valid_model_shows_what_it_is_and_persists_on_ok(dialog, tiny_m
     assert "Made for: domain unknown" in summary
     dialog.set_default_model(tiny_model)
     dialog.tile_spin.setValue(128)
+    dialog.memory_spin.setValue(2.5)
     dialog.device_combo.setCurrentText("cpu")
     dialog.precision_combo.setCurrentText("bf16")
     dialog.accept()
     s = Settings()
     assert s.models == [tiny_model] and s.default_model == tiny_model
-    assert (s.tile, s.device, s.precision) == (128, "cpu", "bf16")
+    assert (s.tile, s.memory_budget, s.device, s.precision) == (128, 2.5, "cpu", "bf16")
     assert s.model_for_run() == tiny_model
 
 
@@ -98,7 +99,7 @@ def test_cancel_keeps_the_stored_settings(dialog, tiny_model):
     dialog.add_model(tiny_model)
     dialog.tile_spin.setValue(64)
     dialog.reject()
-    assert Settings().models == [] and Settings().tile == 256
+    assert Settings().models == [] and Settings().tile == 0   # 0: chosen to fit the memory budget
 
 
 def test_a_broken_file_is_refused_with_the_loaders_message(dialog, tmp_path):

@@ -49,6 +49,7 @@ def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_laye
     Settings().set("tile", 64)
     Settings().set("overlap", 8)
     Settings().set("batch", 3)
+    Settings().set("memory_budget", 1.5)
     Settings().set("device", "cpu")
     Settings().set("precision", "bf16")
     seen = {}
@@ -66,8 +67,9 @@ def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_laye
     wait_for(run)
     assert run.error == "" and out.exists() and run.results["OUTPUT"] == str(out)
     assert seen["main"] is False
-    assert {k: seen["parameters"][k] for k in ("TILE", "OVERLAP", "BATCH", "DEVICE", "PRECISION", "MODEL")} == \
-        {"TILE": 64, "OVERLAP": 8, "BATCH": 3, "DEVICE": 2, "PRECISION": 1, "MODEL": tiny_model}
+    assert {k: seen["parameters"][k] for k in ("TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "DEVICE", "PRECISION",
+                                               "MODEL")} == \
+        {"TILE": 64, "OVERLAP": 8, "BATCH": 3, "MEMORY_BUDGET": 1.5, "DEVICE": 2, "PRECISION": 1, "MODEL": tiny_model}
     (added,) = QgsProject.instance().mapLayersByName("neon_lr x4 LCMSR")
     assert added is run.layer and added.isValid() and added.extent() == active_layer.extent()
     assert (added.width(), added.height()) == (512, 512)

@@ -6,6 +6,23 @@ from ._args import bands as _bands
 from ._args import positive as _positive
 
 
+def _natural(text: str) -> int:
+    """A tile or batch: a positive integer, or 0 for the automatic choice."""
+    return 0 if text.strip() == "0" else _positive(text)
+
+
+def _gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of GB")
+    return value
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sr", help="super-resolve an image or a georeferenced raster",
@@ -25,10 +42,16 @@ def register(subparsers) -> None:
     p.add_argument("--bands", type=_bands, default=None,
                    help="1-based input bands in the model's band order, e.g. 3,2,1 (default: all but alpha)")
     d = SR_DEFAULTS
-    p.add_argument("--tile", type=_positive, default=d["tile"], help="LR pixels per tile side (default %(default)s)")
+    p.add_argument("--tile", type=_natural, default=d["tile"],
+                   help="LR pixels per tile side (default: chosen on the CPU to fit --memory-budget, 256 on CUDA)")
     p.add_argument("--overlap", type=int, default=d["overlap"],
                    help="LR pixels shared by neighbouring tiles (default %(default)s)")
-    p.add_argument("--batch", type=_positive, default=d["batch"], help="tiles per model call (default %(default)s)")
+    p.add_argument("--batch", type=_natural, default=d["batch"],
+                   help="tiles per model call (default: chosen on the CPU to fit --memory-budget, 8 on CUDA)")
+    p.add_argument("--memory-budget", type=_gigabytes, default=d["memory_budget"], metavar="GB",
+                   help="CPU: memory the job may add to the process (the model's working memory, tiles in "
+                        "flight, blending), at most half of what the system has available; the default tile and "
+                        "batch are chosen to fit it (default %(default)s GB, which keeps the command under 1.5 GB)")
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda | cuda:N (default %(default)s)")
     p.add_argument("--precision", default=d["precision"], choices=PRECISIONS,
                    help="auto: bf16 on a CPU with native bf16 (AVX512-BF16/AMX, about 2x fp32), fp32 elsewhere "
@@ -93,6 +116,7 @@ def run(args) -> int:
     from ..distributed_sr import superresolve_distributed, world_from_env
 
     options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                        memory_budget=args.memory_budget,
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
                         seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
                         creation_options=args.creation_options,

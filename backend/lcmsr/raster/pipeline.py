@@ -36,7 +36,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .. import __version__, catalog
+from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import resolve_device, resolve_precision
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
@@ -44,7 +44,7 @@ from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..ops import downsample_bicubic, upsample_bicubic
 from ..paths import check_outputs, check_regular, raster_outputs
-from ..progress import Progress
+from ..progress import Eta, Progress
 from . import io
 from .facts import band_ranges, band_samples, input_facts, value_ranges
 from .tiling import BlockBlender, plan_tiles, stripe_columns
@@ -71,9 +71,11 @@ SAMPLE_DRAWS = 1 << 16
 class SROptions:
     """One job's options; the defaults (and the CLI's and the plugin's) are lcmsr.choices.SR_DEFAULTS."""
     bands: list[int] | None = None   # 1-based input bands in model order; None = all (alpha excluded)
-    tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side
+    tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side; 0: chosen (lcmsr.memory)
     overlap: int = SR_DEFAULTS["overlap"]    # LR pixels shared by neighbouring tiles
-    batch: int = SR_DEFAULTS["batch"]        # tiles per model call
+    batch: int = SR_DEFAULTS["batch"]        # tiles per model call; 0: chosen (lcmsr.memory)
+    # GB the job may add to the process's memory on the CPU; tile and batch left at 0 are chosen to fit it.
+    memory_budget: float = SR_DEFAULTS["memory_budget"]
     device: str = SR_DEFAULTS["device"]
     precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name; lcmsr.device.resolve_precision decides "auto"
     steps: int = SR_DEFAULTS["steps"]
@@ -101,12 +103,16 @@ class SROptions:
     lr_consistency: int = SR_DEFAULTS["lr_consistency"]
 
     def validate(self) -> None:
-        if self.tile < 8:
-            raise ValueError(f"tile must be at least 8 LR pixels, got {self.tile}")
-        if not 0 <= self.overlap < self.tile // 2:
+        if self.tile and self.tile < 8:
+            raise ValueError(f"tile must be at least 8 LR pixels (or 0: chosen), got {self.tile}")
+        if self.tile and not 0 <= self.overlap < self.tile // 2:
             raise ValueError(f"overlap must be in [0, tile/2), got overlap={self.overlap} with tile={self.tile}")
-        if self.batch < 1:
-            raise ValueError(f"batch must be at least 1, got {self.batch}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be at least 0, got {self.overlap}")
+        if self.batch < 0:
+            raise ValueError(f"batch must be at least 1 (or 0: chosen), got {self.batch}")
+        if not 0 < self.memory_budget < 1e6:
+            raise ValueError(f"memory budget must be a positive number of GB, got {self.memory_budget}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         self.sampler = canonical_sampler(self.sampler)
@@ -529,11 +535,23 @@ class _Job:
         """Read, compute, blend and write every tile; one writer thread per output."""
         p, c = self.progress, len(self.info.bands)
         writers = [_Writer(out, spec, queue.Queue(maxsize=_QUEUE_BLOCKS)) for out, spec in targets]
+        if self.device.type == "cpu" and total >= 4 * self.batch:
+            # One call on one tile of the job's shape first, timed by nobody: the first call's one-time
+            # costs (library pages, thread pool, allocator growth; measured 0-5 s on this project's
+            # shared 2-core machine against 1.2 s per 192-pixel tile) would otherwise inflate the first
+            # batch's time, which the first estimate of the time left scales by the tiles to come.
+            bands = 1 if self.bandwise else int(self.model.info.bands)
+            try:
+                self.runner.sr(torch.zeros(1, bands, plan.tile_h, plan.tile_w), steps=self.o.steps,
+                               sampler=self.o.sampler)
+            except Exception:
+                pass   # whatever failed fails again in the first batch, with the job's handling
         reader.start()
         for writer in writers:
             writer.start()
         try:
             done = 0
+            eta, said = Eta(total), -1   # the time left: on the bar each batch, in the log every 10 %
             for index, pending in enumerate(self._batches(tiles_q, writers[0])):
                 todo = [(t, d) for t, d, _ in pending if d is not None]
                 outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
@@ -550,7 +568,11 @@ class _Job:
                 self.tiles_run += len(todo)
                 self.skipped += len(pending) - len(todo)
                 done += len(pending)
-                p.report(done / total, f"tile {done}/{total}")
+                eta.update(done, self.tiles_run, self.spec.width * self.spec.height * done // total)
+                p.report(done / total, eta.text())
+                if eta.seconds_left() is not None and done * 10 // total > said and done < total:
+                    said = done * 10 // total
+                    p.info(f"progress: {eta.text()}")
             for writer in writers:
                 _put(writer.inbox, _END, threading.Event())
                 writer.join()
@@ -698,6 +720,36 @@ def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
         band_metadata=[{}], fill=[nan], mask=False, value_ranges=None, rpc=dict(spec.rpc))
 
 
+def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise: bool, bands: int,
+                    progress, sharded: bool) -> tuple[int, int]:
+    """The tile and batch: the user's where given; on the CPU the rest chosen to fit the memory budget
+    (lcmsr.memory, said in the log, with a warning where the user's values exceed it); on CUDA 256/8
+    with the out-of-memory back-off."""
+    if device.type == "cuda":
+        return options.tile or memory.CUDA_TILE, options.batch or memory.CUDA_BATCH
+    config = getattr(getattr(model.info, "config", None), "name", "")
+    figures, measured = memory.figures(config, 1 if bandwise else int(model.info.bands), precision)
+    # Images one tile makes in a model call: a band-wise model runs each band as an image.
+    images_per_tile = bands if bandwise else 1
+    plan = memory.choose(info.width, info.height, scale=int(model.info.scale), model=figures,
+                         images_per_tile=images_per_tile, out_bands=bands, overlap=options.overlap,
+                         budget_gb=options.memory_budget, tile=options.tile, batch=options.batch,
+                         # every process of a sharded job must form the same batches: the budget alone
+                         available=None if sharded else memory.available_bytes(), stripe_hr=STRIPE_HR)
+    if not measured:
+        progress.info(f"no working-memory figure for a '{config or 'custom'}' model: estimated from the "
+                      f"small model's")
+    progress.info(f"memory: {plan.reason}")
+    if plan.estimate > plan.allowance:
+        t = options.terms
+        given = [t.set(k, v) for k, v in (("tile", options.tile), ("batch", options.batch)) if v]
+        what = " and ".join(given) if given else f"the smallest choice ({t.set('tile', plan.tile)}, batch 1)"
+        budget = t.names.get("memory_budget", "the memory budget")
+        progress.warn(f"{what} may need more memory than allowed: about {plan.estimate / memory.GB:.2f} GB "
+                      f"against {plan.allowance / memory.GB:.2f} GB (raise {budget} if the machine has it)")
+    return plan.tile, plan.batch
+
+
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                  progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
     """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
@@ -783,7 +835,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
 
     job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
                norm=norm, bandwise=domain.bandwise, fmt=fmt, uspec=uspec, ufmt=ufmt)
-    tile = options.tile
+    tile, job.batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),
+                                      progress, sharded=exchange is not None)
     while True:
         try:
             if worker:
@@ -797,7 +850,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
             # The allocator's own text names no file and no way out: say both, in the caller's words.
             t = options.terms
             raise MemoryError(f"not enough memory to super-resolve {src} with tiles of {tile} LR pixels in batches "
-                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}") from None
+                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}, or leave both "
+                                f"to the memory budget") from None
         except _TileTooLarge as exc:
             if exchange is not None:
                 raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "
@@ -817,7 +871,8 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                         skipped_tiles=0, width=spec.width, height=spec.height, warnings=list(progress.warnings))
     progress.report(1.0, "done")
     progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
-                  f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}")
+                  f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}, "
+                  f"{spec.width * spec.height / seconds / 1e6:.2f} MP/s")
     if options.uncertainty:
         progress.info(f"wrote the uncertainty raster {options.uncertainty} (spread of {options.samples} samples)")
     return SRResult(path=os.path.abspath(dst), device=str(device), precision=precision, seconds=seconds,

@@ -50,7 +50,7 @@ DEVICE_LABELS = {"auto": "Auto (CUDA GPU if available, else CPU)", "cuda": "CUDA
 DEVICES = tuple(DEVICE_LABELS)
 # tile 0 and batch 0: chosen on the CPU to fit memory_budget (GB the job may add to the process; lcmsr.memory),
 # 256 and 8 on CUDA.
-SR_DEFAULTS = {"tile": 0, "overlap": 32, "batch": 0, "memory_budget": 0.8, "device": "auto", "precision": "auto", "steps": 1,
+SR_DEFAULTS = {"tile": 0, "overlap": 32, "batch": 0, "memory_budget": 0.7, "device": "auto", "precision": "auto", "steps": 1,
                "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
 # Trust (issue 15): K one-step samples for the uncertainty raster (written only when asked), and the
 # back-projection iterations that make degrade(SR) give back the input (0 = off; measured in the model cards).

@@ -145,10 +145,16 @@ def bench_cuda(report: dict, device: str) -> bool:
 
     rows = []
     for path in sorted(MODELS.glob("*.safetensors")):
+        from lcmsr.device import resolve_precision
+
+        auto, _ = resolve_precision("auto", torch.device(device))
         for name, precision, cl in (("fp32", "fp32", False), ("fp32+channels_last", "fp32", True),
-                                    ("bf16", "bf16", False), ("bf16+channels_last", "bf16", True)):
+                                    ("bf16", "bf16", False), ("bf16+channels_last", "bf16", True),
+                                    (f"default (auto = {auto})", auto, None)):
             model = load_model(path, device)
             run = Inference(model, device, InferenceOptions(precision=precision, channels_last=cl))
+            if cl is None:
+                rows_layout = run.channels_last
             lr = torch.rand(8, model.bands, 256, 256, device=device) * 2 - 1
             noise = torch.randn((8,) + model.latent_shape(256, 256), device=device)
             for _ in range(3):
@@ -172,7 +178,8 @@ def bench_cuda(report: dict, device: str) -> bool:
         r["speedup_vs_fp32"] = base["seconds_per_batch"] / r["seconds_per_batch"]
         print(f"    {r['model']} {r['variant']}: {r['output_mp_per_s']:.1f} MP/s "
               f"({r['speedup_vs_fp32']:.2f}x fp32), peak {r['peak_gib']:.1f} GiB")
-    report["speed"] = dict(batch=8, tile_lr=256, rows=rows)
+    report["speed"] = dict(batch=8, tile_lr=256, rows=rows, auto=auto, default_channels_last=rows_layout)
+    print(f"    default on {device}: precision {auto}, channels_last {rows_layout}")
     return True
 
 

@@ -55,7 +55,7 @@ demo: setup
 bench: setup
 	$(PY) scripts/bench.py --device cpu --out $(BUILD)/bench
 
-# Fault injection and fuzzing (about 16 min on 2 cores, 680 cases); a quick subset runs inside `make test` (tests/robustness/).
+# Fault injection and fuzzing (about 11 min on 2 cores, 680 cases); a quick subset runs inside `make test` (tests/robustness/).
 robustness: setup
 	$(PY) scripts/robustness.py --out docs/RELIABILITY.md
 

@@ -172,14 +172,17 @@ class _CancelAfter(Progress):
         return self.calls > self.n
 
 
-def test_cancel_or_a_failed_commit_leaves_neither_output(tmp_path, noisy_model, monkeypatch):
+def test_cancel_or_a_failed_commit_writes_neither_output_and_loses_no_older_one(tmp_path, noisy_model, monkeypatch):
     src = crop(tmp_path / "in.tif", size=96)
     sr, unc = tmp_path / "sr.tif", tmp_path / "u.tif"
     with pytest.raises(Cancelled):
         superresolve(src, sr, noisy_model, SROptions(tile=32, overlap=8, batch=1, device="cpu", ignore_domain=True,
                                                      uncertainty=str(unc)), _CancelAfter(5))
     assert not sr.exists() and not unc.exists()
-    # The uncertainty raster is committed first; when the main output then fails, it goes too.
+    # Both outputs are finished before either is renamed into place: when the main output fails its last
+    # check, the finished uncertainty raster is dropped and older files at both paths are kept as they were.
+    sr.write_bytes(b"older output")
+    unc.write_bytes(b"older uncertainty")
     verify = io._verify
 
     def failing(path, spec, what):
@@ -190,8 +193,8 @@ def test_cancel_or_a_failed_commit_leaves_neither_output(tmp_path, noisy_model, 
     monkeypatch.setattr(io, "_verify", failing)
     with pytest.raises(io.RasterWriteError, match="disk full"):
         run(src, sr, noisy_model, uncertainty=str(unc))
-    assert not sr.exists() and not unc.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]   # no temporaries either
+    assert sr.read_bytes() == b"older output" and unc.read_bytes() == b"older uncertainty"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "sr.tif", "u.tif"]   # no temporaries either
 
 
 def test_cli_flags(tmp_path, noisy_model, capsys):

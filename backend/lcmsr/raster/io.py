@@ -950,7 +950,8 @@ def _mb(n: int) -> str:
 _SIDE_CARS = (".aux.xml", ".ovr", ".msk")
 
 
-def _remove(path: str) -> None:
+def remove_raster(path: str) -> None:
+    """Remove a raster (or a converted output's folder) with its side-cars, best effort."""
     if os.path.isdir(path):   # the folder a converted output is made in
         shutil.rmtree(path, ignore_errors=True)
         return
@@ -986,16 +987,22 @@ class AtomicRaster:
     ``.aux.xml``, ``.ovr`` or world file) keep doing so, and moved out on success, the raster last.
     Any exception (including :class:`Cancelled`) removes every temporary and leaves an existing ``dst``
     untouched.  Temporary names and the sweep of a killed run's leftovers are :mod:`lcmsr.atomic`'s.
+
+    ``deferred=True``: leaving the block only finishes the file (conversion, overviews, checks: all that
+    can fail); :meth:`publish` then renames it into place, or :meth:`abandon` removes it.  Outputs that
+    come as a pair are both finished before either replaces what was there.
     """
 
     def __init__(self, dst: str, spec: OutputSpec, progress: Progress | None = None, cog: bool = False,
-                 fmt: OutputFormat | None = None):
+                 fmt: OutputFormat | None = None, deferred: bool = False):
         self.dst, self.spec = os.path.abspath(dst), spec
         self.fmt = fmt or output_format(self.dst, spec.data_type, cog=cog)
         self.progress = progress or Progress()
         self.what = f"the output {self.dst}"
         self.writer: RasterWriter | None = None
         self._temps: list[str] = []
+        self.deferred = deferred
+        self._moves: dict[str, str] | None = None   # finished, waiting for publish()
 
     def _temp_name(self) -> str:
         # lcmsr.atomic's names (the host and process id let a later run remove what a killed one left
@@ -1022,7 +1029,9 @@ class AtomicRaster:
             self._cleanup()
             return False
         try:
-            self._commit()
+            self._moves = self._finish()
+            if not self.deferred:
+                self.publish()
         except BaseException as err:
             self._cleanup()
             if isinstance(err, (RasterWriteError, Cancelled)) or not isinstance(err, Exception):
@@ -1033,15 +1042,25 @@ class AtomicRaster:
     def _callback(self, complete, message, data):
         return 0 if self.progress.cancelled() else 1
 
-    def _commit(self) -> None:
+    def publish(self) -> None:
+        """Rename the finished file (and its side-cars) into place."""
+        moves, self._moves = self._moves, None
+        self._move(moves)
+
+    def abandon(self) -> None:
+        """Remove a finished file that is not to be published (its partner failed)."""
+        self._moves = None
+        self._cleanup()
+
+    def _finish(self) -> dict[str, str]:
+        """Close, check and convert the temporary file: what :meth:`_move` renames into place."""
         self.writer.close()
         tmp = self._temps[0]
         _verify(tmp, self.spec, self.what)
         if self.fmt.streamed:
             if self.fmt.overviews:
                 self._overviews(tmp)
-            self._move({tmp: self.dst})
-            return
+            return {tmp: self.dst}
         folder = self._temp_name()
         os.mkdir(folder)
         final = os.path.join(folder, os.path.basename(self.dst))
@@ -1058,14 +1077,14 @@ class AtomicRaster:
             self.progress.check()  # an abort by the callback is a cancel, not a failure
             raise
         out = None  # noqa: F841  (closing writes the file's last bytes)
-        _remove(tmp)
+        remove_raster(tmp)
         self._complete(final)
         if self.fmt.overviews and not self.fmt.cog:  # a COG has its own
             self._overviews(final)
         _verify(final, self.spec, self.what)
         here = os.path.dirname(self.dst)
-        self._move({os.path.join(folder, name): os.path.join(here, name) for name in sorted(os.listdir(folder))
-                    if name != os.path.basename(self.dst)} | {final: self.dst})
+        return ({os.path.join(folder, name): os.path.join(here, name) for name in sorted(os.listdir(folder))
+                 if name != os.path.basename(self.dst)} | {final: self.dst})
 
     def _complete(self, path: str) -> None:
         """Give the converted file what its driver did not copy: per band colour interpretation and
@@ -1145,5 +1164,5 @@ class AtomicRaster:
         if self.writer is not None:
             self.writer.abandon()
         for path in self._temps:
-            _remove(path)
+            remove_raster(path)
         self._temps.clear()

@@ -502,7 +502,7 @@ class _Job:
                f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
         self.tiles_run = self.skipped = 0
         c = len(self.info.bands)
-        unc = self.o.uncertainty if self.samples > 1 else None
+        unc = self.o.uncertainty
         blenders = [BlockBlender(plan, c, self.scale, block=block, stripe_cols=stripe_cols,
                                  spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)]
         if unc:
@@ -513,19 +513,20 @@ class _Job:
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
         reader = _Reader(self.src, self.info.bands, blenders[0].order, neutral, tiles_q, stop)
-        written = None   # the uncertainty raster once committed, removed again if the main output then fails
+        # Both outputs are finished (converted, checked) before either replaces what was at its path, so
+        # they come as a pair or not at all, and a failure loses no older file.
+        outputs = [io.AtomicRaster(self.dst, self.spec, p, fmt=self.fmt, deferred=True)]
+        if unc:
+            outputs.append(io.AtomicRaster(unc, self.uspec, p, fmt=self.ufmt, deferred=True))
         try:
-            with io.AtomicRaster(self.dst, self.spec, p, fmt=self.fmt) as out:
-                with contextlib.ExitStack() as second:
-                    targets = [(out, self.spec)]
-                    if unc:
-                        targets.append((second.enter_context(io.AtomicRaster(unc, self.uspec, p, fmt=self.ufmt)),
-                                        self.uspec))
-                    self._stream(plan, total, blenders, reader, tiles_q, stop, targets)
-                written = unc
+            with contextlib.ExitStack() as stack:
+                targets = [(stack.enter_context(o), o.spec) for o in outputs]
+                self._stream(plan, total, blenders, reader, tiles_q, stop, targets)
+            for o in outputs:
+                o.publish()
         except BaseException:
-            if written:
-                io._remove(written)   # with its side-cars: the two outputs come as a pair or not at all
+            for o in outputs:
+                o.abandon()
             raise
         finally:
             for blender in blenders:

@@ -74,8 +74,7 @@ def run_scene(path: str, split: dict, work: Path, iterations: list[int], samples
         cons = trust.lr_consistency(sr, lr, SCALE)
         err = np.abs(sr - hr).mean(0)
         valid = np.isfinite(u)
-        u_blocks, ok = trust.block_means(np.where(valid, u, 0), 16, valid)
-        e_blocks, _ = trust.block_means(err, 16)
+        blocks = trust.block_pairs(np.where(valid, u, 0), err, 16, valid)   # per scene, and pooled below
         row[f"bp{n}"] = {
             **quality(sr, hr, roles, split["eight_bit"]),
             "spectral_angle_hr": trust.spectral_angle(sr, hr),
@@ -83,10 +82,10 @@ def run_scene(path: str, split: dict, work: Path, iterations: list[int], samples
             "lr_consistency_mae": cons["mae"],
             "lr_consistency_pct_range": float(100 * np.mean(
                 np.abs(trust.degrade(sr, SCALE) - lr).mean(axis=(1, 2)) / span)),
-            "spearman": trust.uncertainty_error_correlation(np.where(valid, u, 0), err, 16, valid),
+            "spearman": trust.spearman(*blocks),
             "uncertainty_mean": float(u[valid].mean()),
             "seconds": seconds,
-            "_blocks": (u_blocks[ok], e_blocks[ok]),
+            "_blocks": blocks,
         }
     return row
 

@@ -431,17 +431,15 @@ def io_parts(model_path, lr_size=256, tile=128, batch=4):
     reading (reader thread) and writing (writer thread), by wrapping the pipeline's pieces with
     per-thread CPU clocks.  Needs GDAL."""
     try:
-        from osgeo import gdal
+        from osgeo import gdal  # noqa: F401
     except ImportError:
         return None
-    import numpy as np
-
     from lcmsr.inference import Inference as Inf
     from lcmsr.raster import pipeline
     from lcmsr.raster.pipeline import SROptions, superresolve
     from lcmsr.raster.tiling import BlockBlender
+    from real_raster import write_rgb   # scripts/, beside this file
 
-    gdal.UseExceptions()
     spent = {"model": 0.0, "sr_batch": 0.0, "blend": 0.0, "read": 0.0, "write": 0.0}
 
     def clocked(key, fn):
@@ -462,18 +460,9 @@ def io_parts(model_path, lr_size=256, tile=128, batch=4):
         for cls, name, key in patches:
             setattr(cls, name, clocked(key, getattr(cls, name)))
         with tempfile.TemporaryDirectory() as tmp:
-            # A real-pixel input: the NEON sample tiled to lr_size (DEFLATE GeoTIFF, as users have).
-            sample = gdal.Open(str(REPO / "resources" / "sample" / "neon_lr.tif")).ReadAsArray()
-            reps = -(-lr_size // sample.shape[1])
-            data = np.tile(sample, (1, reps, reps))[:, :lr_size, :lr_size]
+            # Real pixels (the NEON sample mirrored to lr_size), a DEFLATE GeoTIFF as users have.
             src = os.path.join(tmp, "lr.tif")
-            ds = gdal.GetDriverByName("GTiff").Create(src, lr_size, lr_size, 3, gdal.GDT_Byte,
-                                                      ["TILED=YES", "COMPRESS=DEFLATE"])
-            ds.SetGeoTransform((500000, 0.4, 0, 4000000, 0, -0.4))
-            ds.SetProjection(gdal.Open(str(REPO / "resources" / "sample" / "neon_lr.tif")).GetProjection())
-            for b in range(3):
-                ds.GetRasterBand(b + 1).WriteArray(data[b])
-            ds = None
+            write_rgb(src, lr_size)
             start, cpu = time.perf_counter(), time.process_time()
             res = superresolve(src, os.path.join(tmp, "sr.tif"), str(model_path),
                                SROptions(tile=tile, batch=batch, overlap=16, device="cpu"))

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from real_raster import write_rgb  # noqa: E402  (scripts/, beside this file)
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "data" / "train" / "2019_YELL_2_528000_4978000_image_crop2.tif"
 ETA = re.compile(r"progress: tile (\d+)/(\d+), ([\d.]+) MP/s, about (.+) left")
@@ -33,26 +35,6 @@ def seconds(text: str) -> float:
     """'45 s', '3 min 05 s', '2 h 07 min' (lcmsr.progress.duration) -> seconds."""
     units = {"h": 3600, "min": 60, "s": 1}
     return float(sum(int(n) * units[u] for n, u in re.findall(r"(\d+) (h|min|s)\b", text)))
-
-
-def make_input(path: Path, size: int) -> None:
-    import numpy as np
-    from osgeo import gdal
-
-    src = gdal.Open(str(SOURCE))
-    data = src.ReadAsArray()                                   # [3, 2472, 2299] Byte
-    reps = (0, max(0, size - data.shape[1])), (0, max(0, size - data.shape[2]))
-    data = np.pad(data, ((0, 0),) + reps, mode="symmetric")[:, :size, :size]
-    x0, _, _, y0, _, _ = src.GetGeoTransform()
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte,
-                                              options=["TILED=YES", "COMPRESS=DEFLATE"])
-    ds.SetGeoTransform((x0, 0.4, 0.0, y0, 0.0, -0.4))
-    ds.SetProjection(src.GetProjection())
-    for b in range(3):
-        band = ds.GetRasterBand(b + 1)
-        band.WriteArray(data[b])
-        band.SetColorInterpretation(gdal.GCI_RedBand + b)
-    ds = None
 
 
 def main() -> int:
@@ -66,7 +48,7 @@ def main() -> int:
     build.mkdir(exist_ok=True)
     src, dst = build / f"eta_{args.size}.tif", build / f"eta_{args.size}_sr.tif"
     if not src.exists():
-        make_input(src, args.size)
+        write_rgb(src, args.size, SOURCE)
     env = dict(os.environ, PYTHONPATH=str(REPO / "backend"), PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "lcmsr", "sr", str(src), str(dst), "--quiet", *args.sr_args]
     timed = shutil.which(TIME_TOOL) is not None

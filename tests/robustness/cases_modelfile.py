@@ -182,6 +182,15 @@ def _refusal(message: str, path: Path, cli: bool = False) -> tuple[str, str]:
     return CLEAR, line
 
 
+def _cli_refused(rc: int, err: str, path: Path, accepted: str) -> tuple[str, str]:
+    """A command given a crafted file must exit 2 with one clear line (``accepted``: what exit 0 did)."""
+    if rc == 0:
+        return WRONG, accepted
+    if rc != 2:
+        return CRASH, f"exit {rc}: {err[-600:]}"
+    return _refusal(err, path, cli=True)
+
+
 def _faces(suite, src: Path, path: Path, expect: str):
     from lcmsr.weights import ModelFileError, check_model, load_model, read_info
 
@@ -192,12 +201,8 @@ def _faces(suite, src: Path, path: Path, expect: str):
     elif expect == "load":
         ok = rc == 0 and _printable(out) and _printable(err)
         yield "info", CORRECT if ok else WRONG, "" if ok else f"exit {rc}, shown raw: {(out + err)[-400:]!r}", seconds
-    elif rc == 0:
-        yield "info", WRONG, "described a crafted file as a model", seconds
-    elif rc != 2:
-        yield "info", CRASH, f"exit {rc}: {err[-600:]}", seconds
     else:
-        yield ("info", *_refusal(err, path, cli=True), seconds)
+        yield ("info", *_cli_refused(rc, err, path, "described a crafted file as a model"), seconds)
     # lcmsr sr
     out_dir = path.parent / (path.stem + "-sr")
     out_dir.mkdir(exist_ok=True)
@@ -213,12 +218,8 @@ def _faces(suite, src: Path, path: Path, expect: str):
     elif expect == "load":
         problem = check_sr_output(src, dst, 2, False) if rc == 0 else f"exit {rc}: {err[-400:]}"
         yield "sr", (WRONG if problem else CORRECT), problem, seconds
-    elif rc == 0:
-        yield "sr", WRONG, "super-resolved with a crafted model (exit 0)", seconds
-    elif rc != 2:
-        yield "sr", CRASH, f"exit {rc}: {err[-600:]}", seconds
     else:
-        yield ("sr", *_refusal(err, path, cli=True), seconds)
+        yield ("sr", *_cli_refused(rc, err, path, "super-resolved with a crafted model (exit 0)"), seconds)
     # the loader in-process: every entry point refuses with ModelFileError, or (text cases) shows clean text
     t0 = time.monotonic()
     try:

@@ -136,6 +136,8 @@ class SRResult:
     bands: list[int] = field(default_factory=list)   # the input bands written, in output order
     model: str = ""                                   # the model file that ran ("" for an in-memory model)
     uncertainty: str = ""                             # the uncertainty raster written ("" for none)
+    tile: int = 0                                     # the LR tile the plan chose (or the user gave)
+    batch: int = 0                                    # images per model call (tiles x bands of a band-wise model)
 
 
 class _Recording(Progress):
@@ -400,6 +402,9 @@ class _Job:
             with contextlib.ExitStack() as stack:
                 targets = [(stack.enter_context(o), o.spec) for o in outputs]
                 self._stream(plan, total, blenders, reader, tiles_q, stop, targets)
+                finishing = time.perf_counter()
+            # Leaving the block finished the files: a COG's or another format's conversion, overviews, checks.
+            self.timers.add("finish", time.perf_counter() - finishing)
             for o in outputs:
                 o.publish()
         except BaseException:
@@ -798,4 +803,5 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     return SRResult(path=os.path.abspath(dst), device=str(device), precision=prep.precision, seconds=seconds,
                     tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
                     warnings=list(progress.warnings), bands=list(prep.bands), model=prep.model_path or "",
-                    uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "")
+                    uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "",
+                    tile=prep.tile, batch=job.tm.batch)

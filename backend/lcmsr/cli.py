@@ -29,6 +29,7 @@ COMMANDS = [
     "sr",            # super-resolve an image or a georeferenced raster
     "degrade",       # make the LR raster of an HR raster (LR/HR pairs)
     "train",         # train-autoencoder, train-consistency, train-decoder
+    "finetune",      # finetune: a finished model continued on the user's imagery
     "evaluate",      # eval: PSNR / SSIM / LPIPS / FID
     "info",          # info MODEL, diagnostics
     "domain",        # set-domain: what imagery a model is for

@@ -121,6 +121,15 @@ def training_paths(opts, stage: str) -> tuple[list, list, str]:
             inputs += [("the stage-1 checkpoint (--stage1)", base + ext) for ext in (".json", ".safetensors")]
     if stage == "decoder" and opts.base_model:
         inputs.append(("the model file to start from (--model)", opts.base_model))
+    if stage == "finetune":
+        if opts.base_model:
+            inputs.append(("the model to start from (--from)", opts.base_model))
+        inputs += [(f"LR raster {i + 1}", s) for i, s in enumerate(getattr(opts, "lr_sources", []))
+                   if isinstance(s, (str, os.PathLike))]
+        # Beside the new model (as the plugin's training algorithms keep theirs): rerunning the same
+        # command with --resume finds it.
+        if not opts.checkpoint_dir and opts.out:
+            return outputs, inputs, os.path.splitext(os.fspath(opts.out))[0] + "_checkpoints"
     return outputs, inputs, os.fspath(opts.checkpoint_dir or os.path.join("checkpoints", stage))
 
 

@@ -19,4 +19,5 @@ _REGISTRY = [
     ("train_autoencoder", "TrainAutoencoderAlgorithm"),
     ("train_consistency", "TrainConsistencyAlgorithm"),
     ("train_decoder", "TrainDecoderAlgorithm"),
+    ("finetune", "FinetuneAlgorithm"),
 ]

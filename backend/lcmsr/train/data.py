@@ -310,3 +310,92 @@ def validation_pairs(sset: SourceSet, scale: int, crop: int, normalization, max_
         raise ValueError("no validation crop with valid pixels in: " + ", ".join(s.name for s in sset.sources))
     return pairs
 
+
+
+# --- fine-tuning: inference's per-band stretch, and true LR/HR pairs ----------------------------------
+
+class StretchedBand(Source):
+    """One band of a source stretched by a robust range, ``(x - lo) / (hi - lo)`` (Float32): what a band-wise
+    model with the domain normalisation "input_percentile" sees of that band at inference
+    (:func:`lcmsr.raster.pipeline`'s per-band 1-99 % stretch)."""
+
+    def __init__(self, source: Source, band: int, lo: float, hi: float, role: str | None = None):
+        source.check_bands([band])
+        if not hi > lo:
+            raise ValueError(f"{source.name}: band {band} has an empty value range ({lo:g}..{hi:g})")
+        self.source, self.band, self.lo, self.hi = source, int(band), float(lo), float(hi)
+        self.name = f"{source.name} band {band}"
+        self.width, self.height, self.count = source.width, source.height, 1
+        self.data_type = "Float32"
+        self.band_names = [role or source.band_names[band - 1]]
+        self.default_bands = [1]
+
+    def read(self, x, y, w, h, bands):
+        data, valid = self.source.read(x, y, w, h, [self.band])
+        return ((data - self.lo) / (self.hi - self.lo)).astype(np.float32), valid
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class PairSource(Source):
+    """A true LR/HR pair: ``hr`` and its co-registered ``lr`` (the same extent, LR pixels ``scale`` times
+    the HR ones, so LR pixel (i, j) covers HR pixels (scale*i.., scale*j..))."""
+
+    def __init__(self, hr: Source, lr: Source, scale: int):
+        if lr.count != hr.count or lr.data_type != hr.data_type:
+            raise ValueError(f"LR {lr.name} ({lr.count} band(s) {lr.data_type}) does not match HR {hr.name} "
+                             f"({hr.count} band(s) {hr.data_type}): a pair needs the same bands and data type")
+        if abs(lr.width * scale - hr.width) >= scale or abs(lr.height * scale - hr.height) >= scale:
+            raise ValueError(f"LR {lr.name} is {lr.width}x{lr.height} but HR {hr.name} is {hr.width}x{hr.height}: "
+                             f"a co-registered pair covers the same extent with LR pixels {scale} times the HR "
+                             f"ones (expected LR {hr.width // scale}x{hr.height // scale})")
+        self.hr, self.lr, self.scale = hr, lr, scale
+        self.name = f"{hr.name} (LR {lr.name})"
+        self.width, self.height, self.count = hr.width, hr.height, hr.count
+        self.data_type, self.band_names, self.default_bands = hr.data_type, hr.band_names, hr.default_bands
+
+    def read(self, x, y, w, h, bands):
+        return self.hr.read(x, y, w, h, bands)
+
+    def read_lr(self, x, y, w, h, bands):
+        return self.lr.read(x, y, w, h, bands)
+
+    def close(self) -> None:
+        self.hr.close()
+        self.lr.close()
+
+
+class PairSampler(PatchSampler):
+    """Random patches of true LR/HR pairs (:class:`PairSource`): the HR window at a multiple of the scale
+    and the LR window under it, both augmented by the same flip/rotation.  Same state as PatchSampler."""
+
+    def __init__(self, sset: SourceSet, scale: int, patch: int, normalization, seed: int, **kw):
+        if not all(isinstance(s, PairSource) for s in sset.sources):
+            raise ValueError("true LR/HR pairs need an LR raster for every HR raster")
+        super().__init__(sset, scale, patch, normalization, seed, **kw)
+
+    def _pair(self) -> tuple[np.ndarray, np.ndarray]:
+        p, s = self.patch, self.scale
+        for _ in range(self.max_tries):
+            src = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))]
+            x = s * int(self.rng.integers(0, (src.width - p) // s + 1))
+            y = s * int(self.rng.integers(0, (src.height - p) // s + 1))
+            hr, hr_valid = src.read(x, y, p, p, self.sset.bands)
+            lr, lr_valid = src.read_lr(x // s, y // s, p // s, p // s, self.sset.bands)
+            if 1.0 - min(hr_valid.mean(), lr_valid.mean()) > self.max_nodata:
+                continue
+            fill_invalid(hr, hr_valid, self.neutral)
+            fill_invalid(lr, lr_valid, self.neutral)
+            if self.augment:
+                k = int(self.rng.integers(0, 8))
+                hr, lr = dihedral(hr, k), dihedral(lr, k)
+            return np.ascontiguousarray(hr), np.ascontiguousarray(lr)
+        raise ValueError(f"no {p}x{p} patch pair with at most {self.max_nodata:.0%} nodata found in "
+                         f"{self.max_tries} tries in: " + ", ".join(s.name for s in self.sources))
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self._pair() for _ in range(batch)]
+        hr_raw = torch.from_numpy(np.stack([h for h, _ in pairs]))
+        lr_raw = torch.from_numpy(np.stack([lr for _, lr in pairs]))
+        return self.norm.forward(hr_raw).float(), self.norm.forward(lr_raw).float()

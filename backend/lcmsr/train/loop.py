@@ -51,7 +51,7 @@ def pixel_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 # Options that define the run: resuming under different values would not be the same run.
 _RUN_DEFINING = ("config", "overrides", "scale", "bands", "patch", "batch", "seed", "sources", "stage1",
-                 "base_model")
+                 "base_model", "lr_sources", "decoder_steps")
 
 
 @dataclass
@@ -193,6 +193,10 @@ class Stage(abc.ABC):
     def finish(self, run: "Run") -> None:
         """After the last step (all ranks); rank 0 writes the stage's product."""
 
+    def make_sampler(self, sset: SourceSet, normalization: Normalization, seed: int, multiple: int) -> PatchSampler:
+        """Where the training patches come from (fine-tuning: also true LR/HR pairs)."""
+        return PatchSampler(sset, self.opts.scale, self.opts.patch, normalization, seed=seed, multiple=multiple)
+
 
 @dataclass
 class Run:
@@ -307,8 +311,8 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
 
     torch.manual_seed(rank_seed(opts.seed, 0, STREAM_INIT))  # identical initial weights on every rank
     stage.setup(config, normalization, sset)
-    sampler = PatchSampler(sset, opts.scale, opts.patch, normalization,
-                           seed=rank_seed(opts.seed, ctx.rank, STREAM_DATA), multiple=config.hr_multiple)
+    sampler = stage.make_sampler(sset, normalization, seed=rank_seed(opts.seed, ctx.rank, STREAM_DATA),
+                                 multiple=config.hr_multiple)
     if sampler.skipped and ctx.is_main:
         progress.warn(f"sources smaller than the {opts.patch} px patch are not used: {', '.join(sampler.skipped)}")
     val = []
@@ -348,6 +352,7 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
     losses: list[float] = []
     window: dict[str, list[float]] = {}
     step = start
+    t_steps = time.monotonic()   # time left: from the pace of this session's steps
     try:
         while step < opts.iterations:
             if _cancel_requested(progress, ctx, stop):
@@ -378,6 +383,7 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
             msg = f"step {step}/{opts.iterations} loss {loss:.4g}"
             if run.val_psnr is not None:
                 msg += f" val {run.val_psnr:.2f} dB"
+            msg += f", {time_left(time.monotonic() - t_steps, step - start, opts.iterations - step)}"
             progress.report(step / opts.iterations, msg)
             if step % opts.checkpoint_every == 0 and step < opts.iterations:
                 save(step)
@@ -393,6 +399,20 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
                        bicubic_psnr=run.bicubic_psnr, checkpoint=run.checkpoint, model_path=run.model_path,
                        seconds=run.seconds, history=run.history, latent_scale=run.latent_scale,
                        resumed_from=start if resume_ck is not None else None)
+
+
+def time_left(elapsed: float, done: int, remaining: int) -> str:
+    """'about 3 min left' from the pace so far (``done`` steps in ``elapsed`` seconds)."""
+    if remaining <= 0:
+        return "done"
+    if done <= 0:
+        return "time left unknown yet"
+    seconds = elapsed / done * remaining
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s left"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min left"
+    return f"about {seconds / 3600:.1f} h left"
 
 
 def _cancel_requested(progress: Progress, ctx: DistContext, stop: _StopOnSignals) -> bool:

@@ -40,6 +40,9 @@ class ModelInfo:
     data_type: str = "Byte"
     format_version: int = FORMAT_VERSION
     domain: Domain = field(default_factory=Domain)
+    # The sampler that measured best on the model's validation split, by a stated rule
+    # (scripts/choose_sampler.py): {"sampler", "steps", "rule", "why"}; None: the method's one step.
+    default_sampler: dict | None = None
 
     @classmethod
     def default(cls, config: ModelConfig) -> "ModelInfo":
@@ -69,13 +72,15 @@ class ModelInfo:
             raise ValueError(f"model info has a normalisation for {self.normalization.bands} bands "
                              f"but the model has {self.bands}")
         self.domain.validate(self.bands, self.scale)
+        check_default_sampler(self.default_sampler)
         self.normalization.check_range(self.data_type, stretched=self.domain.normalization == "input_percentile")
 
     def to_dict(self) -> dict:
         return {"format_version": self.format_version, "scale": self.scale, "bands": self.bands,
                 "band_names": list(self.band_names), "normalization": self.normalization.to_dict(),
                 "config": self.config.to_dict(), "training": dict(self.training), "data_type": self.data_type,
-                "domain": self.domain.to_dict()}
+                "domain": self.domain.to_dict(),
+                **({"default_sampler": dict(self.default_sampler)} if self.default_sampler is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelInfo":
@@ -94,9 +99,40 @@ class ModelInfo:
                    normalization=Normalization.from_dict(data["normalization"]), config=config,
                    training=data["training"] if data.get("training") is not None else {},
                    data_type=data.get("data_type", "Byte"), format_version=data["format_version"],
-                   domain=Domain.from_dict(data["domain"]) if "domain" in data else Domain())
+                   domain=Domain.from_dict(data["domain"]) if "domain" in data else Domain(),
+                   default_sampler=data.get("default_sampler"))
         info.validate()
         return info
+
+
+DEFAULT_SAMPLER_KEYS = {"sampler": str, "steps": int, "rule": str, "why": str}
+MAX_SAMPLER_TEXT = 2000
+
+
+def check_default_sampler(value) -> None:
+    """A model file's ``default_sampler`` is untrusted input: None, or exactly the keys of
+    :data:`DEFAULT_SAMPLER_KEYS` with their types, a known sampler, steps it accepts (consistency 1-4,
+    others 1-1000) and texts of at most :data:`MAX_SAMPLER_TEXT` characters; ValueError otherwise."""
+    from .choices import SAMPLER_NAMES
+
+    if value is None:
+        return
+    if not isinstance(value, dict) or set(value) != set(DEFAULT_SAMPLER_KEYS):
+        raise ValueError(f"default_sampler must be an object with the keys {', '.join(DEFAULT_SAMPLER_KEYS)}")
+    for key, kind in DEFAULT_SAMPLER_KEYS.items():
+        if not isinstance(value[key], kind) or isinstance(value[key], bool):
+            raise ValueError(f"default_sampler.{key} must be a {kind.__name__}")
+    if value["sampler"] not in SAMPLER_NAMES:
+        raise ValueError(f"default_sampler.sampler must be one of {', '.join(SAMPLER_NAMES)}, "
+                         f"got {value['sampler'][:40]!r}")
+    top = 4 if value["sampler"] == "consistency" else 1000
+    if not 1 <= value["steps"] <= top:
+        raise ValueError(f"default_sampler.steps must be 1..{top} for {value['sampler']}, got {value['steps']}")
+    if value["sampler"] == "faithful" and value["steps"] != 1:
+        raise ValueError("default_sampler.steps must be 1 for the faithful sampler (it takes no steps)")
+    for key in ("rule", "why"):
+        if len(value[key]) > MAX_SAMPLER_TEXT:
+            raise ValueError(f"default_sampler.{key} is longer than {MAX_SAMPLER_TEXT} characters")
 
 
 class LCMSR(nn.Module):

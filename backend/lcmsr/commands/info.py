@@ -99,10 +99,23 @@ def describe_model(path) -> str:
     else:
         lines.append(f"domain          unknown (format {info.format_version} file): inputs are not checked "
                      "against it and it is never chosen automatically")
+    ds = info.default_sampler
+    if ds:
+        steps = "" if ds["sampler"] == "faithful" else f", {ds['steps']} step{'s' if ds['steps'] > 1 else ''}"
+        lines.append(f"default sampler {_safe(ds['sampler'])}{steps} (used when no sampler is given): "
+                     f"{_safe(ds['why'], 600)}")
+    else:
+        lines.append("default sampler consistency, 1 step (the method's; the file names none)")
     if info.training:
         summary = ", ".join(f"{k}={_safe(v, 200)}" for k, v in info.training.items()
                             if not isinstance(v, (dict, list)))
         lines.append(f"training        {summary}")
+        for ft in info.training.get("finetunes") or []:
+            if isinstance(ft, dict):
+                lines.append(f"fine-tuned      from {_safe(ft.get('base_model'), 200)} (sha256 "
+                             f"{_safe(str(ft.get('base_sha256'))[:12])}): {_safe(ft.get('steps'))} steps, "
+                             f"{_safe(ft.get('seconds'))} s on {_safe(ft.get('device'))}, data "
+                             f"{_safe(', '.join(map(str, ft.get('data') or [])), 300)}")
     else:
         lines.append("training        (no training summary: untrained or hand-made model)")
     return "\n".join(lines)

@@ -211,10 +211,15 @@ def finetuned_domain(base: Domain, scale: int, data: Prepared, base_name: str) -
     if d.bandwise:
         seen = set(d.trained_roles) | set(data.roles)
         d.trained_roles = [r for r in ROLES if r in seen]
-    sizes = (f", LR pixels {min(data.lr_gsd_m):.3g}-{max(data.lr_gsd_m):.3g} m" if data.lr_gsd_m else "")
+    lo_px, hi_px = (min(data.lr_gsd_m), max(data.lr_gsd_m)) if data.lr_gsd_m else (None, None)
+    sizes = ("" if lo_px is None else f", LR pixels {lo_px:.3g} m" if lo_px == hi_px else
+             f", LR pixels {lo_px:.3g}-{hi_px:.3g} m")
     names = ", ".join(os.path.basename(f) for f in data.files[:6]) + (" ..." if len(data.files) > 6 else "")
     note = f"Fine-tuned from {base_name} on {len(data.files)} raster(s) ({names}){sizes}."
-    d.notes = (d.notes + " " + note).strip()[-2000:]
+    base_notes = d.notes.strip()
+    if base_notes and not base_notes.endswith("."):
+        base_notes += "."
+    d.notes = (base_notes + " " + note).strip()[-2000:]
     return d
 
 
@@ -245,6 +250,7 @@ class FinetuneStage(Stage):
             "consistency": torch.optim.Adam(list(m.condnet.parameters()) + list(m.denoiser.parameters()),
                                             lr=self.learning_rates["consistency"])}
         self.noise_gen = self.generator("noise", STREAM_NOISE)
+        self.started = time.monotonic()   # this session's time (run.seconds holds the earlier sessions')
 
     def make_sampler(self, sset, normalization, seed, multiple):
         cls = PairSampler if all(isinstance(s, PairSource) for s in sset.sources) else PatchSampler
@@ -330,11 +336,12 @@ class FinetuneStage(Stage):
         opts, info = self.opts, self.model.info
         base_name = os.path.basename(self.base_path)
         training = dict(info.training)
+        seconds = run.seconds + time.monotonic() - self.started
         record = {
             "base_model": base_name, "base_sha256": self.base_sha256, "steps": run.step,
             "decoder_steps": min(self.decoder_steps, run.step),
             "consistency_steps": max(0, run.step - self.decoder_steps),
-            "minutes_budget": opts.minutes, "seconds": round(run.seconds, 1),
+            "minutes_budget": opts.minutes, "seconds": round(seconds, 1),
             "data": self.prepared.files, "lr_data": "true LR rasters" if opts.lr_sources else
             "made from the HR by the project's degradation (antialiased bicubic)",
             "val_data": [describe_source(s, i) for i, s in enumerate(opts.val_sources)],
@@ -343,7 +350,7 @@ class FinetuneStage(Stage):
             "seed": opts.seed, "device": str(self.device), "val_psnr": run.val_psnr,
             "bicubic_psnr": run.bicubic_psnr, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         training["finetunes"] = list(training.get("finetunes") or []) + [record]
-        training["seconds"] = float(training.get("seconds", 0.0) or 0.0) + run.seconds
+        training["seconds"] = float(training.get("seconds", 0.0) or 0.0) + seconds
         new_info = dataclasses.replace(info, training=training,
                                        domain=finetuned_domain(info.domain, info.scale, self.prepared, base_name))
         new_info.validate()
@@ -378,11 +385,12 @@ def _checkpoint_plan(opts: TrainOptions, folder: str) -> dict | None:
 
 def _timed_plan(stage_args, opts: TrainOptions, sset: SourceSet, progress: Progress,
                 started: float) -> tuple[int, int]:
-    """(iterations, decoder_steps) that fill ``opts.minutes``: a throwaway copy of the model trains two
-    steps of each phase (after one warm-up step), and the budget left is split by ``decoder_share``."""
+    """(iterations, decoder_steps) that fill ``opts.minutes``: a throwaway copy of the model trains three
+    steps of each phase (after one warm-up step; their median is the pace), and the budget left is split
+    by ``decoder_share``."""
     base, base_path, sha, prepared = stage_args
     probe = FinetuneStage(copy.deepcopy(base), base_path, sha, prepared)
-    trial = dataclasses.replace(opts, iterations=6, decoder_steps=3)
+    trial = dataclasses.replace(opts, iterations=8, decoder_steps=4)
     ctx = init_distributed(opts.device)
     try:
         if ctx.distributed:
@@ -395,16 +403,16 @@ def _timed_plan(stage_args, opts: TrainOptions, sset: SourceSet, progress: Progr
         sampler = probe.make_sampler(sset, probe.base_normalization, rank_seed(opts.seed, 0, STREAM_DATA),
                                      probe.base.config.hr_multiple)
         pace = {}
-        for phase, first in (("decoder", 0), ("consistency", 3)):
+        for phase, first in (("decoder", 0), ("consistency", 4)):
             times = []
-            for k in range(3):
+            for k in range(4):
                 hr, lr = sampler.sample(opts.batch)
                 t0 = time.monotonic()
                 probe.train_step(hr.to(ctx.device), lr.to(ctx.device), first + k)
                 if ctx.device.type == "cuda":
                     torch.cuda.synchronize(ctx.device)
                 times.append(time.monotonic() - t0)
-            pace[phase] = sum(times[1:]) / 2
+            pace[phase] = sorted(times[1:])[1]   # the median after a warm-up step: robust to a busy machine
     finally:
         ctx.close()
     # What the loop adds: validation, checkpoints and writing the model, about 5 % of the time.

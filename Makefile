@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench bench-scene data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
+.PHONY: setup test test-fast package demo bench bench-scene data robustness mutation screenshots model model-aerial model-satellite sampler-defaults clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -81,6 +81,18 @@ model-aerial: setup data
 
 model-satellite: setup data
 	bash scripts/train_satellite.sh
+
+# Each shipped model's default sampler (the one `lcmsr sr` runs when none is given), chosen by the rule of
+# scripts/choose_sampler.py on its card's validation figures and written into the model file; rerun it
+# after a model is retrained (it re-measures the validation split first).
+AERIAL    := resources/models/lcmsr_x4_rgb_small.safetensors
+SATELLITE := resources/models/lcmsr_x4_satellite_bandwise.safetensors
+sampler-defaults: setup data
+	$(PY) scripts/eval_model.py --model $(AERIAL) data/val/* --json resources/models/eval_validation.json
+	$(PY) scripts/choose_sampler.py --model $(AERIAL) --eval resources/models/eval_validation.json --write
+	$(PY) scripts/eval_domain.py --model $(SATELLITE) --crop 1280 \
+	    data/train/LC08_L1TP_224077_20200518_20200518_01_RT_B234.tif --json resources/models/eval_satellite_validation.json
+	$(PY) scripts/choose_sampler.py --model $(SATELLITE) --eval resources/models/eval_satellite_validation.json --write
 
 clean:
 	rm -rf $(BUILD) dist

@@ -111,3 +111,29 @@ def test_choose_sampler_writes_the_choice_and_lcmsr_info_shows_it(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)         # the weights are untouched
     info = subprocess.run([sys.executable, "-m", "lcmsr", "info", path], env=env, capture_output=True, text=True)
     assert "default sampler consistency, 1 step (used when no sampler is given)" in info.stdout, info.stdout
+
+
+def test_lcmsr_sr_uses_the_model_default_unless_a_sampler_or_steps_is_given(tmp_path, capsys, caplog):
+    gdal = pytest.importorskip("osgeo.gdal")
+    from lcmsr.cli import main
+    from lcmsr.raster.io import PROVENANCE_PREFIX
+
+    torch.set_num_threads(1)
+    model = _tiny(tmp_path / "m.safetensors", GOOD)
+    lr = str(tmp_path / "lr.tif")   # a 32 x 32 window of the sample: four runs in seconds
+    gdal.Translate(lr, str(REPO / "resources" / "sample" / "neon_lr.tif"), srcWin=[0, 0, 32, 32])
+
+    def sampler_of(*extra):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}.tif"
+        assert main(["sr", lr, str(out), "--model", model, "--device", "cpu", "--quiet", "--ignore-domain",
+                     *extra]) == 0
+        meta = gdal.Open(str(out)).GetMetadata()
+        return meta[f"{PROVENANCE_PREFIX}SAMPLER"], meta[f"{PROVENANCE_PREFIX}STEPS"]
+
+    assert sampler_of() == ("faithful", "1")
+    captured = capsys.readouterr()
+    assert "the model's default" in captured.err + captured.out + caplog.text
+    assert sampler_of("--sampler", "consistency") == ("consistency", "1")
+    assert sampler_of("--steps", "2") == ("consistency", "2")
+    # The uncertainty raster needs noise: the faithful default gives way to the method's sampler.
+    assert sampler_of("--uncertainty", str(tmp_path / "u.tif")) == ("consistency", "1")

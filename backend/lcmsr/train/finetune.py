@@ -228,9 +228,13 @@ def finetuned_domain(base: Domain, scale: int, data: Prepared, base_name: str) -
 class FinetuneStage(Stage):
     name = FINETUNE
 
-    def __init__(self, base, base_path: str, base_sha256: str, prepared: Prepared):
-        """``base``: the loaded model (an LCMSR without encoder) whose weights both phases start from."""
+    def __init__(self, base, base_path: str, base_sha256: str, prepared: Prepared, pace: dict | None = None,
+                 budget_s: float | None = None):
+        """``base``: the loaded model (an LCMSR without encoder) whose weights both phases start from;
+        ``pace`` (seconds per step of each phase, from the timed trial) and ``budget_s`` (the seconds the
+        loop may spend): a minutes budget, re-planned once at the phase boundary (:meth:`planned_steps`)."""
         self.base, self.base_path, self.base_sha256, self.prepared = base, str(base_path), base_sha256, prepared
+        self.pace, self.budget_s, self.prior = pace, budget_s, 0.0
         self.base_normalization = base.info.normalization
         self.base_config = base.info.config.to_dict()
 
@@ -255,6 +259,28 @@ class FinetuneStage(Stage):
     def make_sampler(self, sset, normalization, seed, multiple):
         cls = PairSampler if all(isinstance(s, PairSource) for s in sset.sources) else PatchSampler
         return cls(sset, self.opts.scale, self.opts.patch, normalization, seed=seed, multiple=multiple)
+
+    def elapsed(self) -> float:
+        """Seconds this fine-tuning's loop has run, earlier sessions included."""
+        return self.prior + time.monotonic() - self.started
+
+    def planned_steps(self, step: int, iterations: int) -> int:
+        """On a minutes budget, at the first consistency step: the steps left re-planned from the decoder
+        phase's real pace (the trial's pace of the consistency phase scaled by real / trial decoder pace),
+        so a machine busier or idler than during the trial still ends near the budget.  Decided before the
+        phase's first step, so its cosine schedule and a resume after it are exact."""
+        if self.pace is None or self.budget_s is None or step != self.decoder_steps or self.decoder_steps == 0:
+            return iterations
+        spent = self.elapsed()
+        factor = (spent / self.decoder_steps) / self.pace["decoder"]
+        left = self.budget_s * 0.97 - spent   # writing the model and the last checkpoint: about 3 %
+        steps = max(1, int(left / (self.pace["consistency"] * factor)))
+        self.pace = None   # once
+        if self.ctx.is_main:
+            self.progress.info(f"finetune: the decoder phase ran at {factor:.2f}x the trial's time per step: "
+                               f"{steps} consistency steps fill the {left:.0f} s left (planned "
+                               f"{iterations - self.decoder_steps})")
+        return self.decoder_steps + steps
 
     def phase(self, step: int) -> str:
         return "decoder" if step < self.decoder_steps else "consistency"
@@ -314,7 +340,8 @@ class FinetuneStage(Stage):
         t.update(ckpt.module_tensors("condnet", m.condnet))
         t.update(ckpt.module_tensors("denoiser", m.denoiser))
         state = {"learning_rates": self.learning_rates, "decoder_steps": self.decoder_steps,
-                 "base_model": os.path.basename(self.base_path), "base_sha256": self.base_sha256}
+                 "base_model": os.path.basename(self.base_path), "base_sha256": self.base_sha256,
+                 "elapsed": self.elapsed(), "pace": self.pace, "budget_s": self.budget_s}
         for phase, opt in self.opts_by_phase.items():
             opt_t, opt_meta = ckpt.flatten_optimizer(f"opt_{phase}", opt)
             t.update(opt_t)
@@ -329,6 +356,10 @@ class FinetuneStage(Stage):
             ckpt.load_module(prefix, getattr(self.model, prefix), tensors, where)
         for phase, opt in self.opts_by_phase.items():
             ckpt.restore_optimizer(f"opt_{phase}", opt, tensors, state[f"optimizer_{phase}"])
+        self.prior = float(state.get("elapsed") or 0.0)
+        pace, budget = state.get("pace"), state.get("budget_s")
+        if isinstance(pace, dict) and isinstance(budget, (int, float)):   # a re-plan still to come
+            self.pace, self.budget_s = {k: float(pace[k]) for k in PHASES}, float(budget)
 
     def finish(self, run):
         from ..weights import save_model
@@ -336,7 +367,7 @@ class FinetuneStage(Stage):
         opts, info = self.opts, self.model.info
         base_name = os.path.basename(self.base_path)
         training = dict(info.training)
-        seconds = run.seconds + time.monotonic() - self.started
+        seconds = self.elapsed()
         record = {
             "base_model": base_name, "base_sha256": self.base_sha256, "steps": run.step,
             "decoder_steps": min(self.decoder_steps, run.step),
@@ -384,8 +415,8 @@ def _checkpoint_plan(opts: TrainOptions, folder: str) -> dict | None:
 
 
 def _timed_plan(stage_args, opts: TrainOptions, sset: SourceSet, progress: Progress,
-                started: float) -> tuple[int, int]:
-    """(iterations, decoder_steps) that fill ``opts.minutes``: a throwaway copy of the model trains three
+                started: float) -> tuple[int, int, dict, float]:
+    """(iterations, decoder_steps, pace, seconds left) that fill ``opts.minutes``: a throwaway copy of the model trains three
     steps of each phase (after one warm-up step; their median is the pace), and the budget left is split
     by ``decoder_share``."""
     base, base_path, sha, prepared = stage_args
@@ -423,7 +454,7 @@ def _timed_plan(stage_args, opts: TrainOptions, sset: SourceSet, progress: Progr
         dec, gen = (1, 0) if opts.decoder_share > 0 else (0, 1)
     progress.info(f"finetune: {opts.minutes:g} min -> {dec} decoder steps ({pace['decoder']:.2f} s each) and "
                   f"{gen} consistency steps ({pace['consistency']:.2f} s each) of {opts.batch} x {opts.patch} px")
-    return dec + gen, dec
+    return dec + gen, dec, pace, budget / 0.95
 
 
 def finetune(opts: TrainOptions, progress: Progress | None = None) -> TrainResult:
@@ -458,6 +489,7 @@ def finetune(opts: TrainOptions, progress: Progress | None = None) -> TrainResul
     run_opts = dataclasses.replace(opts, sources=prepared.sources, val_sources=prepared.val_sources)
 
     plan = _checkpoint_plan(opts, folder)
+    pace = budget_s = None
     if plan is not None:
         iterations, decoder_steps = plan["iterations"], plan["decoder_steps"]
         progress.info(f"finetune: resuming the plan of {folder}: {decoder_steps} decoder + "
@@ -469,6 +501,7 @@ def finetune(opts: TrainOptions, progress: Progress | None = None) -> TrainResul
         minutes = opts.minutes if opts.minutes is not None else FINETUNE_MINUTES
         run_opts = dataclasses.replace(run_opts, minutes=minutes)
         sset = SourceSet.open(run_opts.sources, run_opts.bands)
-        iterations, decoder_steps = _timed_plan((base, base_path, sha, prepared), run_opts, sset, progress, started)
+        iterations, decoder_steps, pace, budget_s = _timed_plan((base, base_path, sha, prepared), run_opts, sset,
+                                                                progress, started)
     run_opts = dataclasses.replace(run_opts, iterations=iterations, decoder_steps=decoder_steps)
-    return run_training(FinetuneStage(base, base_path, sha, prepared), run_opts, progress)
+    return run_training(FinetuneStage(base, base_path, sha, prepared, pace, budget_s), run_opts, progress)

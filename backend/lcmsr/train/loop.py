@@ -193,6 +193,11 @@ class Stage(abc.ABC):
     def finish(self, run: "Run") -> None:
         """After the last step (all ranks); rank 0 writes the stage's product."""
 
+    def planned_steps(self, step: int, iterations: int) -> int:
+        """The run's total steps as seen before ``step`` (a stage on a time budget may re-plan the steps it
+        has not begun; by default the plan never changes)."""
+        return iterations
+
     def make_sampler(self, sset: SourceSet, normalization: Normalization, seed: int, multiple: int) -> PatchSampler:
         """Where the training patches come from (fine-tuning: also true LR/HR pairs)."""
         return PatchSampler(sset, self.opts.scale, self.opts.patch, normalization, seed=seed, multiple=multiple)
@@ -354,7 +359,10 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
     step = start
     t_steps = time.monotonic()   # time left: from the pace of this session's steps
     try:
-        while step < opts.iterations:
+        while True:
+            opts.iterations = stage.planned_steps(step, opts.iterations)
+            if step >= opts.iterations:
+                break
             if _cancel_requested(progress, ctx, stop):
                 save(step)
                 why = f"stopped by {stop.name}" if stop.name else "cancelled"

@@ -47,7 +47,8 @@ def test_without_torch_every_algorithm_gives_the_one_line_hint_not_a_traceback(t
             "train_consistency": [f"INPUTS={sample}", f"VALIDATION={sample}", f"AUTOENCODER={model}",
                                   f"OUTPUT={out}_m.safetensors"],
             "train_decoder": [f"INPUTS={sample}", f"VALIDATION={sample}", f"MODEL={model}",
-                              f"OUTPUT={out}_d.safetensors"]}
+                              f"OUTPUT={out}_d.safetensors"],
+            "finetune": [f"INPUTS={sample}", f"MODEL={model}", f"OUTPUT={out}_f.safetensors"]}
     for name, args in runs.items():
         proc = subprocess.run([QGIS_PROCESS, "run", f"lcmsr:{name}", "--", *args], env=env, capture_output=True,
                               text=True, timeout=300)

@@ -21,7 +21,8 @@ def raster_size(path):
 
 def test_every_algorithm_is_listed_and_documented():
     listing = run_qgis_process(["list"]).stdout
-    for name in ("superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder"):
+    for name in ("superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder",
+                 "finetune"):
         assert f"lcmsr:{name}" in listing
     help_text = run_qgis_process(["help", "lcmsr:superresolve"]).stdout
     for key in ("INPUT", "MODEL", "DEVICE", "TILE", "OVERLAP", "STEPS", "OUTPUT"):

@@ -226,9 +226,11 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             progress.info(note)
         if bicubic:
             progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
-        return dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
-                     self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
-                     self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips"),
-                     self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
-                     self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
-                    **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        numbers = dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
+                        self.BICUBIC_PSNR: bicubic.get("psnr"), self.BICUBIC_SSIM: bicubic.get("ssim"),
+                        self.BICUBIC_LPIPS: bicubic.get("lpips"), self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
+                        self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
+                       **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        # Plain floats: a numpy scalar reaches Qt as an opaque object that qgis_process prints empty.
+        return dict({name: None if value is None else float(value) for name, value in numbers.items()},
+                    **{self.OUTPUT_HTML: html, self.SR_RASTER: sr})

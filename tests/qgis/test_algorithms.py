@@ -371,6 +371,11 @@ def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(pr
     modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
                                 "SAMPLES": 2, "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["BICUBIC_LR_MAE"] > 2.0 and modelled["LR_MAE"] < modelled["BICUBIC_LR_MAE"] / 4
+    # Every number output is a Python float (or None): a numpy scalar reaches Qt as an opaque object, which
+    # qgis_process and the results viewer show as an empty value.
+    numbers = {name: type(value).__name__ for results in (noref, full, modelled) for name, value in results.items()
+               if name not in ("OUTPUT_HTML", "SR_RASTER") and value is not None and type(value) is not float}
+    assert numbers == {}
     assert modelled["BICUBIC_SAM_REFERENCE"] == pytest.approx(modelled["SAM_REFERENCE"], rel=0.05)
     names = re.findall(r'<img alt="([^"]+)"', (tmp_path / "model.html").read_text(encoding="utf-8"))
     assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map", "uncertainty_map"]

@@ -759,8 +759,9 @@ def _probe(driver: str, ext: str, bands: int, data_type: int, formats: dict) -> 
             gdal.Unlink(f"/vsimem/{name}")
     if got is None or got[0] != bands or not _widens(data_type, got[1]):
         why = (f"it gives back {got[0]} band(s) of {gdal.GetDataTypeName(got[1])}" if got else
-               log.messages[0] if log.messages else "GDAL refuses it")
-        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats)
+               " ".join(log.messages[0].split()) if log.messages else "GDAL refuses it")
+        # Never the refused format itself (GeoPackage holds non-Byte data in one band only).
+        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats and formats[e] != driver)
         raise RasterError(f"the {driver} format (.{ext}) cannot hold a {bands}-band "
                           f"{gdal.GetDataTypeName(data_type)} output ({why}): use {others}, or choose fewer bands")
 

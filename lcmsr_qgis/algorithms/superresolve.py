@@ -9,7 +9,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -23,6 +22,7 @@ from qgis.core import (
 
 from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS, Terms
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import DEVICE_LABELS, DEVICE_VALUES, LcmsrAlgorithm, device_request
 
@@ -212,7 +212,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                                          defaultValue=SR_DEFAULTS["lr_consistency"], minValue=0, maxValue=50),
         ]
         for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum(
             self.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
@@ -226,7 +226,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
                                                         defaultValue=SR_DEFAULTS["cog"]),
                           QgsProcessingParameterBoolean(self.OVERVIEWS, "Build overviews",
                                                         defaultValue=SR_DEFAULTS["overviews"])):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
         self.addParameter(QgsProcessingParameterRasterDestination(

@@ -19,7 +19,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -30,6 +29,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from .. import qgis_enums
 from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
 
 
@@ -123,7 +123,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
 
     def add_advanced(self, *parameters) -> None:
         for parameter in parameters:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
             self.addParameter(parameter)
 
     def learning_rate_label(self) -> str:

@@ -80,15 +80,18 @@ def fast(parameters):
 
 
 def test_every_algorithm_is_listed_with_help_and_icon(provider):
+    from lcmsr_qgis import qgis_enums
+
     ids = sorted(a.name() for a in provider.algorithms())
     assert ids == sorted(ALGORITHMS)
     for alg in provider.algorithms():
         assert alg.displayName() and alg.group() and alg.groupId()
         assert len(alg.shortHelpString()) > 100, alg.name()
         assert not alg.icon().isNull()
-        assert alg.flags() & alg.FlagCanCancel
+        assert alg.flags() & qgis_enums.ALGORITHM_CAN_CANCEL
         assert alg.createInstance() is not alg and alg.createInstance().name() == alg.name()
     sr = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    assert sr.parameterDefinition("COG").flags() & qgis_enums.PARAMETER_ADVANCED
     keys = [p.name() for p in sr.parameterDefinitions()]
     for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "STEPS", "SEED", "OUTPUT_TYPE",
                 "OUTPUT"):

@@ -29,6 +29,17 @@ def scoped(new: str, old: str):
 PAIRS = {
     "ALGORITHM_CAN_CANCEL": ("Qgis.ProcessingAlgorithmFlag.CanCancel", "QgsProcessingAlgorithm.Flag.FlagCanCancel"),
     "PARAMETER_ADVANCED": ("Qgis.ProcessingParameterFlag.Advanced", "QgsProcessingParameterDefinition.Flag.FlagAdvanced"),
+    "NUMBER_INTEGER": ("Qgis.ProcessingNumberParameterType.Integer", "QgsProcessingParameterNumber.Type.Integer"),
+    "NUMBER_DOUBLE": ("Qgis.ProcessingNumberParameterType.Double", "QgsProcessingParameterNumber.Type.Double"),
+    "FILE_BEHAVIOR_FILE": ("Qgis.ProcessingFileParameterBehavior.File", "QgsProcessingParameterFile.Behavior.File"),
+    "FILE_BEHAVIOR_FOLDER": ("Qgis.ProcessingFileParameterBehavior.Folder",
+                             "QgsProcessingParameterFile.Behavior.Folder"),
+    "SOURCE_RASTER": ("Qgis.ProcessingSourceType.Raster", "QgsProcessing.SourceType.TypeRaster"),
 }
 ALGORITHM_CAN_CANCEL = scoped(*PAIRS["ALGORITHM_CAN_CANCEL"])
 PARAMETER_ADVANCED = scoped(*PAIRS["PARAMETER_ADVANCED"])
+NUMBER_INTEGER = scoped(*PAIRS["NUMBER_INTEGER"])
+NUMBER_DOUBLE = scoped(*PAIRS["NUMBER_DOUBLE"])
+FILE_BEHAVIOR_FILE = scoped(*PAIRS["FILE_BEHAVIOR_FILE"])
+FILE_BEHAVIOR_FOLDER = scoped(*PAIRS["FILE_BEHAVIOR_FOLDER"])
+SOURCE_RASTER = scoped(*PAIRS["SOURCE_RASTER"])

@@ -112,7 +112,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
     def add_scale_parameter(self, name: str = "SCALE", description: str = ""):
         scales = choices.SCALES
         description = description or f"Scale factor ({', '.join(map(str, scales[:-1]))} or {scales[-1]})"
-        self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Type.Integer,
+        self.addParameter(QgsProcessingParameterNumber(name, description, qgis_enums.NUMBER_INTEGER,
                                                       defaultValue=4, minValue=min(scales), maxValue=max(scales)))
 
     def scale_value(self, parameters, name, context) -> int:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import plugin_sources
 from qgis.core import (
     QgsApplication,
     QgsProcessingException,
@@ -564,7 +565,7 @@ def test_the_plugin_repeats_no_backend_choice():
     sets = {name: set(getattr(choices, name)) for name in
             ("SCALES", "PRECISIONS", "TRAIN_PRECISIONS", "OUTPUT_TYPES", "DEVICES", "CONFIG_NAMES", "SAMPLER_NAMES")}
     copies = []
-    for path in sorted((REPO / "lcmsr_qgis").rglob("*.py")):
+    for path in plugin_sources(REPO / "lcmsr_qgis"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and all(isinstance(e, ast.Constant) for e in node.elts):
                 values = {e.value for e in node.elts}

@@ -93,9 +93,11 @@ def test_plugin_qt_imports_go_through_qgis_pyqt():
     import ast
     from pathlib import Path
 
+    from conftest import plugin_sources
+
     root = Path(__file__).resolve().parents[2] / "lcmsr_qgis"
     offenders = []
-    for path in root.rglob("*.py"):
+    for path in plugin_sources(root):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):

@@ -22,10 +22,11 @@ import importlib
 from pathlib import Path
 
 import pytest
+from conftest import plugin_sources
 from qgis.core import Qgis
 
 PLUGIN = Path(__file__).resolve().parents[2] / "lcmsr_qgis"
-SOURCES = sorted(PLUGIN.rglob("*.py"))
+SOURCES = plugin_sources(PLUGIN)
 _MISSING = object()
 # QGIS >= 3.36: enums moved into Qgis are Python enums, and the old names are aliases of them.
 ALIASES = isinstance(getattr(Qgis, "ProcessingAlgorithmFlag", None), enum.EnumMeta)
@@ -52,7 +53,7 @@ def _alias(owner, attr: str, value) -> str | None:
         return None
     if isinstance(value, enum.EnumMeta) and value.__name__ != attr:
         return _scoped_name(value)
-    if isinstance(value, enum.Enum) and value.name and value.name != attr:
+    if isinstance(value, enum.Enum) and value.name and (value.name != attr or type(value) is not owner):
         return f"{_scoped_name(type(value))}.{value.name}"
     return None
 
@@ -126,7 +127,7 @@ def qt6_findings(path: Path) -> list[str]:
         scoped = _alias(owner, node.attr, resolve(node))
         if scoped:
             findings.append(f"{where}: {spelled}.{node.attr} is a compatibility alias; write {scoped}")
-        elif enum_name:
+        elif enum_name and not isinstance(resolve(node), enum.Enum):
             findings.append(f"{where}: {spelled}.{node.attr} is unscoped; write {spelled}.{enum_name}.{node.attr}")
     return findings
 
@@ -161,7 +162,8 @@ else:
     ("from qgis.core import Qgis\nLEVEL = Qgis.Warning\n", "write Qgis.MessageLevel.Warning",
      "from qgis.core import Qgis\nLEVEL = Qgis.MessageLevel.Warning\n"),
     ("from qgis.core import QgsProcessingParameterNumber as N\nT = N.Integer\n", ".Integer",
-     "from qgis.core import QgsProcessingParameterNumber as N\nT = N.Type.Integer\n"),
+     "from qgis.core import QgsProcessingParameterNumber as N\nT = " +
+     ("Qgis.ProcessingNumberParameterType.Integer\n" if ALIASES else "N.Type.Integer\n")),
     ("from qgis.PyQt.QtWidgets import QDialogButtonBox\nB = QDialogButtonBox.Ok\n", "StandardButton.Ok",
      "from qgis.PyQt.QtWidgets import QDialogButtonBox\nB = QDialogButtonBox.StandardButton.Ok\n"),
     *CAN_CANCEL,

@@ -36,6 +36,10 @@ def _why(exc: Exception) -> str:
 
 def backend_status() -> tuple[bool, str]:
     """(usable, message): one line naming what is missing and how to install it; never raises."""
+    try:   # again here: a standalone script may import the plugin before its QgsApplication exists
+        torch_install.activate()
+    except Exception:
+        pass
     try:
         importlib.import_module("lcmsr")
     except Exception as exc:

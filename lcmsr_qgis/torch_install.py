@@ -44,12 +44,32 @@ class InstallCancelled(InstallError):
 
 
 # --- where --------------------------------------------------------------------------------------
+def plugin_profile(plugin_dir: str | None = None) -> str | None:
+    """The QGIS profile this plugin is installed in (``<profile>/python/plugins/lcmsr_qgis``), or None (a
+    development copy found through QGIS_PLUGINPATH, say)."""
+    plugin_dir = plugin_dir or os.path.dirname(os.path.abspath(__file__))
+    plugins = os.path.dirname(plugin_dir)
+    python = os.path.dirname(plugins)
+    if os.path.basename(plugins) == "plugins" and os.path.basename(python) == "python":
+        return os.path.dirname(python)
+    return None
+
+
 def torch_dir(settings_dir: str | None = None) -> str:
-    """``<QGIS profile>/python/lcmsr_torch``: the plugin-owned environment."""
+    """``<QGIS profile>/python/lcmsr_torch``: the plugin-owned environment.
+
+    The profile is the one the plugin is installed in: a standalone PyQGIS script (``QgsApplication`` and
+    ``processing.run``) points ``qgisSettingsDirPath()`` elsewhere (``~/.local/share/profiles/default``, or
+    nowhere before ``initQgis``), yet must find the PyTorch that 'Install PyTorch' put beside the plugin.
+    Only a plugin outside any profile uses the running QGIS's settings folder."""
+    if settings_dir is None:
+        settings_dir = plugin_profile()
     if settings_dir is None:
         from qgis.core import QgsApplication
 
         settings_dir = QgsApplication.qgisSettingsDirPath()
+        if not settings_dir:
+            raise RuntimeError("no QGIS profile: QgsApplication is not initialised yet")
     return os.path.join(settings_dir, "python", FOLDER)
 
 

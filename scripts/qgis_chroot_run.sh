@@ -28,7 +28,7 @@ qgis_process plugins enable lcmsr_qgis >out/enable.log 2>&1 || { tail -20 out/en
 qgis_process run lcmsr:superresolve -- "INPUT=$PLUGINS/lcmsr_qgis/resources/sample/neon_lr.tif" \
   "OUTPUT=$PWD/out/sr.tif" >out/qgis_process.log 2>&1 || { tail -20 out/qgis_process.log; exit 1; }
 grep -E "^(QGIS version|device|wrote)" out/qgis_process.log || true
-python3 -c 'from osgeo import gdal; d = gdal.Open("out/sr.tif"); print("qgis_process output:", d.RasterXSize, "x", d.RasterYSize, "x", d.RasterCount)'
+python3 -c 'from osgeo import gdal; gdal.UseExceptions(); d = gdal.Open("out/sr.tif"); print("qgis_process output:", d.RasterXSize, "x", d.RasterYSize, "x", d.RasterCount)'
 
 echo "== the QGIS tests, importing the plugin and its bundled backend where the zip put them =="
 export PYTHONPATH=$PLUGINS:$PLUGINS/lcmsr_qgis/ext

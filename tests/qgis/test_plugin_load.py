@@ -81,6 +81,9 @@ def test_plugin_import_puts_the_plugin_owned_torch_folder_first_on_sys_path(monk
     profile = tmp_path / "profile"
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr("qgis.core.QgsApplication.qgisSettingsDirPath", staticmethod(lambda: str(profile)))
+    # A copy outside any profile (QGIS_PLUGINPATH) uses the running QGIS's profile; one installed in a profile
+    # uses that one (tests/process/test_standalone_script.py).
+    monkeypatch.setattr(torch_install, "plugin_profile", lambda plugin_dir=None: None)
     importlib.reload(lcmsr_qgis)        # no folder yet: sys.path unchanged
     assert not [p for p in sys.path if p.startswith(str(profile))]
     folder = profile / "python" / torch_install.FOLDER

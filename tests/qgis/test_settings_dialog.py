@@ -148,6 +148,11 @@ def test_diagnostics_copy_puts_the_report_on_the_clipboard(dialog):
 
     text = dialog.copy_diagnostics()
     assert "torch:" in text and "Device for 'auto'" in text and "QGIS:" in text
+    # Which torch runs, and from where: here the venv's, used with no install step.
+    import torch
+
+    where = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    assert f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from {where} (no install needed)" in text
     assert QApplication.clipboard().text() == text == dialog.diagnostics_view.toPlainText()
 
 

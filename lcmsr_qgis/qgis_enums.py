@@ -28,7 +28,8 @@ def scoped(new: str, old: str):
 # The pairs, so that the test can check every one on the QGIS it runs on.
 PAIRS = {
     "ALGORITHM_CAN_CANCEL": ("Qgis.ProcessingAlgorithmFlag.CanCancel", "QgsProcessingAlgorithm.Flag.FlagCanCancel"),
-    "PARAMETER_ADVANCED": ("Qgis.ProcessingParameterFlag.Advanced", "QgsProcessingParameterDefinition.Flag.FlagAdvanced"),
+    "PARAMETER_ADVANCED": ("Qgis.ProcessingParameterFlag.Advanced",
+                           "QgsProcessingParameterDefinition.Flag.FlagAdvanced"),
     "NUMBER_INTEGER": ("Qgis.ProcessingNumberParameterType.Integer", "QgsProcessingParameterNumber.Type.Integer"),
     "NUMBER_DOUBLE": ("Qgis.ProcessingNumberParameterType.Double", "QgsProcessingParameterNumber.Type.Double"),
     "FILE_BEHAVIOR_FILE": ("Qgis.ProcessingFileParameterBehavior.File", "QgsProcessingParameterFile.Behavior.File"),

@@ -148,11 +148,16 @@ def test_diagnostics_copy_puts_the_report_on_the_clipboard(dialog):
 
     text = dialog.copy_diagnostics()
     assert "torch:" in text and "Device for 'auto'" in text and "QGIS:" in text
-    # Which torch runs, and from where: here the venv's, used with no install step.
+    # Which torch runs, and from where: the venv's or Debian's (no install step), or the plugin-owned folder
+    # (the chroot's QGIS 3.40, whose torch the plugin's installer put there).
     import torch
 
+    from lcmsr_qgis import torch_install
+
     where = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
-    assert f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from {where} (no install needed)" in text
+    owned = os.path.realpath(torch.__file__).startswith(os.path.realpath(torch_install.torch_dir()) + os.sep)
+    assert (f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from {where} "
+            + ("(the plugin-owned folder)" if owned else "(no install needed)")) in text
     assert QApplication.clipboard().text() == text == dialog.diagnostics_view.toPlainText()
 
 

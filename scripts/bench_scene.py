@@ -103,7 +103,7 @@ def _case_arrays(name: str, size: int, device: str, batch: int, tile: int) -> di
     scene = np.pad(base, ((0, 0), (0, size - 256), (0, size - 256)), mode="symmetric") if size > 256 else base[:, :size, :size]
     from lcmsr.normalization import Normalization
     norm = Normalization([lo] * bands, [hi] * bands)
-    from lcmsr.device import resolve_precision
+    from lcmsr.runtime import resolve_precision
     precision = resolve_precision("auto", dev)[0]
     timers = Timers()
     tm = TileModel(model, dev, precision=precision, norm=norm, bandwise=bandwise,

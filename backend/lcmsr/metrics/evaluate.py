@@ -153,10 +153,28 @@ def evaluate_rasters(sr_path, hr_path, scale: int, bands: Sequence[int] | None =
         hr.close()
 
 
+def check_grids(sr, sr_path, others) -> None:
+    """The georeferencing check of evaluation, before any pixel is read: each of ``others`` — ``(reader,
+    path, what, ratio)``, its pixels ``ratio`` times SR's — must lie on SR's grid where both are
+    georeferenced (same CRS; corners within a quarter of an SR pixel: :func:`lcmsr.raster.io.grid_problem`);
+    a reference in another CRS or elsewhere would give numbers that mean nothing.  ValueError in one line."""
+    for reader, path, what, ratio in others:
+        if reader is None or isinstance(reader, _ArrayReader) or isinstance(sr, _ArrayReader):
+            continue
+        rio = _rio()
+        try:
+            problem = rio.grid_problem(sr, f"SR {sr_path}", reader, f"{what} {path}", ratio)
+        except rio.RasterError as exc:
+            raise ValueError(str(exc)) from None
+        if problem:
+            raise ValueError(problem)
+
+
 def _evaluate_readers(sr, hr, sr_path, hr_path, scale, data_range, lpips, device, tile) -> dict:
     if (sr.width, sr.height) != (hr.width, hr.height):
         raise ValueError(f"SR {sr_path} is {sr.width}x{sr.height} pixels but HR {hr_path} is "
                          f"{hr.width}x{hr.height}; they must match")
+    check_grids(sr, sr_path, [(hr, hr_path, "HR", 1)])
     _rio().check_size(hr.width, hr.height, hr_path)   # the SR command's size guard, before any read
     if len(sr.bands) != len(hr.bands):
         raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr_path} has {len(hr.bands)} "
@@ -387,6 +405,8 @@ def evaluate_trust(sr_path, scale: int | None = None, bands: Sequence[int] | Non
                                  f"{other.width}x{other.height}; they must match")
         if hr_r is not None and len(hr_r.bands) != len(sr.bands):
             raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr} has {len(hr_r.bands)}")
+        check_grids(sr, sr_path, [(hr_r, hr, "HR", 1), (un_r, uncertainty, "uncertainty", 1),
+                                  (lr_r, lr, "LR", int(scale))])
         if not isinstance(sr, _ArrayReader):
             _rio().check_size(sr.width, sr.height, os.fspath(sr_path))   # the SR command's guard
         return dict(_trust(sr, lr_r, hr_r, un_r, int(scale), pictures, tile), scale=int(scale))

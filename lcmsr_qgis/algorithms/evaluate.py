@@ -150,15 +150,18 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         with self.backend_errors():
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
             from lcmsr.device import resolve_device
-            from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
-            from lcmsr.paths import check_outputs
+            from lcmsr.metrics.evaluate import (METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair,
+                                                report_outputs, write_html_report)
+            from lcmsr.paths import check_file_output, check_outputs
 
             lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None
             unc = self.gdal_source(unc_layer, self.UNCERTAINTY) if unc_layer is not None else None
-            # The backend's output-path rule: the report may not replace a raster or the model it scores.
-            check_outputs([(self.OUTPUT_HTML, html)], [(self.REFERENCE, hr), (self.MODEL, model_path),
-                                                        (self.SR, sr_layer.source() if sr_layer else None),
-                                                        (self.LR, lr), (self.UNCERTAINTY, unc)])
+            # The backend's output-path rule: the report and its pictures (declared by the backend, which
+            # writes them) may not replace a raster or the model it scores; checked before any work.
+            inputs = [(self.REFERENCE, hr), (self.MODEL, model_path), (self.SR, sr_layer.source() if sr_layer else None),
+                      (self.LR, lr), (self.UNCERTAINTY, unc)]
+            check_file_output(html, self.OUTPUT_HTML)
+            check_outputs(report_outputs(html, [""], self.OUTPUT_HTML), inputs)
             device = resolve_device(request)
             if sr_layer is not None:
                 if model_path:
@@ -209,7 +212,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             if bicubic:
                 rows["bicubic"] = dict(bicubic, **extra)
             write_html_report(html, rows, f"LCMSR evaluation: {title}", pictures=metrics.get("pictures"),
-                              notes=metrics["notes"])
+                              notes=metrics["notes"], inputs=inputs)
         if metrics["psnr"] is not None:
             lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
             progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")

@@ -61,8 +61,10 @@ def register(subparsers) -> None:
     p.add_argument("--fid", action="store_true", help="also FID between the two folders (needs fetch_weights --fid)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] for LPIPS/FID and --model's SR (default auto)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--html", default=None, help="write an HTML report with pictures to this file (the pictures are "
-                                                "also written beside it as PNG files)")
+    p.add_argument("--html", default=None, help="write an HTML report with pictures to this file; the pictures are "
+                                                "also written beside it as REPORT_<image>_<picture>.png (REPORT: "
+                                                "the file's name without .html; <image> only for folders), and "
+                                                "none of these may be an input")
     p.add_argument("--work-dir", default=None,
                    help="with --model: keep the LR and SR rasters here (default: a temporary folder, removed)")
     p.set_defaults(func=run, paths=io_paths)
@@ -73,12 +75,18 @@ def io_paths(args):
     reports and the work folder against the rasters (every image of a folder) and the model."""
     from lcmsr.metrics.fid import list_images
 
+    from lcmsr.metrics.evaluate import report_outputs
+
     inputs = [("the model file (--model)", args.model)]
+    sections = [""]
     for flag, given in (("--sr", args.sr), ("--hr", args.hr), ("--lr", args.lr), ("--uncertainty", args.uncertainty)):
         inputs.append((f"the {flag} {'folder' if given and Path(given).is_dir() else 'raster'}", given))
         if given and Path(given).is_dir():
-            inputs += [(f"an image of the {flag} folder", p) for p in list_images(Path(given))]
-    return [("--json", args.json), ("--html", args.html), ("--work-dir", args.work_dir)], inputs
+            images = list_images(Path(given))
+            inputs += [(f"an image of the {flag} folder", p) for p in images]
+            sections += [p.stem for p in images]   # a folder's report has a section per image
+    return [("--json", args.json), ("--work-dir", args.work_dir)] + report_outputs(args.html, sections, "--html"), \
+        inputs
 
 
 def _pairs(sr_dir: Path, others: dict) -> list[tuple[str, Path, dict]]:
@@ -124,8 +132,10 @@ def _finite(obj):
 
 def run(args) -> int:
     from lcmsr.device import resolve_device
-    from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
+    from lcmsr.metrics.evaluate import (METRIC_KEYS, TRUST_KEYS, check_pair, evaluate_model, evaluate_pair,
+                                        write_html_report)
     from lcmsr.metrics.fid import list_images
+    from lcmsr.paths import check_file_output
 
     device = resolve_device(args.device).device
     bands = args.bands
@@ -154,6 +164,9 @@ def run(args) -> int:
         raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
     kw = dict(bands=bands, data_range=args.data_range, lpips=not args.no_lpips, device=device)
     pictures = bool(args.html)
+    # What can be checked before the computation is: the report files can be written ...
+    for what, path in (("--json", args.json), ("--html", args.html)):
+        check_file_output(path, what)
 
     rows, baseline, scale, pics, notes, unit = {}, {}, args.scale, {}, [], None
     if args.model:
@@ -183,6 +196,10 @@ def run(args) -> int:
             todo = _pairs(sr, others)
         else:
             todo = [(sr.name, sr, others)]
+        # ... and every pair is readable, of matching sizes, bands and georeferencing, before the first is scored.
+        for name, s, found in todo:
+            check_pair(s, found.get("--hr"), scale if scale or "--lr" in found else 4, bands, lr=found.get("--lr"),
+                       lr_bands=args.lr_bands, uncertainty=found.get("--uncertainty"))
         for name, s, found in todo:
             r = evaluate_pair(s, found.get("--hr"), scale if scale or "--lr" in found else 4, lr=found.get("--lr"),
                               lr_bands=args.lr_bands, uncertainty=found.get("--uncertainty"), pictures=pictures, **kw)
@@ -220,5 +237,6 @@ def run(args) -> int:
         what = f"{Path(args.model).name} on {hr.name}" if args.model else \
             f"{sr.name} vs {base.name}" if hr is not None else f"{sr.name} (no reference; its input {lr.name})"
         sections = pics if base.is_dir() else {"": next(iter(pics.values()))}
-        write_html_report(args.html, shown, f"LCMSR evaluation: {what}", pictures=sections, notes=notes)
+        write_html_report(args.html, shown, f"LCMSR evaluation: {what}", pictures=sections, notes=notes,
+                          inputs=io_paths(args)[1])
     return 0

@@ -432,6 +432,28 @@ def _crs_name(wkt: str) -> str:
     return f"{auth[0]}:{auth[1]} ({name})" if all(auth) else name
 
 
+_PROJ_PROBLEM: list[str] = []
+
+
+def proj_problem() -> str:
+    """Why PROJ cannot work here ("" when it can): its database proj.db not found (PROJ_DATA / PROJ_LIB
+    pointing elsewhere, an incomplete install).  Without it no CRS can be written or compared, which GDAL
+    would only say once the output is written; checked once per process."""
+    if not _PROJ_PROBLEM:
+        from osgeo import osr
+
+        srs = osr.SpatialReference()
+        with _ErrorLog() as log:
+            try:
+                failed = srs.ImportFromEPSG(4326) != 0
+            except RuntimeError as exc:
+                failed, log.messages = True, log.messages + [str(exc)]
+        text = _reason(log.messages) if log.messages else "GDAL gave no reason"
+        _PROJ_PROBLEM.append(f"PROJ cannot read its database ({text}): set PROJ_DATA to the folder holding "
+                             f"proj.db, or repair the GDAL/PROJ install" if failed else "")
+    return _PROJ_PROBLEM[0]
+
+
 def same_crs(wkt_a: str, wkt_b: str) -> bool:
     """Whether two WKT CRSs are the same (axis order and names aside); raises :class:`RasterError` when
     PROJ cannot compare them (its database missing: a broken install, said in one line)."""
@@ -439,6 +461,8 @@ def same_crs(wkt_a: str, wkt_b: str) -> bool:
 
     if wkt_a == wkt_b:
         return True
+    if problem := proj_problem():
+        raise RasterError(f"the coordinate reference systems cannot be compared: {problem}")
     a, b = osr.SpatialReference(), osr.SpatialReference()
     with _ErrorLog() as log:
         try:
@@ -487,7 +511,7 @@ def grid_problem(fine, fine_name: str, coarse, coarse_name: str, ratio: int = 1,
     apart = (max(xs) <= 0 or min(xs) >= fine.width or max(ys) <= 0 or min(ys) >= fine.height)
     how = "do not overlap at all" if apart else f"are {worst:.3g} of {fine_name}'s pixels apart at a corner"
     return (f"{coarse_name} and {fine_name} do not cover the same ground on one grid: they {how} (corner "
-            f"{corner[0]:.6g}, {corner[1]:.6g}); compare rasters of the same area, e.g. cut with gdal_translate "
+            f"{corner[0]:.10g}, {corner[1]:.10g}); compare rasters of the same area, e.g. cut with gdal_translate "
             f"-projwin or gdalwarp -te")
 
 
@@ -862,6 +886,8 @@ def output_format(dst: str, data_type: int | None, cog: bool = False, overviews:
             _check_companions(got, name, writer, ext, others)
         return fmt
     if spec is not None:
+        if (spec.projection or spec.gcp_projection) and (problem := proj_problem()):
+            raise RasterError(f"the output {name} cannot get the input's coordinate reference system: {problem}")
         _settle_type_nodata(spec, progress)
     got = _probe(writer, name, bands, data_type, fmt.options(data_type), spec)
     if spec is not None and got.bands is None and _distinct(spec.nodata) > 1:
@@ -977,6 +1003,8 @@ def _settle_type_nodata(spec: OutputSpec, progress: Progress | None) -> None:
     as another value (-inf) than the one declared: a float output carries such bands' nodata as NaN (said),
     an integer one is refused (it is the input's own type, so this is a fractional nodata value)."""
     dtype = numpy_dtype(spec.data_type)
+    type_name = gdal.GetDataTypeName(spec.data_type)
+    changed = []
     for i, value in enumerate(spec.nodata):
         if value is None or math.isnan(value):
             continue
@@ -985,14 +1013,15 @@ def _settle_type_nodata(spec: OutputSpec, progress: Progress | None) -> None:
             exact = lo <= value <= hi and float(dtype.type(value)) == value
         if exact:
             continue
-        type_name = gdal.GetDataTypeName(spec.data_type)
         if dtype.kind != "f":
             raise RasterError(f"band {i + 1} of the output has the nodata value {_nodata_text(value)}, which a "
                               f"{type_name} raster cannot hold")
         spec.nodata[i] = spec.fill[i] = float("nan")
-        if progress is not None:
-            progress.info(f"nodata {_nodata_text(value)} of output band {i + 1} is not a {type_name} value: "
-                          f"nodata is NaN in the output")
+        changed.append((i + 1, value))
+    if changed and progress is not None:
+        values = ", ".join(dict.fromkeys(_nodata_text(v) for _, v in changed))
+        progress.info(f"nodata {values} of output band(s) {', '.join(str(b) for b, _ in changed)} is not a "
+                      f"{type_name} value: nodata is NaN there in the output")
 
 
 def _settle_nodata(spec: OutputSpec, got: _Probed, driver: str, ext: str, name: str, progress, reprobe) -> bool:

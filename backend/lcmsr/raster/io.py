@@ -906,6 +906,9 @@ def output_format(dst: str, data_type: int | None, cog: bool = False, overviews:
         fmt.keeps_nodata = _settle_nodata(spec, got, writer, ext, name, progress,
                                           lambda: _probe(writer, name, bands, data_type, fmt.options(data_type),
                                                          spec))
+        if not fmt.keeps_nodata and progress is not None and any(v is not None for v in spec.nodata):
+            progress.warn(f"the {writer} format (.{ext}) keeps no nodata value: the nodata pixels of {name} are "
+                          f"not marked as such (use .tif or .img to keep them)")
     return fmt
 
 
@@ -921,12 +924,32 @@ class _Probed:
 
 def _probe(driver: str, name: str, bands: int, data_type: int, options: list[str],
            spec: OutputSpec | None = None) -> _Probed:
+    """:func:`_probe_in` memory (``/vsimem/``), or, for a driver that cannot write there (netCDF, FITS),
+    in a scratch folder of the system's temporary folder (swept like any temporary if the process dies)."""
+    got = _probe_in(None, driver, name, bands, data_type, options, spec)
+    if got.bands is None:
+        import tempfile
+
+        scratch = atomic.temp_folder(tempfile.gettempdir(), "lcmsr-probe")
+        try:
+            on_disk = _probe_in(scratch, driver, name, bands, data_type, options, spec)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if on_disk.bands is not None or not got.error:
+            got = on_disk
+    return got
+
+
+def _probe_in(scratch: str | None, driver: str, name: str, bands: int, data_type: int, options: list[str],
+              spec: OutputSpec | None = None) -> _Probed:
     """Write a 16x16 raster of ``bands`` bands of ``data_type`` (with ``spec``'s georeferencing and nodata) as
     ``name`` in a fresh in-memory folder with ``driver`` and ``options``, close it, reopen it: what it holds
     and which files the driver wrote.  Drivers say which types they write but not how many bands (XYZ and
     ASCII grids hold one, PNG and JPEG at most 4), nor which files they write beside the one named (ERS its
     pixels under the name minus .ers, EHdr a .hdr and a .prj), nor whether nodata survives per band."""
-    folder = f"/vsimem/lcmsr-probe-{secrets.token_hex(6)}"
+    folder = f"/vsimem/lcmsr-probe-{secrets.token_hex(6)}" if scratch is None else os.path.join(scratch, "p")
+    if scratch is not None:
+        os.mkdir(folder)
     path = f"{folder}/{name}"
     got = _Probed()
     src = gdal.GetDriverByName("MEM").Create("", 16, 16, bands, data_type)
@@ -968,7 +991,8 @@ def _probe(driver: str, name: str, bands: int, data_type: int, options: list[str
     if got.error:
         got.bands = None
     src = None
-    gdal.RmdirRecursive(folder)
+    if scratch is None:
+        gdal.RmdirRecursive(folder)
     return got
 
 

@@ -149,9 +149,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         progress = self.progress(feedback)
         with self.backend_errors():
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
-            from lcmsr.device import resolve_device
             from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, write_html_report
             from lcmsr.metrics.protocol import CLI_EVAL_TERMS, EvalRequest, evaluate
+            from lcmsr.runtime import resolve_device
             from lcmsr.paths import check_outputs
 
             lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None

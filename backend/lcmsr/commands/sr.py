@@ -119,8 +119,13 @@ def run(args) -> int:
         if "osgeo" in str(exc) or "gdal" in str(exc).lower():
             raise CliError(f"'lcmsr sr' needs GDAL's Python bindings (osgeo), which are not installed: {exc}") from None
         raise
-    from ..distributed_sr import superresolve_distributed, world_from_env
+    from ..runtime import world_from_env
 
+    if world_from_env() is not None:
+        # Sharding one raster over torchrun ranks (rank 0 reading and writing everything) is retired:
+        # units of a scene run by an executor read and write their own parts (docs/DESIGN.md, "Scenes").
+        raise CliError("'lcmsr sr' runs in one process; for several GPUs or machines run the raster as units: "
+                       "lcmsr batch IN --out-dir DIR --executor dask [--workers N | --address ADDR]")
     options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
                         memory_budget=args.memory_budget,
                         device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
@@ -128,18 +133,11 @@ def run(args) -> int:
                         creation_options=args.creation_options,
                         compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain,
                         uncertainty=args.uncertainty, samples=args.samples, lr_consistency=args.lr_consistency)
-    # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
-    world = world_from_env()
-    progress = TqdmProgress(desc="sr", disable=True if args.quiet or (world and world.rank) else None)
+    progress = TqdmProgress(desc="sr", disable=True if args.quiet else None)
     try:
-        if world is None:
-            result = superresolve(args.input, args.output, args.model, options, progress)
-        else:
-            result = superresolve_distributed(args.input, args.output, args.model, options, progress, world)
+        result = superresolve(args.input, args.output, args.model, options, progress)
     finally:
         progress.close()
-    if result is None:
-        return 0
     print(f"{result.path}: {result.width}x{result.height}, {result.tiles} tile(s) "
           f"({result.skipped_tiles} skipped as nodata), {result.device} {result.precision}, "
           f"{result.seconds:.1f} s")

@@ -182,7 +182,7 @@ def evaluate(request: EvalRequest, progress=None, pictures: bool | None = None, 
     """Run ``request`` (checked first unless ``checked`` holds :meth:`EvalRequest.check`'s pairs).
     ``pictures``: make the report's pictures (default: when an HTML report is asked for); ``model``: the
     loaded model of ``request.model`` (the plugin's cache), else it is loaded here."""
-    from ..device import resolve_device
+    from ..runtime import resolve_device
     from .evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair
     from .fid import list_images
 

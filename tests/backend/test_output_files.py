@@ -228,3 +228,23 @@ def test_a_model_file_given_as_a_checkpoint_is_named_as_given(tmp_path):
     model = write_tiny_model(tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=r"m.safetensors is not a training checkpoint .* LCMSR model file"):
         load_checkpoint(model)
+
+
+def test_the_evaluation_request_declares_every_file_and_speaks_the_callers_words(tmp_path):
+    from lcmsr.metrics.protocol import CLI_EVAL_TERMS, EvalRequest
+
+    srs, hrs = tmp_path / "srs", tmp_path / "hrs"
+    srs.mkdir()
+    hrs.mkdir()
+    for d in (srs, hrs):
+        byte_raster(d / "a.tif", h=48, w=48)
+        byte_raster(d / "b.tif", h=48, w=48)
+    request = EvalRequest(sr=str(srs), hr=str(hrs), html=str(tmp_path / "r.html"), json=str(tmp_path / "r.json"))
+    outputs = {p for _, p in request.outputs()}
+    assert {str(tmp_path / "r.json"), str(tmp_path / "r.html"), str(tmp_path / "r_a_crop_sr.png"),
+            str(tmp_path / "r_b_error_map.png")} <= outputs
+    assert str(srs / "b.tif") in {p for _, p in request.inputs()}
+    assert [name for name, _, _ in request.check()] == ["a", "b"]
+    terms = dict(CLI_EVAL_TERMS, sr="SR layer", hr="Reference layer", lr="LR layer")
+    with pytest.raises(ValueError, match="SR layer needs Reference layer .*, LR layer"):
+        EvalRequest(sr=str(srs / "a.tif"), terms=terms).validate()

@@ -1023,23 +1023,19 @@ def _nodata_text(value) -> str:
 
 
 def _settle_type_nodata(spec: OutputSpec, progress: Progress | None) -> None:
-    """A nodata value the output type cannot hold exactly (Float64's -1.797e308 as Float32) would be written
-    as another value (-inf) than the one declared: a float output carries such bands' nodata as NaN (said),
-    an integer one is refused (it is the input's own type, so this is a fractional nodata value)."""
+    """A nodata value beyond a float output type's range (Float64's -1.797e308 as Float32) would be written
+    as -inf, another value than the one declared: such bands' nodata is NaN in the output (said).  A value
+    inside the range is kept (GDAL compares nodata in the band's own type, as the writer fills it); an
+    integer output is the input's own type, whose nodata, whatever it is, stays as it was."""
     dtype = numpy_dtype(spec.data_type)
+    if dtype.kind != "f":
+        return
     type_name = gdal.GetDataTypeName(spec.data_type)
+    lo, hi = type_range(spec.data_type)
     changed = []
     for i, value in enumerate(spec.nodata):
-        if value is None or math.isnan(value):
-            continue
-        lo, hi = type_range(spec.data_type)
-        with np.errstate(over="ignore", invalid="ignore"):
-            exact = lo <= value <= hi and float(dtype.type(value)) == value
-        if exact:
-            continue
-        if dtype.kind != "f":
-            raise RasterError(f"band {i + 1} of the output has the nodata value {_nodata_text(value)}, which a "
-                              f"{type_name} raster cannot hold")
+        if value is None or math.isnan(value) or lo <= value <= hi or math.isinf(value):
+            continue   # ±inf is a value every float type holds
         spec.nodata[i] = spec.fill[i] = float("nan")
         changed.append((i + 1, value))
     if changed and progress is not None:

@@ -955,7 +955,9 @@ def _probe_in(scratch: str | None, driver: str, name: str, bands: int, data_type
     src = gdal.GetDriverByName("MEM").Create("", 16, 16, bands, data_type)
     with _ErrorLog() as log:
         try:
-            if spec is not None:
+            if spec is None:   # only the file list is asked for: a grid, as most rasters have one
+                src.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+            else:
                 if spec.geotransform is not None:
                     src.SetGeoTransform(spec.geotransform)
                 if spec.projection:
@@ -977,10 +979,12 @@ def _probe_in(scratch: str | None, driver: str, name: str, bands: int, data_type
             else:
                 out = gdal.GetDriverByName(driver).CreateCopy(path, src, options=options)
             failed = out is None
+            if not failed:
+                out.FlushCache()   # an error of the driver's own here rather than in the close below
             out = None  # noqa: F841  (closing writes the file and its side-cars)
             if not failed and not log.messages:
                 ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-                if ds is not None:
+                if ds is not None and ds.RasterCount > 0:
                     got.bands, got.data_type = ds.RasterCount, ds.GetRasterBand(1).DataType
                     got.nodata = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
                 ds = None
@@ -992,7 +996,11 @@ def _probe_in(scratch: str | None, driver: str, name: str, bands: int, data_type
         got.bands = None
     src = None
     if scratch is None:
-        gdal.RmdirRecursive(folder)
+        with _ErrorLog():
+            try:   # a folder the driver never wrote into does not exist: nothing to remove
+                gdal.RmdirRecursive(folder)
+            except RuntimeError:
+                pass
     return got
 
 

@@ -163,5 +163,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         except Cancelled as exc:
             raise QgsProcessingException(f"Cancelled: {exc}") from exc
         except (ValueError, LookupError, OSError, RuntimeError, MemoryError) as exc:
-            raise QgsProcessingException(str(exc) or type(exc).__name__) from exc
+            from lcmsr.text import safe_text   # one line: a path may hold a newline or escape codes
+
+            raise QgsProcessingException(safe_text(exc) or type(exc).__name__) from exc
 

@@ -639,3 +639,38 @@ def test_every_algorithm_reads_bands_the_same_way_from_a_list_or_qgis_process_te
     for bad, word in (("3,x", "'x' is not a band number"), ("0,1", "band 0 does not exist")):
         with pytest.raises(QgsProcessingException, match=word):
             parse_bands(bad, "BANDS")
+
+
+def test_files_named_after_the_output_nodata_per_band_and_the_grid_hold_in_qgis(provider, tiny_model, tmp_path):
+    """Issue 25 through Processing: a format that writes files named after OUT is neither offered nor
+    accepted (the input stays whole), bands with different nodata are refused into a GeoTIFF, evaluation
+    refuses a reference elsewhere and a report whose picture would replace an input."""
+    from osgeo import gdal
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    assert not {"ers", "bil", "rst", "mpr"} & set(algorithm.parameterDefinition("OUTPUT")
+                                                   .supportedOutputRasterLayerExtensions())
+    src = make_raster(tmp_path / "in.tif")
+    nd = tmp_path / "bands.img"
+    gdal.Translate(str(nd), src, format="HFA")
+    ds = gdal.Open(str(nd), gdal.GA_Update)
+    for b, value in enumerate((0, 255, 7)):
+        ds.GetRasterBand(b + 1).SetNoDataValue(value)
+    ds = None
+    far = make_raster(tmp_path / "far.tif", width=48, height=40, origin=(550000.0, 4600000.0), pixel=1.0)
+    sr = make_raster(tmp_path / "sr.tif", width=48, height=40, pixel=1.0)
+    picture = tmp_path / "rep_crop_reference.png"   # the name the report rep.html gives its reference crop
+    gdal.Translate(str(picture), make_raster(tmp_path / "ref.tif", width=48, height=40, pixel=1.0), format="PNG")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(QgsProcessingException, match="ERS format"):
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "OUTPUT": src + ".ers", "IGNORE_DOMAIN": True}))
+    with pytest.raises(QgsProcessingException, match="different nodata values"):
+        run("superresolve", fast({"INPUT": str(nd), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "o.tif"),
+                                  "IGNORE_DOMAIN": True}))
+    with pytest.raises(QgsProcessingException, match="do not overlap"):
+        run("evaluate", {"REFERENCE": far, "SR": sr, "SCALE": 4, "DEVICE": 2, "LPIPS": False,
+                         "OUTPUT_HTML": str(tmp_path / "r.html")})
+    with pytest.raises(QgsProcessingException, match="destroy that input"):
+        run("evaluate", {"REFERENCE": str(picture), "SR": sr, "SCALE": 4, "DEVICE": 2, "LPIPS": False,
+                         "OUTPUT_HTML": str(tmp_path / "rep.html")})
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -28,7 +28,13 @@ def register(subparsers) -> None:
         "sr", help="super-resolve an image or a georeferenced raster",
         description="Super-resolve IN (any raster GDAL reads: GeoTIFF, PNG, JPEG, ...) into OUT, in the format its "
                     "extension names (.tif GeoTIFF, .img Erdas Imagine, .gpkg GeoPackage, .png, .jpg 8-bit, or any "
-                    "other GDAL raster driver that writes files). The output keeps the CRS, metadata, nodata, band "
+                    "other GDAL raster driver that writes nothing but OUT and its .aux.xml/.ovr/.msk side-cars: "
+                    "drivers that write files named after OUT, such as .ers, .bil, .rst, are refused before any "
+                    "work). An existing GeoPackage OUT is replaced only when it holds nothing but one raster table "
+                    "(a former output); one with other layers is refused: write to a new .gpkg file. Nodata is kept "
+                    "per band; where the format keeps one nodata value per file (GeoTIFF, GeoPackage) and IN's bands "
+                    "differ, a float32 OUT gets NaN as nodata in every band and an integer one is refused (write "
+                    ".img). The output keeps the CRS, metadata, nodata, band "
                     "descriptions and colour interpretation of IN (not its band statistics) and records the model "
                     "file, its SHA-256, scale, sampler, steps and seed as LCMSR_* metadata; its pixels are SCALE "
                     "times smaller.")

@@ -133,7 +133,7 @@ def _prepared(plan: dict, dst: str, region, progress, device=None) -> _Prepared:
         spec.gcps, spec.rpc = [], {}   # a part is an intermediate file: its pixel grid is the region's
     spec.value_ranges = [None if r is None else tuple(r) for r in plan["value_ranges"]] or None
     spec.metadata.update(plan["metadata"])
-    fmt = io.output_format(dst, out_type, cog=False, overviews=False, bands=spec.bands)
+    fmt = io.output_format(dst, out_type, cog=False, overviews=False, spec=spec, progress=progress)
     domain = Domain(bandwise=bool(plan["bandwise"]))   # the run needs only this of the domain: checked when planned
     tile, batch = int(plan["tile"]), int(plan["batch"])
     if device.type != plan["device_type"]:
@@ -181,7 +181,8 @@ def assemble(scene: dict, progress: Progress | None = None) -> dict:
     spec = io.derive_output(info, info.width * s, info.height * s, 1.0 / s, out_type)
     spec.value_ranges = [None if r is None else tuple(r) for r in plan["value_ranges"]] or None
     spec.metadata.update(plan["metadata"])
-    fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options, bands=spec.bands)
+    fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options, spec=spec,
+                           progress=progress)
     io.check_destination(dst, plan["src"], spec.estimated_bytes(), progress, converted=not fmt.streamed)
     rows = io.BLOCK
     with io.AtomicRaster(dst, spec, progress, fmt=fmt) as writer:

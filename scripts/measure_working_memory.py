@@ -3,7 +3,7 @@
 
 Each point runs in a fresh process: load the model file, make the Inference runner (the pipeline's
 options: channels_last, the given precision), warm up on one small tile, then run ONE call on
-``images`` tiles of ``tile`` LR pixels (what ``_Job._sr_batch`` runs, including its float64
+``images`` tiles of ``tile`` LR pixels (what ``lcmsr.sr.tile_model.TileModel`` runs, including its float64
 denormalisation copy and the float32 blend copy) and record ``ru_maxrss`` minus the RSS just before the
 call.  Per model and precision it prints an upper envelope ``added <= fixed + per_pixel * images *
 (tile * scale)^2``: ``per_pixel`` the largest added/pixels over the points of at least 0.25 M HR pixels

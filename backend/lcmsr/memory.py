@@ -82,12 +82,12 @@ def _tiles_along(size: int, tile: int, overlap: int) -> int:
 
 def choose(width: int, height: int, *, scale: int, model: tuple[int, int], images_per_tile: int, out_bands: int,
            overlap: int, budget_gb: float, tile: int = 0, batch: int = 0, available: int | None = None,
-           stripe_hr: int = 2048) -> MemoryPlan:
-    """The tile (LR pixels) and batch (tiles per call) for a ``width x height`` LR raster; 0 = choose.
+           stripe_hr: int = 2048, max_batch: int = MAX_BATCH) -> MemoryPlan:
+    """The tile (LR pixels) and batch (images per call) for a ``width x height`` LR raster; 0 = choose.
 
-    The largest of :data:`TILE_CHOICES` whose single tile fits, then as many tiles per call as fit (at
-    most :data:`MAX_BATCH` and the raster's tile count).  Values the user gave are kept, even where the
-    estimate exceeds the allowance (the caller warns)."""
+    The largest of :data:`TILE_CHOICES` whose single image fits, then as many images per call as fit (at
+    most ``max_batch`` and the raster's images: its tile count times ``images_per_tile``).  Values the
+    user gave are kept, even where the estimate exceeds the allowance (the caller warns)."""
     allowance = int(budget_gb * GB)
     why = f"memory budget {budget_gb:g} GB"
     if available is not None and available // 2 < allowance:
@@ -97,18 +97,18 @@ def choose(width: int, height: int, *, scale: int, model: tuple[int, int], image
     def estimate(t: int, b: int) -> int:
         th, tw = min(t, height), min(t, width)
         blend = BLEND_BYTES * out_bands * min(width * scale, max(stripe_hr, t * scale)) * th * scale
-        return working_bytes(model, b * images_per_tile, th, tw, scale) + blend + int(MARGIN)
+        return working_bytes(model, b, th, tw, scale) + blend + int(MARGIN)
 
     tiles = [tile] if tile else [t for t in TILE_CHOICES if t > 2 * overlap] or [2 * overlap + 1]
     chosen = next((t for t in tiles if estimate(t, 1) <= allowance), tiles[-1])
-    count = _tiles_along(width, chosen, overlap) * _tiles_along(height, chosen, overlap)
+    count = _tiles_along(width, chosen, overlap) * _tiles_along(height, chosen, overlap) * images_per_tile
     if batch:
         b = batch
     else:
         b = 1
-        while b < min(MAX_BATCH, count) and estimate(chosen, b + 1) <= allowance:
+        while b < min(max_batch, count) and estimate(chosen, b + 1) <= allowance:
             b += 1
     need = estimate(chosen, b)
     return MemoryPlan(chosen, b, need, allowance,
-                      f"tiles of {min(chosen, width)}x{min(chosen, height)} LR pixels, batch {b}: about "
+                      f"tiles of {min(chosen, width)}x{min(chosen, height)} LR pixels, batch {b} image(s): about "
                       f"{need / GB:.2f} GB of working memory within {allowance / GB:.2f} GB ({why})")

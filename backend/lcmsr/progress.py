@@ -129,3 +129,42 @@ class SubProgress(Progress):
 
     def cancelled(self) -> bool:
         return self.parent.cancelled()
+
+
+class Timers:
+    """Seconds spent per part of a job (read, normalise, model, back-projection, blend, write ...), added
+    from any thread: the engine's reader and writer threads time their own parts.  ``busy()`` is what
+    the benchmarks print; parts that run in other threads overlap the calling thread's."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, part: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[part] = self.seconds.get(part, 0.0) + seconds
+
+    def part(self, name: str):
+        """``with timers.part("model"): ...`` adds the block's wall time to ``name``."""
+        return _Timed(self, name)
+
+    def busy(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.seconds)
+
+
+class _Timed:
+    __slots__ = ("timers", "name", "start")
+
+    def __init__(self, timers: Timers, name: str):
+        self.timers, self.name = timers, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.timers.add(self.name, time.perf_counter() - self.start)
+        return False

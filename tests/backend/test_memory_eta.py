@@ -51,10 +51,22 @@ def test_the_estimate_scales_with_images_per_call_and_tile_area():
     w = memory.working_bytes((10**7, 700), 1, 128, 128, 4) - 10**7
     assert memory.working_bytes((10**7, 700), 3, 128, 128, 4) == 10**7 + 3 * w
     assert memory.working_bytes((10**7, 700), 1, 256, 256, 4) == 10**7 + 4 * w
-    # three bands of a band-wise model (or three samples of a tile) per tile: fewer tiles per call fit
-    one = memory.choose(2048, 2048, budget_gb=2.0, available=PLENTY, **RGB)
-    three = memory.choose(2048, 2048, budget_gb=2.0, available=PLENTY, **{**RGB, "images_per_tile": 3})
-    assert (three.batch, three.tile) < (one.batch, one.tile)
+    # the batch counts images: at a budget where 3 images of 256 fit, the batch is 3 images
+    per_image = memory.working_bytes(RGB["model"], 1, 256, 256, 4) - RGB["model"][0]
+    blend = memory.BLEND_BYTES * 3 * 2048 * 256 * 4
+    budget = (RGB["model"][0] + 3.5 * per_image + blend + memory.MARGIN) / GB
+    assert memory.choose(2048, 2048, budget_gb=budget, available=PLENTY, **RGB).batch == 3
+
+
+def test_band_wise_bands_are_a_batch_of_images_not_a_reason_for_smaller_tiles():
+    """Issue 23: a band-wise model's bands are single-band images of the same tile; the plan picks the tile
+    an image fits and counts the bands in the batch (up to max_batch images, and the raster's images)."""
+    one = memory.choose(2048, 2048, budget_gb=0.7, available=PLENTY, **RGB)
+    four = memory.choose(2048, 2048, budget_gb=0.7, available=PLENTY, max_batch=4 * memory.MAX_BATCH,
+                         **{**RGB, "images_per_tile": 4})
+    assert four.tile == one.tile and four.batch == one.batch
+    small = memory.choose(128, 128, budget_gb=100, available=PLENTY, max_batch=32, **{**RGB, "images_per_tile": 4})
+    assert small.batch == 4      # one tile of four bands: four images, not more
 
 
 def test_a_small_raster_is_not_given_more_tiles_per_call_than_it_has():
@@ -134,7 +146,7 @@ def test_the_pipeline_runs_the_chosen_batch_and_says_the_time_left(tmp_path, mon
     plan = memory.choose(200, 200, scale=2, model=memory.figures("", 3, "fp32")[0], images_per_tile=1,
                          out_bands=3, overlap=8, budget_gb=0.2, available=PLENTY)
     assert any(m.startswith("memory: ") for m in progress.infos)
-    assert any(f"batch {plan.batch}, stripes" in m and f"tile(s) of {min(plan.tile, 200)}x" in m
+    assert any(f"batch {plan.batch} tile(s), stripes" in m and f"tile(s) of {min(plan.tile, 200)}x" in m
                for m in progress.infos)
     eta_reports = [m for m in progress.reports if "left" in m]
     assert eta_reports and "MP/s" in eta_reports[0] and progress.reports[0] == eta_reports[0]
@@ -144,7 +156,7 @@ def test_the_pipeline_runs_the_chosen_batch_and_says_the_time_left(tmp_path, mon
 
 def test_user_values_over_the_budget_are_run_with_a_warning(tmp_path, monkeypatch):
     progress, _ = _standin_run(tmp_path, monkeypatch, tile=96, batch=8, memory_budget=0.01)
-    assert any("batch 8, stripes" in m for m in progress.infos)
+    assert any("batch 8 tile(s), stripes" in m for m in progress.infos)
     assert any("--tile 96 and --batch 8 may need more memory" in w and "--memory-budget" in w
                for w in progress.warnings)
 

@@ -9,7 +9,8 @@ from test_raster_standin import StandInModel, read_raster, textured, write_raste
 
 gdal = pytest.importorskip("osgeo.gdal")
 from lcmsr.progress import Cancelled, Progress  # noqa: E402
-from lcmsr.raster.pipeline import SROptions, position_noise, superresolve  # noqa: E402
+from lcmsr.raster.pipeline import SROptions, superresolve  # noqa: E402
+from lcmsr.sr.tile_model import position_noise  # noqa: E402
 from lcmsr.raster.tiling import plan_tiles  # noqa: E402
 
 

@@ -40,31 +40,23 @@ from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..device import resolve_device, resolve_precision
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
-from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
-from ..ops import downsample_bicubic, upsample_bicubic
 from ..paths import check_outputs, check_regular, raster_outputs
-from ..progress import Eta, Progress
+from ..progress import Eta, Progress, Timers
+from ..sr.tile_model import TileModel, TileTooLarge
 from . import io
 from .facts import band_ranges, band_samples, input_facts, value_ranges
 from .tiling import BlockBlender, plan_tiles, stripe_columns
 from .validity import fill_invalid, neutral_values
 
-NOISE_BLOCK = 32          # latent pixels per noise block
 _QUEUE_TILES = 2          # reader look-ahead, in batches
 # Stripe width in HR pixels: rasters at most this wide are one stripe written in full-width strips;
 # wider ones run in stripes of about this width, written in GeoTIFF-tile-aligned blocks.
 STRIPE_HR = 2048
-# Model-space inputs are clamped to +-MODEL_SPACE_LIMIT (the model's range is [-1, 1]): a valid pixel of
-# 3e38 would otherwise be inf in the network and NaN over the whole tile; 32 spans out is no imagery.
-MODEL_SPACE_LIMIT = 64.0
 _STRIP_ROWS = 64          # strip height of one-stripe rasters (RasterWriter regroups to whole tile rows)
 _QUEUE_BLOCKS = 8
 MAX_SAMPLES = 64          # uncertainty samples K
 MAX_BACK_PROJECTION = 50  # LR-consistency iterations
-# Noise draw numbers of uncertainty sample k start at k * SAMPLE_DRAWS: distinct from every draw of
-# sample 0 (which is the plain run's), for any sampler's number of draws.
-SAMPLE_DRAWS = 1 << 16
 
 
 @dataclass
@@ -166,46 +158,9 @@ class _Recording(Progress):
         return self.parent.cancelled()
 
 
-class _TileTooLarge(Exception):
-    """A single tile does not fit in GPU memory: the job restarts with smaller tiles."""
-
-
-_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, _OOM) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
 def _is_cpu_alloc_failure(exc: BaseException) -> bool:
     """Host memory ran out: torch's "DefaultCPUAllocator: can't allocate memory", numpy's MemoryError."""
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
-
-# ---------------------------------------------------------------- noise
-
-def _block_seed(seed: int, draw: int, by: int, bx: int) -> int:
-    state = np.random.SeedSequence([seed % 2**63, draw, by, bx]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 ^ int(state[1])
-
-
-def position_noise(seed: int, top: int, left: int, h: int, w: int, channels: int, draw: int = 0) -> torch.Tensor:
-    """[channels, h, w] standard normal noise cut at (top, left) from one raster-wide latent field.
-
-    The field is made of NOISE_BLOCK-square blocks each drawn from its own
-    seeded CPU generator, so any window of it is reproducible on any device.
-    """
-    out = torch.empty(channels, h, w)
-    b = NOISE_BLOCK
-    for by in range(top // b, (top + h - 1) // b + 1):
-        for bx in range(left // b, (left + w - 1) // b + 1):
-            g = torch.Generator().manual_seed(_block_seed(seed, draw, by, bx))
-            block = torch.randn(channels, b, b, generator=g)
-            y0, y1 = max(top, by * b), min(top + h, (by + 1) * b)
-            x0, x1 = max(left, bx * b), min(left + w, (bx + 1) * b)
-            out[:, y0 - top:y1 - top, x0 - left:x1 - left] = block[:, y0 - by * b:y1 - by * b,
-                                                                   x0 - bx * b:x1 - bx * b]
-    return out
 
 
 # ---------------------------------------------------------------- threads
@@ -233,9 +188,10 @@ class _Reader(threading.Thread):
     tile size; owns its own GDAL handle, reopened for every tile row so that GDAL's block cache never
     holds more than one row of input."""
 
-    def __init__(self, path, bands, tiles, neutral, out: queue.Queue, stop: threading.Event):
+    def __init__(self, path, bands, tiles, neutral, out: queue.Queue, stop: threading.Event, timers: Timers):
         super().__init__(name="lcmsr-reader", daemon=True)
         self.path, self.bands, self.tiles, self.neutral, self.out, self.stop = path, bands, tiles, neutral, out, stop
+        self.timers = timers
 
     def run(self):
         reader, row = None, None
@@ -243,18 +199,19 @@ class _Reader(threading.Thread):
             for tile in self.tiles:
                 if self.stop.is_set():
                     return
-                if reader is None or tile.row != row:
-                    if reader is not None:
-                        reader.close()
-                    reader, row = io.WindowReader(self.path, self.bands, exact=True), tile.row
-                values, valid = reader.read(tile.x, tile.y, tile.read_w, tile.read_h)
-                skip = not valid.any()
-                data = None
-                if not skip:
-                    fill_invalid(values, valid, self.neutral)
-                    pad = ((0, 0), (0, tile.h - tile.read_h), (0, tile.w - tile.read_w))
-                    # Replicate padding past the raster edge, as the model pads internally.
-                    data = np.pad(values, pad, mode="edge") if any(p[1] for p in pad) else values
+                with self.timers.part("read"):
+                    if reader is None or tile.row != row:
+                        if reader is not None:
+                            reader.close()
+                        reader, row = io.WindowReader(self.path, self.bands, exact=True), tile.row
+                    values, valid = reader.read(tile.x, tile.y, tile.read_w, tile.read_h)
+                    skip = not valid.any()
+                    data = None
+                    if not skip:
+                        fill_invalid(values, valid, self.neutral)
+                        pad = ((0, 0), (0, tile.h - tile.read_h), (0, tile.w - tile.read_w))
+                        # Replicate padding past the raster edge, as the model pads internally.
+                        data = np.pad(values, pad, mode="edge") if any(p[1] for p in pad) else values
                 if not _put(self.out, (tile, data, valid), self.stop):
                     return
             _put(self.out, _END, self.stop)
@@ -273,9 +230,9 @@ class _Writer(threading.Thread):
     GeoTIFF tiles already, so each tile is compressed and written exactly once.
     """
 
-    def __init__(self, writer: io.RasterWriter, spec: io.OutputSpec, inbox: queue.Queue):
+    def __init__(self, writer: io.RasterWriter, spec: io.OutputSpec, inbox: queue.Queue, timers: Timers):
         super().__init__(name="lcmsr-writer", daemon=True)
-        self.writer, self.spec, self.inbox = writer, spec, inbox
+        self.writer, self.spec, self.inbox, self.timers = writer, spec, inbox, timers
         self.error: BaseException | None = None
 
     def run(self):
@@ -286,11 +243,12 @@ class _Writer(threading.Thread):
             if self.error is not None:
                 continue  # keep draining so the producer never blocks
             try:
-                data, mask = io.finish_block(item.value, item.valid, self.spec)
-                if item.x == 0 and data.shape[2] == self.spec.width:
-                    self.writer.write_rows(item.y, data, mask)
-                else:
-                    self.writer.write(item.x, item.y, data, mask)
+                with self.timers.part("write"):
+                    data, mask = io.finish_block(item.value, item.valid, self.spec)
+                    if item.x == 0 and data.shape[2] == self.spec.width:
+                        self.writer.write_rows(item.y, data, mask)
+                    else:
+                        self.writer.write(item.x, item.y, data, mask)
             except BaseException as exc:
                 self.error = exc
 
@@ -321,20 +279,24 @@ def _alignment(model, tile: int) -> int:
 
 
 class _Job:
+    """One raster (or one region of it, ``region`` = LR x, y, w, h) through a :class:`TileModel`: the
+    tiles of the whole raster's plan that touch the region are read, run, blended and written."""
+
     def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None,
                  norm: Normalization | None = None, bandwise: bool = False, fmt: io.OutputFormat | None = None,
-                 uspec: io.OutputSpec | None = None, ufmt: io.OutputFormat | None = None):
+                 uspec: io.OutputSpec | None = None, ufmt: io.OutputFormat | None = None,
+                 region: tuple[int, int, int, int] | None = None, timers: Timers | None = None):
         self.src, self.dst, self.model, self.info, self.spec, self.fmt = src, dst, model, info, spec, fmt
         self.uspec, self.ufmt = uspec, ufmt   # the uncertainty raster's (options.uncertainty)
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
         self.exchange = exchange
+        self.region = region
+        self.timers = timers or Timers()
         self.scale = int(model.info.scale)
         self.norm = norm or model.info.normalization
         self.bandwise = bandwise
-        self.batch = options.batch
         self.tiles_run = 0
         self.skipped = 0
-        self.draws = model.noise_draws(options.steps, options.sampler)
         # With an uncertainty raster, each tile's result carries one more band: the spread of K samples.
         self.samples = options.samples if options.uncertainty else 1
         self.out_bands = len(info.bands) + (self.samples > 1)
@@ -347,108 +309,16 @@ class _Job:
         # so blending never overflows; NaN/inf pass, for the one sanity check (io.check_finite) to stop.
         big = float(np.finfo(self.work).max)
         bounds = np.array([(max(lo, -big), min(hi, big)) for lo, hi in io.output_bounds(spec)])
-        self.lo, self.hi = (torch.from_numpy(bounds[:, i].copy())[:, None, None] for i in (0, 1))
-        self.runner = Inference(model, device, InferenceOptions(
-            precision=precision, channels_last=options.channels_last, compile=options.compile,
-            cuda_graphs=options.cuda_graphs), progress)
+        self.tm = TileModel(model, device, precision=precision, norm=self.norm, bandwise=bandwise, bounds=bounds,
+                            work=self.work, batch=options.batch or 1, steps=options.steps, sampler=options.sampler,
+                            seed=options.seed, lr_consistency=options.lr_consistency, samples=self.samples,
+                            channels_last=options.channels_last, compile=options.compile,
+                            cuda_graphs=options.cuda_graphs, progress=progress, timers=self.timers)
 
-    # -- model ------------------------------------------------------------------
-    def _noise(self, tiles, sample: int = 0) -> torch.Tensor | None:
-        if self.draws == 0:
-            return None
-        t = tiles[0]
-        c, lh, lw = self.model.latent_shape(t.h, t.w)
-        per_draw = []
-        for d in range(self.draws):
-            per_draw.append(torch.stack([
-                position_noise(self.o.seed, tile.y * lh // t.h, tile.x * lw // t.w, lh, lw, c,
-                               draw=sample * SAMPLE_DRAWS + d)
-                for tile in tiles]))
-        # One draw fixes x_T ([B, c, h, w]); several fix every draw of a multi-step sampler ([draws, B, ...]).
-        return per_draw[0] if self.draws == 1 else torch.stack(per_draw)
-
-    def _sr(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
-        """Run one batch; on GPU out-of-memory halve the batch, and give up on the tile size at batch 1."""
-        try:
-            return self._sr_batch(tiles, data)
-        except BaseException as exc:
-            if not _is_oom(exc):
-                raise
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        # Outside the except block: the traceback (and the tensors its frames hold) is gone by now.
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if len(tiles) == 1:
-            raise _TileTooLarge(message)
-        half = len(tiles) // 2
-        if self.batch > half:
-            self.batch = max(1, half)
-            self.progress.warn(f"out of GPU memory ({message}): batch reduced to {self.batch} tile(s)")
-        return self._sr(tiles[:half], data[:half]) + self._sr(tiles[half:], data[half:])
-
-    def _tile_noise(self, tiles, sample: int, c: int) -> torch.Tensor | None:
-        noise = self._noise(tiles, sample)
-        if noise is not None and self.bandwise and c > 1:
-            # A band-wise model sees every band as an image of its own; each band of a tile gets the
-            # tile's noise, so the result does not depend on how many bands are run together.
-            noise = noise.repeat_interleave(c, dim=noise.ndim - 4)
-        return noise
-
-    def _model_sr(self, x, tiles, noise, repeats: int = 1) -> torch.Tensor:
-        """Model-space SR of ``x`` (``repeats`` samples of each tile, sample-major), LR-consistent when asked
-        (``lr_consistency`` back-projections)."""
-        # Draws a sampler takes beyond the given noise come from this generator, seeded by position too.
-        g = torch.Generator(device=self.device).manual_seed((self.o.seed * 1_000_003 + tiles[0].index) % 2**63)
-        y = self.runner.sr(x, steps=self.o.steps, sampler=self.o.sampler, generator=g, noise=noise, repeats=repeats)
-        if self.o.lr_consistency:
-            # Iterative back-projection with the project's own degradation: degrade(y) -> x.  Per tile,
-            # in model space (linear in data units) before clamping; the tile overlap and the blend ramps
-            # hide the tile edges, where the replicate-padded LR is not the raster's.
-            lr = x.to(y.device, torch.float32).repeat(repeats, 1, 1, 1)
-            for _ in range(self.o.lr_consistency):
-                y = y + upsample_bicubic(lr - downsample_bicubic(y, self.scale), self.scale)
-        return y
-
-    def _sr_batch(self, tiles, data: list[np.ndarray]) -> list[np.ndarray]:
-        # Normalised in float64 and bounded: extreme valid values (3e38, 1e300) must not become inf.
-        x = self.norm.forward(torch.from_numpy(np.stack(data)).double())
-        x = x.clamp_(-MODEL_SPACE_LIMIT, MODEL_SPACE_LIMIT).float()
-        b, c = x.shape[:2]
-        if self.bandwise and c > 1:
-            x = x.reshape(b * c, 1, *x.shape[2:])
-        # Sample 0 is computed exactly as without an uncertainty raster: the main output stays bit-for-bit
-        # the plain run's (and the uncertainty is the spread around the result the user gets).
-        y = self._model_sr(x, tiles, self._tile_noise(tiles, 0, c))
-        spread = None
-        if self.samples > 1:
-            # Samples 1..K-1, each with its own draws of the raster-wide noise field, batched together in
-            # calls of at most `batch` tiles (never more memory per call than the plain run), CondNet's
-            # condition computed once per call and shared by its samples.
-            per_call = max(1, self.batch // len(tiles))
-            ys = [y.reshape(1, b, c, *y.shape[2:])]
-            for first in range(1, self.samples, per_call):
-                ks = range(first, min(first + per_call, self.samples))
-                noise = [self._tile_noise(tiles, i, c) for i in ks]
-                noise = None if noise[0] is None else torch.cat(noise, dim=noise[0].ndim - 4)
-                more = self._model_sr(x, tiles, noise, repeats=len(ks))
-                ys.append(more.reshape(len(ks), b, c, *y.shape[2:]))
-            spread = self._spread(torch.cat(ys))
-            del ys, more
-        del x
-        y = y.reshape(b, c, *y.shape[2:])
-        y = self.norm.inverse(y.double().cpu(), inplace=True)
-        y = torch.where(torch.isfinite(y), torch.minimum(torch.maximum(y, self.lo), self.hi), y)
-        if spread is not None:
-            y = torch.cat([y, spread.double().cpu()], dim=1)
-        y = y.numpy().astype(self.work, copy=False)
-        return [y[i] for i in range(len(tiles))]
-
-    def _spread(self, ys: torch.Tensor) -> torch.Tensor:
-        """[K, B, C, H, W] model-space samples -> [B, 1, H, W]: the standard deviation over the K samples
-        (unbiased), root-mean-square over the bands, in the output's data units after its clamping."""
-        v = self.norm.inverse(ys.to(torch.float64 if self.work == np.float64 else torch.float32))
-        v = torch.minimum(torch.maximum(v, self.lo.to(v)), self.hi.to(v))
-        return v.var(dim=0, unbiased=True).mean(dim=1, keepdim=True).sqrt()
+    @property
+    def batch(self) -> int:
+        """Tiles per group: as many as give the tile model's batch of images (bands of a band-wise model)."""
+        return self.tm.tiles_per_call(len(self.info.bands))
 
     def _compute(self, index: int, tiles, data) -> list[np.ndarray]:
         if self.exchange is not None and self.exchange.owner(index) != self.exchange.rank:
@@ -456,15 +326,17 @@ class _Job:
             shape = (len(tiles), self.out_bands, tiles[0].h * s, tiles[0].w * s)
             y = self.exchange.recv(index, shape)
             return [y[i] for i in range(len(tiles))]
-        return self._sr(tiles, data)
+        return self.tm(tiles, data)
 
     # -- streaming ----------------------------------------------------------------
     def _plan(self, tile: int):
+        """The whole raster's tile plan (a region runs the same tiles), stripes and output blocks."""
         o = self.o
         plan = plan_tiles(self.info.width, self.info.height, tile, o.overlap, _alignment(self.model, tile))
         s = self.scale
-        if plan.width * s <= STRIPE_HR:
-            stripe_cols, block = plan.cols, (_STRIP_ROWS, plan.width * s)
+        width = self.region[2] if self.region else plan.width
+        if width * s <= STRIPE_HR:
+            stripe_cols, block = plan.cols, (_STRIP_ROWS, width * s)
         else:
             stripe_cols, block = stripe_columns(plan, s, STRIPE_HR), io.BLOCK
         return plan, stripe_cols, block
@@ -497,22 +369,28 @@ class _Job:
     def run(self, tile: int) -> None:
         p = self.progress
         plan, stripe_cols, block = self._plan(tile)
-        total = len(plan.tiles)
-        p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels, overlap {plan.overlap} "
-               f"(multiples of {plan.align}), batch {self.batch}, stripes of {stripe_cols} tile column(s)")
         self.tiles_run = self.skipped = 0
         c = len(self.info.bands)
         unc = self.o.uncertainty
-        blenders = [BlockBlender(plan, c, self.scale, block=block, stripe_cols=stripe_cols,
+        blenders = [BlockBlender(plan, c, self.scale, block=block, stripe_cols=stripe_cols, region=self.region,
                                  spill_dir=os.path.dirname(os.path.abspath(self.dst)), dtype=self.work)]
         if unc:
             # The uncertainty raster: a second blend of the same tiles (its blocks complete with the main ones).
             blenders.append(BlockBlender(plan, 1, self.scale, block=block, stripe_cols=stripe_cols,
-                                         spill_dir=os.path.dirname(os.path.abspath(unc)), dtype=self.work))
+                                         region=self.region, dtype=self.work,
+                                         spill_dir=os.path.dirname(os.path.abspath(unc))))
+        total = len(blenders[0].order)
+        images = self.tm.images_per_tile(c)
+        p.info(f"{total} tile(s) of {plan.tile_w}x{plan.tile_h} LR pixels"
+               + (f" (of {len(plan.tiles)}, for the region x={self.region[0]} y={self.region[1]} "
+                  f"{self.region[2]}x{self.region[3]})" if self.region else "")
+               + f", overlap {plan.overlap} (multiples of {plan.align}), batch {self.batch} tile(s)"
+               + (f" = {self.batch * images} single-band images" if images > 1 else "")
+               + f", stripes of {stripe_cols} tile column(s)")
         neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
-        reader = _Reader(self.src, self.info.bands, blenders[0].order, neutral, tiles_q, stop)
+        reader = _Reader(self.src, self.info.bands, blenders[0].order, neutral, tiles_q, stop, self.timers)
         # Both outputs are finished (converted, checked) before either replaces what was at its path, so
         # they come as a pair or not at all, and a failure loses no older file.
         outputs = [io.AtomicRaster(self.dst, self.spec, p, fmt=self.fmt, deferred=True)]
@@ -535,18 +413,13 @@ class _Job:
     def _stream(self, plan, total, blenders, reader, tiles_q, stop, targets) -> None:
         """Read, compute, blend and write every tile; one writer thread per output."""
         p, c = self.progress, len(self.info.bands)
-        writers = [_Writer(out, spec, queue.Queue(maxsize=_QUEUE_BLOCKS)) for out, spec in targets]
+        writers = [_Writer(out, spec, queue.Queue(maxsize=_QUEUE_BLOCKS), self.timers) for out, spec in targets]
         if self.device.type == "cpu" and total >= 4 * self.batch:
             # One call on one tile of the job's shape first, timed by nobody: the first call's one-time
             # costs (library pages, thread pool, allocator growth; measured 0-5 s on this project's
             # shared 2-core machine against 1.2 s per 192-pixel tile) would otherwise inflate the first
             # batch's time, which the first estimate of the time left scales by the tiles to come.
-            bands = 1 if self.bandwise else int(self.model.info.bands)
-            try:
-                self.runner.sr(torch.zeros(1, bands, plan.tile_h, plan.tile_w), steps=self.o.steps,
-                               sampler=self.o.sampler)
-            except Exception:
-                pass   # whatever failed fails again in the first batch, with the job's handling
+            self.tm.warm_up(c, plan.tile_h, plan.tile_w)
         reader.start()
         for writer in writers:
             writer.start()
@@ -563,7 +436,9 @@ class _Job:
                     parts = [(hr if hr is None else hr[:c], valid),
                              (hr if hr is None else hr[c:], valid.all(axis=0, keepdims=True))]
                     for blender, writer, (value, ok) in zip(blenders, writers, parts):
-                        for b in blender.add(t, value, ok):
+                        with self.timers.part("blend"):
+                            finished = blender.add(t, value, ok)
+                        for b in finished:
                             self._send(writer.inbox, b, writer)
                 del outs
                 self.tiles_run += len(todo)
@@ -599,14 +474,14 @@ class _Job:
         neutral = neutral_values(self.norm)
         stop = threading.Event()
         tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
-        reader = _Reader(self.src, self.info.bands, order, neutral, tiles_q, stop)
+        reader = _Reader(self.src, self.info.bands, order, neutral, tiles_q, stop, self.timers)
         reader.start()
         try:
             for index, pending in enumerate(self._batches(tiles_q)):
                 todo = [(t, d) for t, d, _ in pending if d is not None]
                 if not todo or self.exchange.owner(index) != self.exchange.rank:
                     continue
-                outs = self._sr([t for t, _ in todo], [d for _, d in todo])
+                outs = self.tm([t for t, _ in todo], [d for _, d in todo])
                 self.tiles_run += len(todo)
                 self.exchange.send(index, np.stack(outs))
         finally:
@@ -723,20 +598,21 @@ def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
 
 def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise: bool, bands: int,
                     progress, sharded: bool) -> tuple[int, int]:
-    """The tile and batch: the user's where given; on the CPU the rest chosen to fit the memory budget
-    (lcmsr.memory, said in the log, with a warning where the user's values exceed it); on CUDA 256/8
-    with the out-of-memory back-off."""
+    """The tile (LR pixels) and the batch (images per model call: tiles, times the bands of a band-wise
+    model): the user's where given; on the CPU the rest chosen to fit the memory budget (lcmsr.memory,
+    said in the log, with a warning where the user's values exceed it); on CUDA 256/8 with the
+    out-of-memory back-off.  A band-wise model's bands are a batch of single-band images, not a
+    reason for smaller tiles: the plan counts each band as one image of one tile."""
     if device.type == "cuda":
         return options.tile or memory.CUDA_TILE, options.batch or memory.CUDA_BATCH
     config = getattr(getattr(model.info, "config", None), "name", "")
     figures, measured = memory.figures(config, 1 if bandwise else int(model.info.bands), precision)
-    # Images one tile makes in a model call: a band-wise model runs each band as an image.
-    images_per_tile = bands if bandwise else 1
     plan = memory.choose(info.width, info.height, scale=int(model.info.scale), model=figures,
-                         images_per_tile=images_per_tile, out_bands=bands, overlap=options.overlap,
+                         images_per_tile=bands if bandwise else 1, out_bands=bands, overlap=options.overlap,
                          budget_gb=options.memory_budget, tile=options.tile, batch=options.batch,
                          # every process of a sharded job must form the same batches: the budget alone
-                         available=None if sharded else memory.available_bytes(), stripe_hr=STRIPE_HR)
+                         available=None if sharded else memory.available_bytes(), stripe_hr=STRIPE_HR,
+                         max_batch=memory.MAX_BATCH * (bands if bandwise else 1))
     if not measured:
         progress.info(f"no working-memory figure for a '{config or 'custom'}' model: estimated from the "
                       f"small model's")
@@ -751,29 +627,34 @@ def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise
     return plan.tile, plan.batch
 
 
-def superresolve(src, dst, model_or_path, options: SROptions | None = None,
-                 progress: Progress | None = None, *, exchange=None, device=None) -> SRResult:
-    """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
+@dataclass
+class _Prepared:
+    """Everything decided before the first tile, once per job (and, for a batch, once per scene)."""
+    src: str
+    dst: str
+    options: SROptions
+    model: object
+    model_path: str | None
+    device: torch.device
+    precision: str
+    domain: Domain
+    bands: list[int]
+    norm: Normalization
+    value_ranges: list
+    info: io.SourceInfo
+    spec: io.OutputSpec
+    fmt: io.OutputFormat | None
+    uspec: io.OutputSpec | None
+    ufmt: io.OutputFormat | None
+    tile: int
+    batch: int
 
-    ``dst``'s extension names its format (any GDAL raster driver that writes files; an unknown
-    extension is a :class:`io.RasterError` before any work).  The output keeps the input's CRS,
-    metadata, band descriptions, colour interpretation per band and nodata, not its band statistics,
-    and records its provenance (:func:`provenance`); its geotransform is the input's with pixel size
-    and rotation divided by the model's scale.  Raises :class:`io.RasterError`
-    (bad input or options), :class:`io.RasterWriteError` (output could not be
-    written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
-    is left as it was.
 
-    ``exchange`` and ``device`` are for :mod:`lcmsr.distributed_sr` (one
-    process of a sharded job, on its own device); on ranks other than 0 nothing
-    is written and the result only counts the tiles that rank computed.
-    """
-    start = time.perf_counter()
-    options = options or SROptions()
-    options.validate()
-    progress = _Recording(progress or Progress())
-    src, dst = os.fspath(src), os.fspath(dst)
-    # The output's extension and format options first: a typo must not wait for the model.
+def _prepare(src, dst, model_or_path, options: SROptions, progress, *, exchange=None, device=None,
+             write: bool = True) -> _Prepared:
+    """Check everything that can be checked, choose the model, device, precision, bands, normalisation,
+    output spec, tile and batch: the run plan, logged once.  ``write=False``: no output checks (a worker
+    of a sharded job, or a scene plan whose parts and output are checked by their own writers)."""
     io.output_format(dst, None, options.cog, options.overviews, options.creation_options)
 
     # One handle for everything read before the tiles (facts, band checks, stretch, output description).
@@ -798,15 +679,14 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
         choice = resolve_device(options.device)
         device, reason = choice.device, choice.reason
     else:
-        device, reason = torch.device(device), "chosen for this process of a sharded job"
+        device, reason = torch.device(device), "chosen for this process"
     precision, why = resolve_precision(options.precision, device)
     if options.precision == "bf16" and precision != "bf16":
         progress.warn(why)   # emulated bf16 would be slower than fp32
     progress.info(f"device {device} ({reason}), precision {precision} ({why})")
-    worker = exchange is not None and exchange.rank != 0
 
     model = _load_model(model_or_path, device)
-    domain, bands, norm, value_ranges = _fit(model, facts, src, ds, options, progress)
+    domain, bands, norm, ranges = _fit(model, facts, src, ds, options, progress)
     bands = io.select_bands(ds, bands, src)
     info = io.describe(ds, src, bands)
     ds = None
@@ -818,42 +698,52 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
 
     out_type = info.data_type if options.output_type == "input" else io.gdal.GDT_Float32
     spec = io.derive_output(info, info.width * scale, info.height * scale, 1.0 / scale, out_type)
-    spec.value_ranges = value_ranges
+    spec.value_ranges = ranges
     io.check_output_type(spec, bands)
     spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
     fmt = None
-    if not worker:
+    if write:
         fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
-                              bands=spec.bands)
+                               bands=spec.bands)
         io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
     uspec = ufmt = None
     if options.uncertainty:
         uspec = uncertainty_spec(spec, options)
-        if not worker:
+        if write:
             ufmt = _uncertainty_format(options, uspec.data_type)
             io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
                                  converted=not ufmt.streamed)
+    tile, batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),
+                                  progress, sharded=exchange is not None)
+    path = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
+    return _Prepared(src, dst, options, model, path, device, precision, domain, bands, norm, ranges, info,
+                     spec, fmt, uspec, ufmt, tile, batch)
 
-    job = _Job(src, dst, model, info, spec, options, device, precision, progress, exchange=exchange,
-               norm=norm, bandwise=domain.bandwise, fmt=fmt, uspec=uspec, ufmt=ufmt)
-    tile, job.batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),
-                                      progress, sharded=exchange is not None)
+
+def _run(prep: _Prepared, progress, *, exchange=None, region=None, timers: Timers | None = None) -> _Job:
+    """Stream the prepared job; on GPU out-of-memory with one tile, restart with half the tile."""
+    options, worker = prep.options, exchange is not None and exchange.rank != 0
+    job = _Job(prep.src, prep.dst, prep.model, prep.info, prep.spec, options, prep.device, prep.precision,
+               progress, exchange=exchange, norm=prep.norm, bandwise=prep.domain.bandwise, fmt=prep.fmt,
+               uspec=prep.uspec, ufmt=prep.ufmt, region=region, timers=timers)
+    job.tm.batch = prep.batch
+    tile = prep.tile
     while True:
         try:
             if worker:
                 job.serve(tile)
             else:
                 job.run(tile)
-            break
+            return job
         except (MemoryError, RuntimeError) as exc:
             if not _is_cpu_alloc_failure(exc):
                 raise
             # The allocator's own text names no file and no way out: say both, in the caller's words.
             t = options.terms
-            raise MemoryError(f"not enough memory to super-resolve {src} with tiles of {tile} LR pixels in batches "
-                              f"of {job.batch}: use a smaller {t['tile']} or {t['batch']}, or leave both "
-                                f"to the memory budget") from None
-        except _TileTooLarge as exc:
+            raise MemoryError(f"not enough memory to super-resolve {prep.src} with tiles of {tile} LR pixels in "
+                              f"batches of {job.tm.batch} image(s): use a smaller {t['tile']} or {t['batch']}, "
+                              f"or leave both to the memory budget") from None
+        except TileTooLarge as exc:
             if exchange is not None:
                 raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "
                                    f"restart with a smaller --tile or --batch") from None
@@ -866,9 +756,38 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
             progress.warn(f"out of GPU memory with one tile of {tile} LR pixels ({exc}): "
                           f"restarting with tiles of {smaller}")
             tile = smaller
+
+
+def superresolve(src, dst, model_or_path, options: SROptions | None = None,
+                 progress: Progress | None = None, *, exchange=None, device=None,
+                 timers: Timers | None = None) -> SRResult:
+    """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
+
+    ``dst``'s extension names its format (any GDAL raster driver that writes files; an unknown
+    extension is a :class:`io.RasterError` before any work).  The output keeps the input's CRS,
+    metadata, band descriptions, colour interpretation per band and nodata, not its band statistics,
+    and records its provenance (:func:`provenance`); its geotransform is the input's with pixel size
+    and rotation divided by the model's scale.  Raises :class:`io.RasterError`
+    (bad input or options), :class:`io.RasterWriteError` (output could not be
+    written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
+    is left as it was.  ``timers`` collects the seconds spent per part (benchmarks).
+
+    ``exchange`` and ``device`` are for :mod:`lcmsr.distributed_sr` (one
+    process of a sharded job, on its own device); on ranks other than 0 nothing
+    is written and the result only counts the tiles that rank computed.
+    """
+    start = time.perf_counter()
+    options = options or SROptions()
+    options.validate()
+    progress = _Recording(progress or Progress())
+    src, dst = os.fspath(src), os.fspath(dst)
+    worker = exchange is not None and exchange.rank != 0
+    prep = _prepare(src, dst, model_or_path, options, progress, exchange=exchange, device=device, write=not worker)
+    job = _run(prep, progress, exchange=exchange, timers=timers)
     seconds = time.perf_counter() - start
+    spec, device = prep.spec, prep.device
     if worker:
-        return SRResult(path="", device=str(device), precision=precision, seconds=seconds, tiles=job.tiles_run,
+        return SRResult(path="", device=str(device), precision=prep.precision, seconds=seconds, tiles=job.tiles_run,
                         skipped_tiles=0, width=spec.width, height=spec.height, warnings=list(progress.warnings))
     progress.report(1.0, "done")
     progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
@@ -876,8 +795,7 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
                   f"{spec.width * spec.height / seconds / 1e6:.2f} MP/s")
     if options.uncertainty:
         progress.info(f"wrote the uncertainty raster {options.uncertainty} (spread of {options.samples} samples)")
-    return SRResult(path=os.path.abspath(dst), device=str(device), precision=precision, seconds=seconds,
+    return SRResult(path=os.path.abspath(dst), device=str(device), precision=prep.precision, seconds=seconds,
                     tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
-                    warnings=list(progress.warnings), bands=list(bands),
-                    model=os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else "",
+                    warnings=list(progress.warnings), bands=list(prep.bands), model=prep.model_path or "",
                     uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "")

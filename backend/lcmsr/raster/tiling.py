@@ -198,15 +198,24 @@ class BlockBlender:
     """
 
     def __init__(self, plan: TilePlan, bands: int, scale: int, block: int | tuple[int, int] = 256,
-                 stripe_cols: int | None = None, spill_dir: str | None = None, dtype=np.float32):
+                 stripe_cols: int | None = None, spill_dir: str | None = None, dtype=np.float32,
+                 region: tuple[int, int, int, int] | None = None):
         self.dtype = np.dtype(dtype)
         bh, bw = (block, block) if isinstance(block, int) else block
         if bh < 1 or bw < 1:
             raise ValueError(f"block size must be positive, got {block}")
         self.plan, self.bands, self.scale, self.block_h, self.block_w = plan, bands, scale, bh, bw
-        self.out_w, self.out_h = plan.width * scale, plan.height * scale
+        # A region (LR x, y, w, h) blends only the output inside it, from the plan's tiles that touch it,
+        # with the whole raster's weights: its pixels are the whole-raster blend's, whichever region
+        # computes them.  Block coordinates are relative to the region's corner.
+        rx, ry, rw, rh = region or (0, 0, plan.width, plan.height)
+        if rw < 1 or rh < 1 or rx < 0 or ry < 0 or rx + rw > plan.width or ry + rh > plan.height:
+            raise ValueError(f"region {region} is not inside the {plan.width}x{plan.height} raster")
+        self.origin_x, self.origin_y = rx * scale, ry * scale
+        self.out_w, self.out_h = rw * scale, rh * scale
         self.stripe_cols = stripe_cols or max(1, plan.cols)
-        self.order = stripe_order(plan, self.stripe_cols)
+        self.order = tuple(t for t in stripe_order(plan, self.stripe_cols)
+                           if t.x < rx + rw and t.x + t.w > rx and t.y < ry + rh and t.y + t.h > ry)
         self._pos = 0
         # For every block, the positions (in self.order) of the tiles that touch it, in order.
         self._touches: dict[tuple[int, int], list[int]] = {}
@@ -223,8 +232,10 @@ class BlockBlender:
 
     # -- geometry ---------------------------------------------------------------
     def _hr_rect(self, t: Tile) -> tuple[int, int, int, int]:
-        s = self.scale
-        return t.y * s, min((t.y + t.h) * s, self.out_h), t.x * s, min((t.x + t.w) * s, self.out_w)
+        """The tile's HR pixels inside the output (the region), relative to its corner."""
+        s, oy, ox = self.scale, self.origin_y, self.origin_x
+        return (max(t.y * s - oy, 0), min((t.y + t.h) * s - oy, self.out_h),
+                max(t.x * s - ox, 0), min((t.x + t.w) * s - ox, self.out_w))
 
     def _blocks_of(self, t: Tile):
         y0, y1, x0, x1 = self._hr_rect(t)
@@ -249,7 +260,9 @@ class BlockBlender:
         if hr is not None and hr.shape != (self.bands, tile.h * s, tile.w * s):
             raise ValueError(f"tile {tile.index}: model output {tuple(hr.shape)} is not "
                              f"{(self.bands, tile.h * s, tile.w * s)}")
-        ty0, ty1, tx0, tx1 = self._hr_rect(tile)
+        # The tile's HR corner relative to the region's (negative where the tile starts before it).
+        ty0, tx0 = tile.y * s - self.origin_y, tile.x * s - self.origin_x
+        _, ty1, _, tx1 = self._hr_rect(tile)
         weights = blend_window(tile, self.plan.overlap * s, s) if hr is not None else None
         done = []
         for key in self._blocks_of(tile):
@@ -263,8 +276,8 @@ class BlockBlender:
                 acc.sum[(slice(None),) + dst] += hr[(slice(None),) + src] * w
                 acc.wsum[dst] += w
             # HR pixel (Y, X) lies in LR pixel (Y // s, X // s): nearest upsampling of the validity.
-            ry = np.arange(y0, y1) // s - tile.y
-            rx = np.arange(x0, x1) // s - tile.x
+            ry = (np.arange(y0, y1) + self.origin_y) // s - tile.y
+            rx = (np.arange(x0, x1) + self.origin_x) // s - tile.x
             acc.valid[(slice(None),) + dst] |= valid[:, ry[:, None], rx[None, :]]
             self._cursor[key] += 1
             if self._cursor[key] == len(self._touches[key]):

@@ -1,7 +1,7 @@
 """The GDAL side of a batch (:mod:`lcmsr.sr.batch`): band stacks of single-band assets, and VRT mosaics.
 
-Both are VRTs written atomically (a temporary name beside the destination, renamed when complete),
-with their sources named relative to the VRT so a folder of outputs can be moved as a whole.
+Both are VRTs written atomically (a temporary name beside the destination, renamed when complete); GDAL
+names sources in the VRT's folder relative to it, so a folder of outputs can be moved as a whole.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def stack_bands(sources: list[tuple[str, str]], dst: str) -> str:
     try:
         options = gdal.BuildVRTOptions(separate=True, bandList=[1])
         ds = _call(f"stacking {len(sources)} assets into {dst}", gdal.BuildVRT, tmp,
-                   [os.path.relpath(p, os.path.dirname(tmp)) for p, _ in sources], options=options,
+                   [os.path.abspath(p) for p, _ in sources], options=options,
                    error=RasterWriteError)
         for i, (_, name) in enumerate(sources):
             if name:
@@ -121,9 +121,7 @@ def write_mosaic(members: list[str], dst: str, overviews: bool = True) -> str:
     tmp = temp_path(dst, ".vrt")
     tmp_ovr = tmp + ".ovr"
     try:
-        folder = os.path.dirname(os.path.abspath(dst))
-        ds = _call(f"building the mosaic {dst}", gdal.BuildVRT, tmp,
-                   [os.path.relpath(os.path.abspath(p), folder) for p in members],
+        ds = _call(f"building the mosaic {dst}", gdal.BuildVRT, tmp, [os.path.abspath(p) for p in members],
                    options=gdal.BuildVRTOptions(resolution="highest"), error=RasterWriteError)
         width, height = ds.RasterXSize, ds.RasterYSize
         ds.FlushCache()

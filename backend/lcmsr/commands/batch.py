@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..choices import EXECUTORS
 from ._args import positive as _positive
 from .sr import add_sr_options, sr_options
 
@@ -18,8 +19,6 @@ def _unit_size(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from ..sr.executors import EXECUTORS
-
     p = subparsers.add_parser(
         "batch", help="super-resolve many rasters into a folder: resumable, on this machine or a Dask cluster",
         description="Super-resolve every INPUT into --out-dir: one output per raster (<name>_sr.tif, a Cloud "

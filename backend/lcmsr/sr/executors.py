@@ -27,9 +27,8 @@ import shutil
 import sys
 import threading
 
+from ..choices import EXECUTORS
 from ..progress import Progress
-
-EXECUTORS = ("local", "dask")
 # Environment of every worker process this module starts: one BLAS/OpenMP thread, so N workers on N cores
 # do not fight (torch reads these at import).
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

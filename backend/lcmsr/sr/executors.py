@@ -21,6 +21,7 @@ The engine is an optional extra (``pip install lcmsr[cluster]``), imported only 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing
 import os
 import shutil
@@ -176,7 +177,7 @@ def local_worker_specs(workers: int, gpus: int) -> dict:
     count = gpus if gpus else workers
     specs = {}
     for i in range(count):
-        env = dict(SINGLE_THREAD_ENV)
+        env = dict(SINGLE_THREAD_ENV, DASK_LOGGING__DISTRIBUTED="error")   # the batch's log says what matters
         options = {"nthreads": 1, "env": env}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
@@ -199,6 +200,7 @@ class DaskExecutor(Executor):
                 from distributed import Scheduler, SpecCluster
 
                 multiprocessing.set_executable(python_for_children())
+                logging.getLogger("distributed").setLevel(logging.ERROR)
                 self.cluster = SpecCluster(
                     workers=local_worker_specs(workers, gpus),
                     scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0", "host": "127.0.0.1"}},
@@ -214,6 +216,12 @@ class DaskExecutor(Executor):
         self.workers = max(1, sum(int(w.get("nthreads", 1)) for w in workers_info.values()))
         self.gpu_tasks = any(float((w.get("resources") or {}).get("GPU", 0)) >= 1 for w in workers_info.values())
         self.address = address or self.client.scheduler.address
+
+    def warm(self, module: str = "lcmsr.raster.scene") -> None:
+        """Import ``module`` (torch, GDAL, the units) on every worker now rather than in its first task."""
+        import importlib
+
+        self.client.run(importlib.import_module, module)
 
     def submit(self, fn, arg, gpu: bool = False):
         resources = {"GPU": 1} if gpu and self.gpu_tasks else None

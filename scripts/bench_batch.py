@@ -1,0 +1,80 @@
+"""Issue 23's scaling check of `lcmsr batch`: two workers of one thread each against one worker, same job.
+
+The job: N real 8-bit RGB rasters (the NEON sample mirrored to SIZE px, scripts/real_raster.py) through the
+shipped aerial model at the product's defaults, on a local Dask cluster of 1 and then 2 single-threaded
+workers (the cluster is started and its workers have imported torch before the clock: the job's time, not start-up).
+Each run writes into a fresh folder; the outputs of the two runs must be byte-identical.  Run it when the
+machine is quiet (`uptime`): on 2 shared cores another process's load shows up as lost speed-up.
+
+    .venv/bin/python scripts/bench_batch.py [--inputs 4] [--size 256] [--out build/bench-batch]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "backend"))
+sys.path.insert(0, str(REPO / "scripts"))
+MODEL = REPO / "resources" / "models" / "lcmsr_x4_rgb_small.safetensors"
+
+
+def run(inputs, out: Path, workers: int) -> dict:
+    from lcmsr.raster.pipeline import SROptions
+    from lcmsr.sr.batch import run_batch
+    from lcmsr.sr.executors import make_executor
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    executor = make_executor("dask", workers=workers, device="cpu")
+    executor.warm()     # torch and GDAL imported on every worker before the clock: the job's time, not start-up
+    started = time.perf_counter()
+    try:
+        result = run_batch(inputs, str(out), str(MODEL), SROptions(device="cpu"), executor=executor, mosaic=False)
+        seconds = time.perf_counter() - started
+    finally:
+        executor.close()
+    if result.exit_status:
+        raise SystemExit(f"the batch failed: {[(r.origin, r.error) for r in result.failed]}")
+    return {"workers": workers, "seconds": round(seconds, 2), "cluster_start_s": round(started - start, 2),
+            "outputs": {os.path.basename(r.dst): Path(r.dst).read_bytes() for r in result.items}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256, help="LR pixels a side of each input")
+    parser.add_argument("--out", default=str(REPO / "build" / "bench-batch"))
+    args = parser.parse_args(argv)
+    from real_raster import write_rgb
+
+    out = Path(args.out)
+    data = out / "inputs"
+    data.mkdir(parents=True, exist_ok=True)
+    inputs = []
+    for i in range(args.inputs):
+        path = data / f"neon_{args.size}_{i}.tif"
+        if not path.exists():
+            write_rgb(path, args.size)
+        inputs.append(str(path))
+    load = os.getloadavg()[0]
+    one = run(inputs, out / "one", 1)
+    two = run(inputs, out / "two", 2)
+    identical = one.pop("outputs") == two.pop("outputs")
+    speedup = one["seconds"] / two["seconds"]
+    report = {"job": f"{args.inputs} x {args.size}^2 RGB -> x4, {MODEL.name}, defaults, CPU",
+              "load_before": round(load, 2), "one_worker": one, "two_workers": two,
+              "speedup": round(speedup, 2), "identical_outputs": identical, "cpus": os.cpu_count()}
+    print(json.dumps(report, indent=1))
+    print(f"| {report['job']} | {one['seconds']:.1f} s | {two['seconds']:.1f} s | {speedup:.2f}x | "
+          f"{'identical' if identical else 'DIFFERENT'} |")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

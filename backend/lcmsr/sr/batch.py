@@ -379,7 +379,8 @@ class _Scene:
     todo: list[dict]
     reused: int
     started: float = field(default_factory=time.perf_counter)
-    pending: int = 0
+    tasks: int = 0         # its units to run and its assembly
+    finished: int = 0      # of those, finished
     failed: str = ""
     ran: int = 0
 
@@ -390,7 +391,8 @@ class _Driver:
         self.executor, self.units, self.unit_size = executor, units, unit_size
         self.progress, self.log = progress, log
         self.results: dict[str, ItemResult] = {}
-        self.total_units = self.finished_units = 0
+        self.scenes: list[_Scene] = []
+        self.known_tasks = self.finished_tasks = 0
 
     def fail(self, item: Item, error: str) -> None:
         self.log.write("item_failed", item=item.key, src=item.src or item.origin, error=error)
@@ -446,24 +448,18 @@ class _Driver:
         return _Scene(item, request, scene, pid, todo, reused)
 
     def run(self) -> None:
+        """Plan items while the executor is busy (a catalogue's first units start after one plan, not all),
+        keep at most 2 x workers tasks in flight (every worker fed, a cancel prompt), log every result."""
         ex = self.executor
         in_flight: dict = {}     # future -> (scene, unit or None for the assembly)
         queue: list[tuple[_Scene, dict | None]] = []
-        scenes = []
-        for n, item in enumerate(self.items):
-            self.progress.report(0.02 * n / max(1, len(self.items)), f"planning {n + 1}/{len(self.items)}")
-            s = self.prepare(item)
-            if s is None:
-                continue
-            scenes.append(s)
-            self.total_units += len(s.todo) + 1
-            queue += [(s, u) for u in s.todo]
-            if not s.todo:
-                queue.append((s, None))
-        limit = max(2, 2 * ex.workers)   # enough queued for every worker, few enough that a cancel is prompt
+        to_plan = list(self.items)
+        limit = max(2, 2 * ex.workers)
         try:
-            while queue or in_flight:
+            while to_plan or queue or in_flight:
                 self.progress.check()
+                while to_plan and len(queue) + len(in_flight) < limit:
+                    self._plan_next(to_plan.pop(0), queue)
                 while queue and len(in_flight) < limit:
                     s, unit = queue.pop(0)
                     if s.failed:
@@ -472,15 +468,14 @@ class _Driver:
                         future = ex.submit(self.units.assemble, s.scene)
                     else:
                         future = ex.submit(self.units.run_unit, unit, gpu=True)
-                    s.pending += 1
                     in_flight[future] = (s, unit)
                 if not in_flight:
                     continue
                 done, _ = ex.wait(set(in_flight), timeout=_POLL_S)
                 for future in done:
                     s, unit = in_flight.pop(future)
-                    s.pending -= 1
-                    self.finished_units += 1
+                    self.finished_tasks += 1
+                    s.finished += 1
                     try:
                         result = ex.result(future)
                     except Cancelled:
@@ -497,11 +492,29 @@ class _Driver:
                         self._unit_done(s, unit, result, queue)
                     else:
                         self._item_done(s, result)
-                self.progress.report(0.02 + 0.93 * self.finished_units / max(1, self.total_units),
-                                     f"{self.finished_units}/{self.total_units} tasks")
+                self._report()
         except BaseException:
             ex.cancel(set(in_flight))
             raise
+
+    def _plan_next(self, item: Item, queue: list) -> None:
+        self.progress.report(self._fraction(), f"planning {item.origin}")
+        s = self.prepare(item)
+        if s is None:
+            return
+        s.tasks = len(s.todo) + 1
+        self.scenes.append(s)
+        self.known_tasks += s.tasks
+        queue += [(s, u) for u in s.todo] if s.todo else [(s, None)]
+
+    def _fraction(self) -> float:
+        """Items count equally; an item's share fills as its tasks (units and assembly) finish."""
+        finished = sum(1 for r in self.results.values() if r.status != "done")   # failed or skipped, whole
+        finished += sum(min(1.0, s.finished / s.tasks) for s in self.scenes if not s.failed)
+        return 0.95 * min(1.0, finished / max(1, len(self.items)))
+
+    def _report(self) -> None:
+        self.progress.report(self._fraction(), f"{self.finished_tasks}/{self.known_tasks} tasks")
 
     def _unit_done(self, s: _Scene, unit: dict, result: dict, queue) -> None:
         s.ran += 1

@@ -42,6 +42,7 @@ def run_unit(unit, progress=None):
     plan = unit["plan"]
     if plan["fail"] == f"unit:{unit['index']}":
         raise RuntimeError(f"unit {unit['index']} broke (stand-in)")
+    start = time.time()
     time.sleep(plan["delay"])
     with open(plan["src"], "rb") as f:
         text = hashlib.sha256(f.read()).hexdigest() + f":{unit['index']}\n"
@@ -50,7 +51,8 @@ def run_unit(unit, progress=None):
         with open(tmp, "w") as f:
             f.write(text)
     return {"part": unit["part"], "sha256": hashlib.sha256(text.encode()).hexdigest(), "seconds": 0.0,
-            "tiles": 1, "device": f"cpu pid {os.getpid()}"}
+            "tiles": 1, "device": f"cpu pid {os.getpid()} gpu {os.environ.get('CUDA_VISIBLE_DEVICES', '-')} "
+                                  f"from {start:.3f} to {time.time():.3f}"}
 
 
 def assemble(scene, progress=None):

@@ -173,9 +173,38 @@ def test_every_executor_gives_the_same_outputs(tmp_path):
         result = batch(inputs, tmp_path / name, executor=kind, workers=workers)
         assert result.exit_status == 0, result.failed
         outputs[name] = {os.path.basename(r.dst): Path(r.dst).read_text() for r in result.items}
-        pids = {e["device"] for e in events(tmp_path / name, "unit_done")}
+        pids = {e["device"].split(" gpu ")[0] for e in events(tmp_path / name, "unit_done")}
         assert len(pids) == (1 if workers == 1 else 2) or name == "dask" and len(pids) >= 1
     assert outputs["inline"] == outputs["pool"] == outputs["dask"]
+
+
+@pytest.mark.slow
+def test_model_tasks_claim_one_gpu_each_on_a_cluster_whose_workers_declare_gpus(tmp_path):
+    """A cluster reached by its address, with two workers declaring GPU=1 and pinned to GPUs 0 and 1 (the
+    local CUDA cluster's spec; on this CPU machine the pinning is only an environment variable), each with
+    two threads: every unit claims the GPU, so no worker runs two at once, and both GPUs are used."""
+    from distributed import Scheduler, SpecCluster
+
+    from lcmsr.sr.executors import local_worker_specs
+
+    inputs = [fake.write_input(tmp_path / f"s{i}.tif", units=3, delay=0.2) for i in range(2)]
+    specs = local_worker_specs(workers=1, gpus=2)
+    for spec in specs.values():
+        spec["options"]["nthreads"] = 2
+    with SpecCluster(workers=specs, silence_logs=40,
+                     scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0", "host": "127.0.0.1"}}) as cluster:
+        with make_executor("dask", address=cluster.scheduler_address) as ex:
+            assert ex.gpu_tasks and "one GPU per model task" in ex.describe()
+            result = batch(inputs, tmp_path / "out", executor=ex)
+    assert result.exit_status == 0
+    runs = {}
+    for e in events(tmp_path / "out", "unit_done"):
+        _, gpu, _, start, _, end = e["device"].rsplit(" ", 5)
+        runs.setdefault(gpu, []).append((float(start), float(end)))
+    assert sorted(runs) == ["0", "1"]
+    for spans in runs.values():
+        spans.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
 
 
 def test_executor_errors_are_one_line():

@@ -214,3 +214,23 @@ def test_executor_errors_are_one_line():
         make_executor("local", address="tcp://127.0.0.1:8786")
     with pytest.raises(ExecutorError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         make_executor("dask", address="tcp://127.0.0.1:9", timeout=1)
+
+
+def test_usage_errors_exit_2_in_one_line(tmp_path, capsys):
+    from lcmsr.cli import main
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    fake.write_input(folder / "a.tif")
+    for argv, message in [
+        (["batch", str(folder), "--out-dir", str(folder)], "is also INPUT"),    # outputs would become inputs
+        (["batch", str(folder), "--out-dir", str(tmp_path / "o"), "--address", "tcp://h:8786"],
+         "--address names a Dask scheduler: use it with --executor dask"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    with pytest.raises(SystemExit) as stop:     # argparse's own usage error
+        main(["batch", str(folder), "--out-dir", str(tmp_path / "o"), "--unit-size", "10"])
+    assert stop.value.code == 2 and "a unit is at least 64 LR pixels" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

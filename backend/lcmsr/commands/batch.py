@@ -41,8 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="the Dask scheduler to use, e.g. tcp://10.0.0.5:8786 (see the README's cluster recipes)")
     p.add_argument("--unit-size", type=_unit_size, default=0, metavar="PX",
-                   help="split each raster into units of about PX LR pixels a side, run as separate tasks and "
-                        "blended as one run would (0: one unit per raster; default %(default)s)")
+                   help="split each raster into units of PX LR pixels a side (rounded up to a multiple of 256), run "
+                        "as separate tasks and blended as one run would (0: one unit per raster; default %(default)s)")
     p.add_argument("--assets", default=None, metavar="A,B,...",
                    help="STAC inputs: the asset keys or band names to stack, in the model's order, e.g. "
                         "B04,B03,B02,B08 (default: every data asset)")

@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
+.PHONY: setup test test-fast package demo bench bench-scene data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -54,6 +54,12 @@ demo: setup
 
 bench: setup
 	$(PY) scripts/bench.py --device cpu --out $(BUILD)/bench
+
+# A Sentinel-2-like scene window (real pixels, 4-band UInt16, 1098² LR = 1/100 of a tile) through the default
+# path to a COG, beside the aerial model; SIZE=2196 for 1/25 of a tile (docs/PERFORMANCE.md, "Scenes").
+SIZE ?= 1098
+bench-scene: setup
+	$(PY) scripts/bench_scene.py --device cpu --size $(SIZE) --out $(BUILD)/bench-scene
 
 # Fault injection and fuzzing (about 11 min on 2 cores, 680 cases); a quick subset runs inside `make test` (tests/robustness/).
 robustness: setup

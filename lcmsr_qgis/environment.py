@@ -92,7 +92,7 @@ def diagnostics(device_request: str = "auto") -> str:
     import torch
 
     import lcmsr
-    from lcmsr.device import DeviceError, resolve_device
+    from lcmsr.runtime import DeviceError, resolve_device
 
     lines += [f"lcmsr backend: {lcmsr.__version__} ({os.path.dirname(lcmsr.__file__)})",
               f"numpy: {numpy.__version__}", f"torch: {torch.__version__} (CUDA build: {torch.version.cuda})",

@@ -17,7 +17,7 @@ Random weights: speed does not depend on their values.  --compile adds torch.com
 (minutes of compiling on a small machine); on CUDA it is always measured.
 
 On the CPU, with the shipped models' real weights (resources/models): the new default precision
-("auto", lcmsr.device.resolve_precision) against plain fp32 and fp32 + channels_last, per part
+("auto", lcmsr.runtime.resolve_precision) against plain fp32 and fp32 + channels_last, per part
 (CondNet, denoiser, decoder, rest), one thread, CPU time, interleaved repetitions, medians, with
 a CHECK line per model (issue 18: >= 1.6x plain fp32); the cheap knobs (threads, tile, batch);
 one step vs DDIM-50 per part and one pixel-space step of the same UNet at the HR size; and a real
@@ -294,7 +294,7 @@ def _median(values):
 def cpu_default(lr_size=128, reps=5):
     """The shipped models, real weights: plain fp32 (eager, as before channels_last) vs fp32 with
     channels_last (the old default) vs the new default ("auto"), per part, one thread, CPU time."""
-    from lcmsr.device import resolve_precision
+    from lcmsr.runtime import resolve_precision
     from lcmsr.weights import load_model
 
     device = torch.device("cpu")

@@ -145,7 +145,7 @@ def bench_cuda(report: dict, device: str) -> bool:
 
     rows = []
     for path in sorted(MODELS.glob("*.safetensors")):
-        from lcmsr.device import resolve_precision
+        from lcmsr.runtime import resolve_precision
 
         auto, _ = resolve_precision("auto", torch.device(device))
         for name, precision, cl in (("fp32", "fp32", False), ("fp32+channels_last", "fp32", True),

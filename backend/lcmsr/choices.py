@@ -36,7 +36,7 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16")    # training: auto = bf16 on CUDA a
 # Inference: the choices and defaults of SROptions, the `lcmsr sr` flags, the plugin's superresolve
 # parameters and its settings.  Names in the plugin's enum order (its parameters take indices).
 # "auto" is last so that the indices saved in Processing models and history (0 = fp32, 1 = bf16) keep
-# their meaning; it is the default (lcmsr.device.resolve_precision decides, and the log says why).
+# their meaning; it is the default (lcmsr.runtime.resolve_precision decides, and the log says why).
 PRECISION_LABELS = {
     "fp32": "fp32",
     "bf16": "bf16 (CUDA, or a CPU with native bf16; elsewhere fp32 with a warning)",

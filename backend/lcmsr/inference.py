@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .choices import PRECISIONS
-from .device import resolve_precision
+from .runtime import is_oom, resolve_precision
 from .progress import Progress
 
 _COMPILED_PARTS = ("condnet", "denoiser", "decoder")
@@ -40,7 +40,7 @@ _MAX_GRAPHS = 4   # captured shapes kept per runner (OOM back-off makes new ones
 
 @dataclass
 class InferenceOptions:
-    precision: str = "fp32"               # "fp32" | "bf16" (autocast) | "auto" (lcmsr.device.resolve_precision)
+    precision: str = "fp32"               # "fp32" | "bf16" (autocast) | "auto" (lcmsr.runtime.resolve_precision)
     channels_last: bool | None = None     # None: on the CPU (1.3x there); not on CUDA (0.93-0.96x on an H200)
     compile: bool = False                 # torch.compile, eager fallback on failure
     cuda_graphs: bool = False             # CUDA only; ignored (said once) elsewhere
@@ -82,11 +82,6 @@ def _compiled_proxy(model: torch.nn.Module):
         if part is not None:
             proxy._modules[name] = torch.compile(part, dynamic=False)
     return proxy
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class Inference:
@@ -188,7 +183,7 @@ class Inference:
                 try:
                     y = self._call(self._runner, x, steps, sampler, generator, noise, repeats)
                 except Exception as exc:
-                    if _is_oom(exc):
+                    if is_oom(exc):
                         raise
                     self._compile_failed(exc)
                     y = self._call(self.model, x, steps, sampler, generator, noise, repeats)
@@ -225,7 +220,7 @@ class Inference:
                 graph = _Graph(lambda a, n: self._call(self._runner, a, steps, sampler, None, n, repeats),
                                x, noise, self._autocast)
             except Exception as exc:
-                if _is_oom(exc):
+                if is_oom(exc):
                     raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 self.progress.warn(f"CUDA graph capture failed ({type(exc).__name__}: {first}): "

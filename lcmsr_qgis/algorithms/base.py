@@ -38,7 +38,7 @@ def device_default_index() -> int:
 
 
 def device_request(index: int) -> str:
-    """The enum's choice as a request for lcmsr.device.resolve_device; CUDA keeps the settings' GPU index."""
+    """The enum's choice as a request for lcmsr.runtime.resolve_device; CUDA keeps the settings' GPU index."""
     from ..settings import Settings
 
     value = DEVICE_VALUES[index]

@@ -149,7 +149,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         progress = self.progress(feedback)
         with self.backend_errors():
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
-            from lcmsr.device import resolve_device
+            from lcmsr.runtime import resolve_device
             from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
             from lcmsr.paths import check_outputs
 

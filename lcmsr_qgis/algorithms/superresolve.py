@@ -274,7 +274,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
         progress = self.progress(feedback)
         with self.backend_errors():
-            from lcmsr.device import resolve_device
+            from lcmsr.runtime import resolve_device
             from lcmsr.raster.pipeline import choose_model_for, superresolve
 
             from ..model_cache import model_cache

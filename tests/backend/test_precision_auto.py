@@ -1,4 +1,4 @@
-"""The "auto" precision (the default): chosen per device by lcmsr.device.resolve_precision; on a CPU with
+"""The "auto" precision (the default): chosen per device by lcmsr.runtime.resolve_precision; on a CPU with
 native bf16 its output stays within bf16 rounding of fp32's on real pixels with the shipped models, and on
 any other CPU it is fp32's output exactly."""
 from pathlib import Path
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lcmsr import device as device_mod
+from lcmsr import runtime as device_mod
 from lcmsr.choices import SR_DEFAULTS
-from lcmsr.device import cpu_native_bf16, resolve_precision
+from lcmsr.runtime import cpu_native_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "resources" / "sample"

@@ -193,7 +193,7 @@ def test_out_of_memory_halves_batch_then_tile_and_says_so(tmp_path):
 
 def test_bf16_runs_on_a_cpu_with_native_bf16_and_falls_back_to_fp32_elsewhere(tmp_path, monkeypatch):
     """As training chooses: bf16 where the CPU computes it natively; emulated it would be slower than fp32."""
-    from lcmsr import device
+    from lcmsr import runtime as device
 
     src = write_raster(tmp_path / "in.tif", textured(16, 16).round().astype(np.uint8))
     options = SROptions(tile=32, overlap=8, device="cpu", precision="bf16")

@@ -224,21 +224,6 @@ def test_repeated_samples_share_condnet_and_equal_separate_calls(noisy_model):
     assert (apart[:2] - apart[2:4]).abs().mean() > 1e-3   # the samples differ: the test can tell them apart
 
 
-def test_sharded_job_writes_the_same_uncertainty_raster(tmp_path):
-    from test_sr_distributed import _sharded
-
-    src = crop(tmp_path / "in.tif", size=60)
-    opts = dict(tile=32, overlap=8, batch=2, output_type="float32", samples=3, ignore_domain=True)
-    single = superresolve(src, tmp_path / "single.tif", StandInModel(scale=4, noise_weight=0.2),
-                          SROptions(uncertainty=str(tmp_path / "single_u.tif"), **opts))
-    errors = _sharded(src, str(tmp_path / "sharded.tif"), SROptions(uncertainty=str(tmp_path / "sharded_u.tif"), **opts),
-                      [StandInModel(scale=4, noise_weight=0.2) for _ in range(2)])
-    assert not errors, errors
-    assert np.array_equal(read(tmp_path / "sharded.tif"), read(single.path))
-    assert np.array_equal(read(tmp_path / "sharded_u.tif"), read(single.uncertainty), equal_nan=True)
-    assert np.nanmean(read(single.uncertainty)) > 5
-
-
 def test_uncertainty_format_comes_from_its_extension_and_a_wrong_one_is_named(tmp_path, noisy_model):
     src = crop(tmp_path / "in.tif", size=32)
     res = run(src, tmp_path / "sr.tif", noisy_model, uncertainty=str(tmp_path / "u.img"), samples=2)

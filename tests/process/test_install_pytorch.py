@@ -85,10 +85,10 @@ def test_the_running_session_uses_it_without_a_restart(installed):
         "import sys\n"
         "sys.path[:0] = [%r, %r]\n"
         "import qgis.core\n"
-        "try:\n    import lcmsr.device\nexcept ModuleNotFoundError as exc:\n    print('before:', exc.name)\n"
+        "try:\n    import lcmsr.runtime\nexcept ModuleNotFoundError as exc:\n    print('before:', exc.name)\n"
         "from lcmsr_qgis.torch_install import use_now\n"
         "print('use_now:', use_now(%r))\n"
-        "import lcmsr.device, torch\n"
+        "import lcmsr.runtime, torch\n"
         "print('after:', torch.__file__)\n" % (str(REPO), str(REPO / "backend"), target))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=300, env=env)

@@ -35,7 +35,7 @@ def test_superresolve_runs_and_json_reports_the_output(tiny_model, tmp_path):
     # The default precision is "auto": the log names what ran and why.
     import torch
 
-    from lcmsr.device import resolve_precision
+    from lcmsr.runtime import resolve_precision
 
     precision, why = resolve_precision("auto", torch.device("cpu"))
     assert f"precision {precision} ({why})" in proc.stdout + proc.stderr

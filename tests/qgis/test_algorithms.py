@@ -157,10 +157,10 @@ def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provide
     assert got["size"] == (4 * source["size"][0], 4 * source["size"][1])
     assert got["crs"] == source["crs"] == "EPSG:32612" and got["bands"] == 3
     QgsProject.instance().removeAllMapLayers()
-    # The log says which device and precision ran, and why: the default is "auto" (lcmsr.device decides).
+    # The log says which device and precision ran, and why: the default is "auto" (lcmsr.runtime decides).
     import torch
 
-    from lcmsr.device import resolve_precision
+    from lcmsr.runtime import resolve_precision
 
     precision, why = resolve_precision("auto", torch.device("cpu"))
     assert any("device cpu" in line and f"precision {precision} ({why})" in line for line in feedback.infos), \

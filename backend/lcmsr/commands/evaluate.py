@@ -123,7 +123,7 @@ def _finite(obj):
 
 
 def run(args) -> int:
-    from lcmsr.device import resolve_device
+    from lcmsr.runtime import resolve_device
     from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
     from lcmsr.metrics.fid import list_images
 

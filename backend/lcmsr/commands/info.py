@@ -113,7 +113,7 @@ def diagnostics() -> str:
     import torch
 
     from .. import __version__
-    from ..device import resolve_device
+    from ..runtime import resolve_device
 
     lines = [f"lcmsr           {__version__}",
              f"python          {platform.python_version()} ({platform.system()} {platform.machine()})",

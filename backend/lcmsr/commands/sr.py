@@ -44,8 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=_positive, default=d["samples"], metavar="K",
                    help="samples for --uncertainty (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.epilog = ("Several processes or GPUs: torchrun --nproc_per_node=N -m lcmsr sr IN OUT --model M ... "
-                "shards the tiles (output identical to one process).")
+    p.epilog = ("Several processes, GPUs or machines: run the raster as units, "
+                "lcmsr batch IN --out-dir DIR --unit-size 2048 --executor dask [--workers N | --address ADDR].")
     p.set_defaults(func=run, paths=io_paths)
 
 
@@ -132,21 +132,19 @@ def run(args) -> int:
         if "osgeo" in str(exc) or "gdal" in str(exc).lower():
             raise CliError(f"'lcmsr sr' needs GDAL's Python bindings (osgeo), which are not installed: {exc}") from None
         raise
-    from ..distributed_sr import superresolve_distributed, world_from_env
+    from ..runtime import world_from_env
 
+    if world_from_env() is not None:
+        # Sharding one raster over torchrun ranks (rank 0 reading and writing everything) is retired:
+        # units of a scene run by an executor read and write their own parts (docs/DESIGN.md, "Scenes").
+        raise CliError("'lcmsr sr' runs in one process; for several GPUs or machines run the raster as units: "
+                       "lcmsr batch IN --out-dir DIR --executor dask [--workers N | --address ADDR]")
     options = sr_options(args, uncertainty=args.uncertainty, samples=args.samples)
-    # Started by torchrun: the tiles are sharded over the processes; rank 0 shows progress and writes.
-    world = world_from_env()
-    progress = TqdmProgress(desc="sr", disable=True if args.quiet or (world and world.rank) else None)
+    progress = TqdmProgress(desc="sr", disable=True if args.quiet else None)
     try:
-        if world is None:
-            result = superresolve(args.input, args.output, args.model, options, progress)
-        else:
-            result = superresolve_distributed(args.input, args.output, args.model, options, progress, world)
+        result = superresolve(args.input, args.output, args.model, options, progress)
     finally:
         progress.close()
-    if result is None:
-        return 0
     print(f"{result.path}: {result.width}x{result.height}, {result.tiles} tile(s) "
           f"({result.skipped_tiles} skipped as nodata), {result.device} {result.precision}, "
           f"{result.seconds:.1f} s")

@@ -106,12 +106,12 @@ def _merge_free(a: dict, b: dict) -> dict:
 
 
 def _run(args, train) -> int:
-    import os
-
     from ..progress import Progress, TqdmProgress
+    from ..runtime import world_from_env
 
     opts = options_from_args(args)
-    main = int(os.environ.get("RANK", "0")) == 0
+    world = world_from_env()
+    main = world is None or world.is_main
     progress = TqdmProgress(desc=args.command, disable=args.quiet or not main) if main else Progress()
     try:
         result = train(opts, progress)

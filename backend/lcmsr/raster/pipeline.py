@@ -11,9 +11,9 @@ holds one row of input tiles (the global GDAL_CACHEMAX is left alone: QGIS
 shares it).  Only the calling thread talks to ``progress`` (QGIS objects must
 not be touched off their thread).
 
-``exchange`` (see :mod:`lcmsr.distributed_sr`) shards the batches of one job
-over several processes: every process forms the same batches from the same
-tile order, computes the ones it owns, and rank 0 blends and writes.
+A region of the raster (``region``) runs the whole raster's tiles that touch it and blends them with the
+whole raster's weights, so a scene cut into units (:mod:`lcmsr.raster.scene`, :mod:`lcmsr.sr.units`) run by
+any number of processes or machines gives the single-process output.
 
 Seamless and deterministic: the diffusion noise of every tile is cut from one
 noise field over the whole raster's latent grid, generated in fixed blocks
@@ -38,7 +38,7 @@ import torch
 
 from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
-from ..device import resolve_device, resolve_precision
+from ..runtime import is_cpu_alloc_failure, resolve_device, resolve_precision
 from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
 from ..normalization import Normalization
 from ..paths import check_outputs, check_regular, raster_outputs
@@ -69,7 +69,7 @@ class SROptions:
     # GB the job may add to the process's memory on the CPU; tile and batch left at 0 are chosen to fit it.
     memory_budget: float = SR_DEFAULTS["memory_budget"]
     device: str = SR_DEFAULTS["device"]
-    precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name; lcmsr.device.resolve_precision decides "auto"
+    precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name; lcmsr.runtime.resolve_precision decides "auto"
     steps: int = SR_DEFAULTS["steps"]
     sampler: str = SR_DEFAULTS["sampler"]
     seed: int = SR_DEFAULTS["seed"]
@@ -136,6 +136,8 @@ class SRResult:
     bands: list[int] = field(default_factory=list)   # the input bands written, in output order
     model: str = ""                                   # the model file that ran ("" for an in-memory model)
     uncertainty: str = ""                             # the uncertainty raster written ("" for none)
+    tile: int = 0                                     # the LR tile the plan chose (or the user gave)
+    batch: int = 0                                    # images per model call (tiles x bands of a band-wise model)
 
 
 class _Recording(Progress):
@@ -156,11 +158,6 @@ class _Recording(Progress):
 
     def cancelled(self):
         return self.parent.cancelled()
-
-
-def _is_cpu_alloc_failure(exc: BaseException) -> bool:
-    """Host memory ran out: torch's "DefaultCPUAllocator: can't allocate memory", numpy's MemoryError."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 # ---------------------------------------------------------------- threads
@@ -282,14 +279,13 @@ class _Job:
     """One raster (or one region of it, ``region`` = LR x, y, w, h) through a :class:`TileModel`: the
     tiles of the whole raster's plan that touch the region are read, run, blended and written."""
 
-    def __init__(self, src, dst, model, info, spec, options, device, precision, progress, exchange=None,
+    def __init__(self, src, dst, model, info, spec, options, device, precision, progress,
                  norm: Normalization | None = None, bandwise: bool = False, fmt: io.OutputFormat | None = None,
                  uspec: io.OutputSpec | None = None, ufmt: io.OutputFormat | None = None,
                  region: tuple[int, int, int, int] | None = None, timers: Timers | None = None):
         self.src, self.dst, self.model, self.info, self.spec, self.fmt = src, dst, model, info, spec, fmt
         self.uspec, self.ufmt = uspec, ufmt   # the uncertainty raster's (options.uncertainty)
         self.o, self.device, self.precision, self.progress = options, device, precision, progress
-        self.exchange = exchange
         self.region = region
         self.timers = timers or Timers()
         self.scale = int(model.info.scale)
@@ -320,14 +316,6 @@ class _Job:
         """Tiles per group: as many as give the tile model's batch of images (bands of a band-wise model)."""
         return self.tm.tiles_per_call(len(self.info.bands))
 
-    def _compute(self, index: int, tiles, data) -> list[np.ndarray]:
-        if self.exchange is not None and self.exchange.owner(index) != self.exchange.rank:
-            s = self.scale
-            shape = (len(tiles), self.out_bands, tiles[0].h * s, tiles[0].w * s)
-            y = self.exchange.recv(index, shape)
-            return [y[i] for i in range(len(tiles))]
-        return self.tm(tiles, data)
-
     # -- streaming ----------------------------------------------------------------
     def _plan(self, tile: int):
         """The whole raster's tile plan (a region runs the same tiles), stripes and output blocks."""
@@ -342,10 +330,7 @@ class _Job:
         return plan, stripe_cols, block
 
     def _batches(self, tiles_q: queue.Queue, writer=None):
-        """Groups of consecutive tiles holding ``self.batch`` tiles to run (skipped tiles ride along).
-
-        Every process of a sharded job forms the same groups, so batch ``i`` is the same everywhere.
-        """
+        """Groups of consecutive tiles holding ``self.batch`` tiles to run (skipped tiles ride along)."""
         pending = []
         while True:
             self.progress.check()
@@ -400,6 +385,9 @@ class _Job:
             with contextlib.ExitStack() as stack:
                 targets = [(stack.enter_context(o), o.spec) for o in outputs]
                 self._stream(plan, total, blenders, reader, tiles_q, stop, targets)
+                finishing = time.perf_counter()
+            # Leaving the block finished the files: a COG's or another format's conversion, overviews, checks.
+            self.timers.add("finish", time.perf_counter() - finishing)
             for o in outputs:
                 o.publish()
         except BaseException:
@@ -426,10 +414,9 @@ class _Job:
         try:
             done = 0
             eta, said = Eta(total), -1   # the time left: on the bar each batch, in the log every 10 %
-            for index, pending in enumerate(self._batches(tiles_q, writers[0])):
+            for pending in self._batches(tiles_q, writers[0]):
                 todo = [(t, d) for t, d, _ in pending if d is not None]
-                outs = iter(self._compute(index, [t for t, _ in todo], [d for _, d in todo])
-                            if todo else [])
+                outs = iter(self.tm([t for t, _ in todo], [d for _, d in todo]) if todo else [])
                 for t, d, valid in pending:
                     hr = next(outs) if d is not None else None
                     # Main output: the bands; uncertainty: the extra band, valid where every input band is.
@@ -466,27 +453,6 @@ class _Job:
                         except queue.Full:
                             pass
                         writer.join(timeout=0.1)
-
-    def serve(self, tile: int) -> None:
-        """A non-zero rank of a sharded job: read the same tiles, run the batches it owns, send them."""
-        plan, stripe_cols, _ = self._plan(tile)
-        order = BlockBlender(plan, len(self.info.bands), self.scale, stripe_cols=stripe_cols).order
-        neutral = neutral_values(self.norm)
-        stop = threading.Event()
-        tiles_q: queue.Queue = queue.Queue(maxsize=max(2, _QUEUE_TILES * self.batch))
-        reader = _Reader(self.src, self.info.bands, order, neutral, tiles_q, stop, self.timers)
-        reader.start()
-        try:
-            for index, pending in enumerate(self._batches(tiles_q)):
-                todo = [(t, d) for t, d, _ in pending if d is not None]
-                if not todo or self.exchange.owner(index) != self.exchange.rank:
-                    continue
-                outs = self.tm([t for t, _ in todo], [d for _, d in todo])
-                self.tiles_run += len(todo)
-                self.exchange.send(index, np.stack(outs))
-        finally:
-            stop.set()
-            reader.join()
 
     def _send(self, q: queue.Queue, item, writer: _Writer) -> None:
         while True:
@@ -597,7 +563,7 @@ def uncertainty_spec(spec: io.OutputSpec, options: SROptions) -> io.OutputSpec:
 
 
 def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise: bool, bands: int,
-                    progress, sharded: bool) -> tuple[int, int]:
+                    progress) -> tuple[int, int]:
     """The tile (LR pixels) and the batch (images per model call: tiles, times the bands of a band-wise
     model): the user's where given; on the CPU the rest chosen to fit the memory budget (lcmsr.memory,
     said in the log, with a warning where the user's values exceed it); on CUDA 256/8 with the
@@ -610,8 +576,7 @@ def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise
     plan = memory.choose(info.width, info.height, scale=int(model.info.scale), model=figures,
                          images_per_tile=bands if bandwise else 1, out_bands=bands, overlap=options.overlap,
                          budget_gb=options.memory_budget, tile=options.tile, batch=options.batch,
-                         # every process of a sharded job must form the same batches: the budget alone
-                         available=None if sharded else memory.available_bytes(), stripe_hr=STRIPE_HR,
+                         available=memory.available_bytes(), stripe_hr=STRIPE_HR,
                          max_batch=memory.MAX_BATCH * (bands if bandwise else 1))
     if not measured:
         progress.info(f"no working-memory figure for a '{config or 'custom'}' model: estimated from the "
@@ -650,11 +615,9 @@ class _Prepared:
     batch: int
 
 
-def _prepare(src, dst, model_or_path, options: SROptions, progress, *, exchange=None, device=None,
-             write: bool = True) -> _Prepared:
+def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=None) -> _Prepared:
     """Check everything that can be checked, choose the model, device, precision, bands, normalisation,
-    output spec, tile and batch: the run plan, logged once.  ``write=False``: no output checks (a worker
-    of a sharded job, or a scene plan whose parts and output are checked by their own writers)."""
+    output spec, tile and batch: the run plan, logged once."""
     io.output_format(dst, None, options.cog, options.overviews, options.creation_options)
 
     # One handle for everything read before the tiles (facts, band checks, stretch, output description).
@@ -701,42 +664,36 @@ def _prepare(src, dst, model_or_path, options: SROptions, progress, *, exchange=
     spec.value_ranges = ranges
     io.check_output_type(spec, bands)
     spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
-    fmt = None
-    if write:
-        fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
-                               bands=spec.bands)
-        io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
+    fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
+                           bands=spec.bands)
+    io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
     uspec = ufmt = None
     if options.uncertainty:
         uspec = uncertainty_spec(spec, options)
-        if write:
-            ufmt = _uncertainty_format(options, uspec.data_type)
-            io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
-                                 converted=not ufmt.streamed)
+        ufmt = _uncertainty_format(options, uspec.data_type)
+        io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
+                             converted=not ufmt.streamed)
     tile, batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),
-                                  progress, sharded=exchange is not None)
+                                  progress)
     path = os.fspath(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else None
     return _Prepared(src, dst, options, model, path, device, precision, domain, bands, norm, ranges, info,
                      spec, fmt, uspec, ufmt, tile, batch)
 
 
-def _run(prep: _Prepared, progress, *, exchange=None, region=None, timers: Timers | None = None) -> _Job:
+def _run(prep: _Prepared, progress, *, region=None, timers: Timers | None = None) -> _Job:
     """Stream the prepared job; on GPU out-of-memory with one tile, restart with half the tile."""
-    options, worker = prep.options, exchange is not None and exchange.rank != 0
+    options = prep.options
     job = _Job(prep.src, prep.dst, prep.model, prep.info, prep.spec, options, prep.device, prep.precision,
-               progress, exchange=exchange, norm=prep.norm, bandwise=prep.domain.bandwise, fmt=prep.fmt,
+               progress, norm=prep.norm, bandwise=prep.domain.bandwise, fmt=prep.fmt,
                uspec=prep.uspec, ufmt=prep.ufmt, region=region, timers=timers)
     job.tm.batch = prep.batch
     tile = prep.tile
     while True:
         try:
-            if worker:
-                job.serve(tile)
-            else:
-                job.run(tile)
+            job.run(tile)
             return job
         except (MemoryError, RuntimeError) as exc:
-            if not _is_cpu_alloc_failure(exc):
+            if not is_cpu_alloc_failure(exc):
                 raise
             # The allocator's own text names no file and no way out: say both, in the caller's words.
             t = options.terms
@@ -744,9 +701,6 @@ def _run(prep: _Prepared, progress, *, exchange=None, region=None, timers: Timer
                               f"batches of {job.tm.batch} image(s): use a smaller {t['tile']} or {t['batch']}, "
                               f"or leave both to the memory budget") from None
         except TileTooLarge as exc:
-            if exchange is not None:
-                raise RuntimeError(f"out of GPU memory with one tile of {tile} LR pixels in a sharded job: "
-                                   f"restart with a smaller --tile or --batch") from None
             smaller = tile // 2
             if smaller < max(16, 2 * options.overlap + 1):
                 t = options.terms
@@ -759,7 +713,7 @@ def _run(prep: _Prepared, progress, *, exchange=None, region=None, timers: Timer
 
 
 def superresolve(src, dst, model_or_path, options: SROptions | None = None,
-                 progress: Progress | None = None, *, exchange=None, device=None,
+                 progress: Progress | None = None, *, device=None,
                  timers: Timers | None = None) -> SRResult:
     """Super-resolve raster ``src`` into ``dst`` with a model (or a model file path).
 
@@ -770,25 +724,18 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     and rotation divided by the model's scale.  Raises :class:`io.RasterError`
     (bad input or options), :class:`io.RasterWriteError` (output could not be
     written) or :class:`~lcmsr.progress.Cancelled`; in every such case ``dst``
-    is left as it was.  ``timers`` collects the seconds spent per part (benchmarks).
-
-    ``exchange`` and ``device`` are for :mod:`lcmsr.distributed_sr` (one
-    process of a sharded job, on its own device); on ranks other than 0 nothing
-    is written and the result only counts the tiles that rank computed.
+    is left as it was.  ``timers`` collects the seconds spent per part (benchmarks); ``device`` (a
+    torch device) skips the device choice.
     """
     start = time.perf_counter()
     options = options or SROptions()
     options.validate()
     progress = _Recording(progress or Progress())
     src, dst = os.fspath(src), os.fspath(dst)
-    worker = exchange is not None and exchange.rank != 0
-    prep = _prepare(src, dst, model_or_path, options, progress, exchange=exchange, device=device, write=not worker)
-    job = _run(prep, progress, exchange=exchange, timers=timers)
+    prep = _prepare(src, dst, model_or_path, options, progress, device=device)
+    job = _run(prep, progress, timers=timers)
     seconds = time.perf_counter() - start
     spec, device = prep.spec, prep.device
-    if worker:
-        return SRResult(path="", device=str(device), precision=prep.precision, seconds=seconds, tiles=job.tiles_run,
-                        skipped_tiles=0, width=spec.width, height=spec.height, warnings=list(progress.warnings))
     progress.report(1.0, "done")
     progress.info(f"wrote {dst} ({spec.width}x{spec.height}, {job.tiles_run} tile(s), "
                   f"{job.skipped} skipped as nodata) in {seconds:.1f} s on {device}, "
@@ -798,4 +745,5 @@ def superresolve(src, dst, model_or_path, options: SROptions | None = None,
     return SRResult(path=os.path.abspath(dst), device=str(device), precision=prep.precision, seconds=seconds,
                     tiles=job.tiles_run, skipped_tiles=job.skipped, width=spec.width, height=spec.height,
                     warnings=list(progress.warnings), bands=list(prep.bands), model=prep.model_path or "",
-                    uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "")
+                    uncertainty=os.path.abspath(options.uncertainty) if options.uncertainty else "",
+                    tile=prep.tile, batch=job.tm.batch)

@@ -17,7 +17,7 @@ import os
 import time
 
 from .. import catalog
-from ..device import resolve_device, resolve_precision
+from ..runtime import resolve_device, resolve_precision
 from ..domain import Domain
 from ..normalization import Normalization
 from ..progress import Progress, Timers
@@ -139,7 +139,7 @@ def _prepared(plan: dict, dst: str, region, progress, device=None) -> _Prepared:
     if device.type != plan["device_type"]:
         # A worker of another kind than the planner's (a GPU worker for a CPU driver): its own memory plan.
         tile, batch = _tile_and_batch(model, info, options, device, precision, bool(plan["bandwise"]), len(bands),
-                                      progress, sharded=False)
+                                      progress)
     return _Prepared(src, dst, options, model, plan["model"], device, precision, domain, bands,
                      Normalization(plan["norm"]["lo"], plan["norm"]["hi"]), spec.value_ranges, info, spec, fmt,
                      None, None, tile, batch)

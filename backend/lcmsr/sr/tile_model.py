@@ -25,6 +25,7 @@ from ..inference import Inference, InferenceOptions
 from ..normalization import Normalization
 from ..ops import downsample_bicubic, upsample_bicubic
 from ..progress import Progress, Timers
+from ..runtime import is_oom
 
 NOISE_BLOCK = 32          # latent pixels per noise block
 # Model-space inputs are clamped to +-MODEL_SPACE_LIMIT (the model's range is [-1, 1]): a valid pixel of
@@ -33,14 +34,6 @@ MODEL_SPACE_LIMIT = 64.0
 # Noise draw numbers of uncertainty sample k start at k * SAMPLE_DRAWS: distinct from every draw of
 # sample 0 (which is the plain run's), for any sampler's number of draws.
 SAMPLE_DRAWS = 1 << 16
-
-_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-
-
-def is_oom(exc: BaseException) -> bool:
-    """A GPU (or torch allocator) out-of-memory error."""
-    return isinstance(exc, _OOM) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
 
 class TileTooLarge(Exception):
     """A single tile does not fit in GPU memory: the job restarts with smaller tiles."""

@@ -12,14 +12,13 @@ are averaged by DDP, and only rank 0 writes checkpoints, the model file and logs
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..device import resolve_device
+from ..runtime import device_for, resolve_device, world_from_env
 
 
 @dataclass
@@ -86,31 +85,23 @@ def rank_seed(seed: int, rank: int, stream: int) -> int:
 
 
 def init_distributed(device_request: str = "auto") -> DistContext:
-    """Join the ``torchrun`` process group if there is one and pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the ``torchrun`` process group if there is one and pick this rank's device (lcmsr.runtime)."""
+    world = world_from_env()
+    if world is None:
         choice = resolve_device(device_request)
         return DistContext(device=choice.device, device_reason=choice.reason)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    req = (device_request or "auto").lower()
-    if req == "cpu" or (req == "auto" and not torch.cuda.is_available()):
-        device, backend = torch.device("cpu"), "gloo"
-        reason = "CPU, Gloo process group"
-    else:
-        if not torch.cuda.is_available():
-            resolve_device(device_request)  # raises the plain-language DeviceError
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"rank {rank} has LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
-                               f"CUDA GPU(s) are visible on this node")
-        device, backend = torch.device(f"cuda:{local_rank}"), "nccl"
+    rank, size, local_rank = world.rank, world.size, world.local_rank
+    choice = device_for(device_request, world)
+    device, reason = choice.device, choice.reason
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        reason = f"CUDA GPU {local_rank} ({torch.cuda.get_device_name(device)}), NCCL process group"
+    reason = f"{reason}, {'NCCL' if backend == 'nccl' else 'Gloo'} process group"
     initialized = False
     if not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=size,
                                 timeout=datetime.timedelta(minutes=30), **kwargs)
         initialized = True
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device,
-                       device_reason=f"rank {rank}/{world}: {reason}", initialized_here=initialized)
+    return DistContext(rank=rank, world_size=size, local_rank=local_rank, device=device,
+                       device_reason=reason, initialized_here=initialized)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, named_config
-from ..device import cpu_native_bf16
+from ..runtime import resolve_precision
 from ..normalization import Normalization
 from ..ops import upsample_bicubic
 from ..progress import Cancelled, Progress
@@ -278,20 +278,6 @@ class _Quiet(Progress):
         return self.parent.cancelled()
 
 
-def _choose_bf16(precision: str, device: torch.device) -> tuple[bool, str]:
-    """bf16 autocast on CUDA and on CPUs with native bf16 (measured: docs/PERFORMANCE.md), else fp32."""
-    if precision == "fp32":
-        return False, "fp32 requested"
-    if device.type == "cuda":
-        return True, "CUDA"
-    if device.type == "cpu":
-        native, why = cpu_native_bf16()
-        if native:
-            return True, why
-        return False, why + ("; bf16 was requested but would be emulated" if precision == "bf16" else "")
-    return False, f"bf16 is not used on {device.type}"
-
-
 def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -> TrainResult:
     t_start = time.monotonic()
     stage.attach(opts, ctx, progress)
@@ -313,7 +299,9 @@ def _run(stage: Stage, opts, progress, ctx: DistContext, stop: _StopOnSignals) -
                          f"are selected from the training sources")
     run = Run(opts, ctx, config, normalization, sset)
 
-    stage.bf16, why = _choose_bf16(opts.precision, ctx.device)
+    # The same rule as inference (lcmsr.runtime): bf16 autocast on CUDA and on CPUs with native bf16.
+    precision, why = resolve_precision(opts.precision, ctx.device)
+    stage.bf16 = precision == "bf16"
     if ctx.is_main:
         progress.info(f"{stage.name}: {'bf16 autocast' if stage.bf16 else 'fp32'} ({why})")
 

@@ -1,6 +1,12 @@
-"""Which device runs, and why — said plainly, never a silent fallback."""
+"""The runtime, shared by training and inference: which device runs and why (never a silent fallback),
+which precision, the process world of a ``torchrun`` job, and what counts as running out of memory.
+
+One place for each decision: :func:`resolve_device`, :func:`resolve_precision`, :func:`world_from_env`
+with :func:`device_for` (a rank's device), :func:`is_oom` / :func:`is_cpu_alloc_failure`.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +105,8 @@ def resolve_precision(request: str | None, device: torch.device) -> tuple[str, s
         raise ValueError(f"unknown precision '{request}': use auto, fp32 or bf16")
     if req == "fp32":
         return "fp32", "fp32 requested"
+    if device.type not in ("cuda", "cpu"):
+        return "fp32", f"bf16 is not used on {device.type}"
     if device.type == "cuda":
         if req == "bf16":
             return "bf16", "bf16 requested"
@@ -107,3 +115,65 @@ def resolve_precision(request: str | None, device: torch.device) -> tuple[str, s
     if req == "bf16":
         return ("bf16", f"bf16 requested and {why}") if native else ("fp32", f"bf16 requested but {why}: using fp32")
     return ("bf16", f"auto: {why}, bf16 runs about 2x fp32") if native else ("fp32", f"auto: {why}")
+
+
+# ---------------------------------------------------------------- the process world (torchrun)
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World | None:
+    """The ``torchrun`` process layout from the environment, or None for a plain (single-process) run."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        raise RuntimeError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not a number") from None
+    if size <= 1:
+        return None
+    try:
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        raise RuntimeError(f"WORLD_SIZE={size} is set but RANK/LOCAL_RANK are not numbers: start "
+                           f"multi-process runs with torchrun") from None
+    return World(rank, size, local_rank)
+
+
+def device_for(request: str | None, world: World) -> DeviceChoice:
+    """A rank's device: its own GPU (its local rank) unless the CPU was asked for or there is no GPU."""
+    req = (request or "auto").strip().lower()
+    if req == "cpu" or (req == "auto" and not torch.cuda.is_available()):
+        why = "CPU requested" if req == "cpu" else f"running on the CPU: {_cuda_unavailable_reason()}"
+        return DeviceChoice(torch.device("cpu"), f"rank {world.rank}/{world.size}: {why}", req != "cpu")
+    if not torch.cuda.is_available():
+        resolve_device(request)   # raises the plain-language DeviceError
+    if world.local_rank >= torch.cuda.device_count():
+        raise DeviceError(f"rank {world.rank} has local rank {world.local_rank} but only "
+                          f"{torch.cuda.device_count()} CUDA GPU(s) are visible on this node: use "
+                          f"--nproc_per_node {torch.cuda.device_count()} or fewer")
+    dev = torch.device(f"cuda:{world.local_rank}")
+    return DeviceChoice(dev, f"rank {world.rank}/{world.size}: CUDA GPU {world.local_rank} "
+                             f"({torch.cuda.get_device_name(dev)})", False)
+
+
+# ---------------------------------------------------------------- out of memory
+
+_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A GPU (or torch allocator) out-of-memory error: the caller may retry with less."""
+    return isinstance(exc, _OOM) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def is_cpu_alloc_failure(exc: BaseException) -> bool:
+    """Host memory ran out: torch's "DefaultCPUAllocator: can't allocate memory", numpy's MemoryError."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))

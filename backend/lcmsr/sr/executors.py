@@ -169,6 +169,13 @@ def _import_distributed():
     return distributed
 
 
+def _quiet_dask_logs() -> None:
+    """A local cluster's scheduler and nannies live in this process: their INFO lines (worker started, connection
+    closed ...) would bury the batch's own; each of Dask's loggers has its level set, so each is lowered."""
+    for name in ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def local_worker_specs(workers: int, gpus: int) -> dict:
     """The workers of a local Dask cluster: one per GPU (pinned by CUDA_VISIBLE_DEVICES, declaring the GPU
     resource) when ``gpus``, else ``workers`` CPU workers; every one single-threaded (one unit at a time)."""
@@ -177,7 +184,7 @@ def local_worker_specs(workers: int, gpus: int) -> dict:
     count = gpus if gpus else workers
     specs = {}
     for i in range(count):
-        env = dict(SINGLE_THREAD_ENV, DASK_LOGGING__DISTRIBUTED="error")   # the batch's log says what matters
+        env = dict(SINGLE_THREAD_ENV)
         options = {"nthreads": 1, "env": env}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
@@ -200,11 +207,21 @@ class DaskExecutor(Executor):
                 from distributed import Scheduler, SpecCluster
 
                 multiprocessing.set_executable(python_for_children())
-                logging.getLogger("distributed").setLevel(logging.ERROR)
-                self.cluster = SpecCluster(
-                    workers=local_worker_specs(workers, gpus),
-                    scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0", "host": "127.0.0.1"}},
-                    silence_logs=40, name="lcmsr-batch")
+                _quiet_dask_logs()
+                # Spawned workers configure their logging when they import distributed, before a nanny's
+                # `env` applies: the variable is set here while they start (a restarted worker logs as Dask does).
+                previous = os.environ.get("DASK_LOGGING__DISTRIBUTED")
+                os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"
+                try:
+                    self.cluster = SpecCluster(
+                        workers=local_worker_specs(workers, gpus),
+                        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0", "host": "127.0.0.1"}},
+                        silence_logs=40, name="lcmsr-batch")
+                finally:
+                    if previous is None:
+                        os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+                    else:
+                        os.environ["DASK_LOGGING__DISTRIBUTED"] = previous
                 self.client = distributed.Client(self.cluster)
                 self.client.wait_for_workers(len(self.cluster.worker_spec), timeout=max(60, timeout))
         except (OSError, TimeoutError) as exc:

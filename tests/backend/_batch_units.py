@@ -8,13 +8,15 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 from lcmsr.atomic import AtomicPath
 
 
-def write_input(path, units=2, fail=None, delay=0.0) -> str:
+def write_input(path, units=2, fail=None, delay=0.0, auto_model=None) -> str:
+    """``auto_model``: the model file "chosen by domain" when the batch names none."""
     with open(path, "w") as f:
-        json.dump({"units": units, "fail": fail, "delay": delay}, f)
+        json.dump({"units": units, "fail": fail, "delay": delay, "auto_model": auto_model}, f)
     return str(path)
 
 
@@ -34,7 +36,9 @@ def plan_scene(src, dst, model_or_path=None, options=None, progress=None, *, uni
     plan = {"src": os.path.abspath(src), "fail": spec.get("fail"), "delay": spec.get("delay", 0)}
     units = [{"scene": dst, "index": i, "region": [i, 0, 1, 1], "part": os.path.join(folder, f"{i}.part"),
               "plan": plan} for i in range(int(spec["units"]))]
-    return {"src": os.path.abspath(src), "dst": dst, "model": model_or_path, "model_sha256": "0" * 64,
+    model = model_or_path or spec.get("auto_model")
+    sha = hashlib.sha256(Path(model).read_bytes()).hexdigest() if model else None
+    return {"src": os.path.abspath(src), "dst": dst, "model": model, "model_sha256": sha,
             "plan": plan, "units": units}
 
 

@@ -152,6 +152,17 @@ def test_rerun_runs_only_unfinished_units_and_trusts_nothing_without_its_hash(tm
     assert len(events(out, "planned", since_start=3)) == 1    # s0 kept its plan; s1 was planned anew
 
 
+def test_a_model_chosen_by_domain_and_replaced_since_makes_its_items_run_again(tmp_path):
+    model = tmp_path / "chosen.safetensors"
+    model.write_bytes(b"weights v1")
+    inputs = [fake.write_input(tmp_path / "a.tif", units=2, auto_model=str(model)),
+              fake.write_input(tmp_path / "b.tif", units=2)]
+    assert [r.status for r in batch(inputs, tmp_path / "out").items] == ["done", "done"]
+    model.write_bytes(b"weights v2")     # an update of the bundled model, say: same request, other weights
+    assert [r.status for r in batch(inputs, tmp_path / "out").items] == ["done", "skipped"]
+    assert [e["item"] for e in events(tmp_path / "out", "planned", since_start=1)] == ["a"]
+
+
 def test_log_reader_ignores_a_torn_last_line(tmp_path):
     path = tmp_path / LOG_NAME
     path.write_text('{"event": "start"}\n{"event": "unit_done", "item": "a", "pl')

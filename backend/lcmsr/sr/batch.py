@@ -357,6 +357,19 @@ def request_id(item: Item, model, options, unit_size: int) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _model_unchanged(scene: dict) -> bool:
+    """Whether the model file a logged plan names still has the SHA-256 it was planned with."""
+    path, sha = scene.get("model"), scene.get("model_sha256")
+    if not path or not sha:
+        return True
+    from ..catalog import file_sha256
+
+    try:
+        return file_sha256(path) == sha
+    except OSError:
+        return False
+
+
 def plan_id(scene: dict) -> str:
     return hashlib.sha256(json.dumps(scene, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -415,12 +428,16 @@ class _Driver:
                 self.fail(item, one_line(exc))
                 return None
         request = request_id(item, self.model, self.options, self.unit_size)
-        done = self.log.item_done(item.key, request)
+        planned = self.log.planned(item.key, request)
+        if planned and not _model_unchanged(planned["scene"]):
+            # The model chosen by domain (no --model) was replaced since: what was made with it is stale.
+            self.progress.info(f"{item.origin}: its model file changed since it was planned: planned again")
+            planned = None
+        done = self.log.item_done(item.key, request) if planned else None
         if done and _same_hash(item.dst, done.get("sha256")):
             self.results[item.key] = ItemResult(item.origin, item.key, "skipped", item.dst)
             self.progress.info(f"{item.origin}: done before ({os.path.basename(item.dst)}, SHA-256 verified)")
             return None
-        planned = self.log.planned(item.key, request)
         if planned:
             scene = planned["scene"]
         else:

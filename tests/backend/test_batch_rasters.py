@@ -254,8 +254,9 @@ def test_a_catalogue_with_bad_items_reports_each_in_one_line_and_completes_the_r
     listing = tmp_path / "list.txt"
     listing.write_text(f"{data}/missing.tif\n")
     out = tmp_path / "out"
-    proc = _start([str(data), str(listing), "--out-dir", str(out), "--model", rasters["model"], "--tile", "64",
-                   "--overlap", "16", "--device", "cpu"])
+    # No --model: each input's model is chosen by its domain, so the 300 m raster fits none of them.
+    proc = _start([str(data), str(listing), "--out-dir", str(out), "--tile", "64", "--overlap", "16",
+                   "--device", "cpu"])
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 1, stderr
     failed = [line for line in stdout.splitlines() if line.startswith("FAILED ")]
@@ -263,7 +264,7 @@ def test_a_catalogue_with_bad_items_reports_each_in_one_line_and_completes_the_r
     reasons = {line.split(": ", 1)[0][len("FAILED "):]: line.split(": ", 1)[1] for line in failed}
     assert "does not exist" in reasons[f"{data}/missing.tif"]
     assert "is not a raster GDAL can read" in reasons[str(data / "corrupt.tif")]
-    assert "outside the model's domain: input pixel 300 m" in reasons[far]
+    assert "input pixel 300 m" in reasons[far] and "lcmsr_x4_satellite_bandwise" in reasons[far]
     logged = [e for e in JobLog(str(out / LOG_NAME)).events if e["event"] == "item_failed"]
     assert len(logged) == 3 and all("\n" not in e["error"] for e in logged)
     assert "1 done, 0 done before, 3 failed" in stdout

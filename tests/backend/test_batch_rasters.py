@@ -129,41 +129,25 @@ def outputs(out) -> dict:
     return {p.name: p.read_bytes() for p in Path(out).glob("*_sr.tif")}
 
 
-def test_units_and_outputs_of_the_reference(rasters, reference, tmp_path):
-    """The scene ran as 4 units and matches a single-process `superresolve` within one grey level; every
-    output is a COG-free tiled GeoTIFF with the input's band count; one mosaic per CRS (EPSG:32612 for the
-    NEON crop, EPSG:32633 for the Sentinel-2 ones) with overviews."""
+def test_a_scene_split_into_units_matches_one_process_within_one_grey_level(rasters, reference, tmp_path):
+    """The 300 x 280 scene ran as 2 x 2 units of 256 LR pixels and its output matches a single-process
+    `superresolve` of the whole raster within one grey level (only a batch of another composition may round a
+    value the other way); the four rasters keep their band counts (band-wise model: every band)."""
     assert sorted(reference) == sorted(Path(p).stem + "_sr.tif" for p in rasters["rasters"] + [rasters["scene"]])
     single = tmp_path / "single.tif"
     superresolve(rasters["scene"], single, rasters["model"], SROptions(**FAST))
     a = gdal.Open(str(single)).ReadAsArray().astype(int)
-    scene_out = Path(tmp_path / "scene_sr.tif")
+    scene_out = tmp_path / "scene_sr.tif"
     scene_out.write_bytes(reference["S2B_T33UUU_B08_scene_sr.tif"])
     b = gdal.Open(str(scene_out)).ReadAsArray().astype(int)
     assert a.shape == b.shape == (1120, 1200)
     assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
+    bands = {}
     for name, data in reference.items():
-        path = tmp_path / name
-        path.write_bytes(data)
-        assert gdal.Open(str(path)).RasterCount in (3, 4, 6, 1)
-
-
-@pytest.mark.slow
-def test_two_dask_workers_give_the_local_bytes_and_a_mosaic_per_crs(rasters, reference, tmp_path):
-    result = run_batch(rasters["rasters"] + [rasters["scene"]], str(tmp_path), rasters["model"], SROptions(**FAST),
-                       executor="dask", workers=2, unit_size=256)
-    assert result.exit_status == 0, result.failed
-    assert result.executor.startswith("dask (a local cluster, 2 worker thread(s)")
-    assert outputs(tmp_path) == reference
-    assert len(unit_events(tmp_path)) == 4 + 4           # four one-unit rasters, the scene's 2 x 2 units
-    assert len({e["device"] for e in unit_events(tmp_path)}) == 1    # "cpu": the device, not the worker
-    # One CRS per mosaic; the Sentinel-2 outputs of 1, 4 and 6 bands cannot share a VRT: one each.
-    assert sorted(m.crs for m in result.mosaics) == ["EPSG:32612", "EPSG:32633", "EPSG:32633", "EPSG:32633"]
-    assert sorted(len(m.members) for m in result.mosaics) == [1, 1, 1, 2]
-    for m in result.mosaics:
-        ds = gdal.Open(m.path)
-        assert ds is not None and ds.RasterXSize >= SIZE * 4
-        assert ds.GetRasterBand(1).GetOverviewCount() >= 1
+        (tmp_path / name).write_bytes(data)
+        bands[name] = gdal.Open(str(tmp_path / name)).RasterCount
+    assert bands == {"neon_rgb8_sr.tif": 3, "S2B_T33UUU_u16_sr.tif": 4, "stack6_u16_sr.tif": 6,
+                     "S2B_T33UUU_nodata_sr.tif": 4, "S2B_T33UUU_B08_scene_sr.tif": 1}
 
 
 def _start(args, env=None) -> subprocess.Popen:
@@ -188,7 +172,7 @@ def _wait_for_units(out, n, proc, timeout=120) -> None:
 def _cli_args(rasters, out, *extra):
     return [*rasters["rasters"], rasters["scene"], "--out-dir", str(out), "--model", rasters["model"],
             "--tile", "64", "--overlap", "16", "--ignore-domain", "--device", "cpu", "--precision", "fp32",
-            "--unit-size", "256", "--no-cog", "--no-mosaic", *extra]
+            "--unit-size", "256", "--no-cog", *extra]
 
 
 def _resumed_only_unfinished(out, reference) -> None:
@@ -200,9 +184,13 @@ def _resumed_only_unfinished(out, reference) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_of_a_dask_worker_then_a_rerun_recomputes_only_what_was_unfinished(rasters, reference, tmp_path):
+def test_two_dask_workers_give_the_local_bytes_even_after_kill_9_of_one_and_a_rerun(rasters, reference, tmp_path):
+    """A local two-worker Dask cluster (one thread each) runs the four rasters and the scene's four units; one
+    worker is killed with SIGKILL as soon as the first unit is in.  Dask runs the lost task again on the nanny's
+    new worker, or gives up on it: either way a rerun finishes, computes no unit twice, and every output has the
+    local executor's bytes.  The outputs share one mosaic per CRS and band layout."""
     psutil = pytest.importorskip("psutil")
-    proc = _start(_cli_args(rasters, tmp_path, "--executor", "dask", "--workers", "2"))
+    proc = _start(_cli_args(rasters, tmp_path, "--executor", "dask", "--workers", "2", "--no-mosaic"))
     try:
         _wait_for_units(tmp_path, 1, proc)
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
@@ -213,27 +201,34 @@ def test_kill_9_of_a_dask_worker_then_a_rerun_recomputes_only_what_was_unfinishe
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    # Dask runs the lost task again on the nanny's new worker, or gives up on it: either way the rerun finishes.
     assert proc.returncode in (0, 1), err
     rerun = _start(_cli_args(rasters, tmp_path, "--executor", "dask", "--workers", "2"))
     out, err = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, err
+    assert "dask (a local cluster, 2 worker thread(s))" in out
     first = {(e["item"], e["index"]) for e in unit_events(tmp_path, 0)}
     second = {(e["item"], e["index"]) for e in unit_events(tmp_path, 1)}
-    assert not first & second and len(first | second) == 8
+    assert not first & second and len(first | second) == 8     # four one-unit rasters, the scene's 2 x 2 units
     assert outputs(tmp_path) == reference
+    # One CRS per mosaic; the Sentinel-2 outputs of 1, 4 and 6 bands cannot share a VRT: one each.
+    mosaics = sorted(line.split(" (", 1)[1] for line in out.splitlines() if line.startswith("mosaic "))
+    assert mosaics == ["1 raster(s), EPSG:32612)", "1 raster(s), EPSG:32633)", "1 raster(s), EPSG:32633)",
+                       "2 raster(s), EPSG:32633)"], out
+    for vrt in tmp_path.glob("mosaic*.vrt"):
+        ds = gdal.Open(str(vrt))
+        assert ds.RasterXSize >= SIZE * 4 and ds.GetRasterBand(1).GetOverviewCount() >= 1
 
 
 @pytest.mark.slow
 def test_kill_9_of_the_driver_then_a_rerun_recomputes_only_what_was_unfinished(rasters, reference, tmp_path):
-    proc = _start(_cli_args(rasters, tmp_path))
+    proc = _start(_cli_args(rasters, tmp_path, "--no-mosaic"))
     try:
         _wait_for_units(tmp_path, 3, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     assert len(unit_events(tmp_path, 0)) < 8
-    rerun = _start(_cli_args(rasters, tmp_path))
+    rerun = _start(_cli_args(rasters, tmp_path, "--no-mosaic"))
     out, err = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, err
     assert "0 failed" in out

@@ -579,7 +579,7 @@ def run_batch(inputs: list[str], out_dir: str, model=None, options=None, *, exec
     if options is None:
         from ..raster.pipeline import SROptions
 
-        options = SROptions()
+        options = SROptions(cog=True)   # a batch's outputs are COGs unless the caller's options say otherwise
     if hasattr(options, "validate"):
         options.validate()
     if units is None:

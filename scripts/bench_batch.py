@@ -24,6 +24,21 @@ sys.path.insert(0, str(REPO / "scripts"))
 MODEL = REPO / "resources" / "models" / "lcmsr_x4_rgb_small.safetensors"
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live descendants (the workers) so far."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def run(inputs, out: Path, workers: int) -> dict:
     from lcmsr.raster.pipeline import SROptions
     from lcmsr.sr.batch import run_batch
@@ -33,15 +48,20 @@ def run(inputs, out: Path, workers: int) -> dict:
     start = time.perf_counter()
     executor = make_executor("dask", workers=workers, device="cpu")
     executor.warm()     # torch and GDAL imported on every worker before the clock: the job's time, not start-up
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     try:
         result = run_batch(inputs, str(out), str(MODEL), SROptions(device="cpu"), executor=executor, mosaic=False)
         seconds = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_before
     finally:
         executor.close()
     if result.exit_status:
         raise SystemExit(f"the batch failed: {[(r.origin, r.error) for r in result.failed]}")
+    # cores_obtained: CPU seconds this process and its workers got per second of the job; on an idle machine about
+    # the worker count, on a loaded one what the neighbours left (no speed-up can show above that).
     return {"workers": workers, "seconds": round(seconds, 2), "cluster_start_s": round(started - start, 2),
+            "cores_obtained": round(cpu / seconds, 2),
             "outputs": {os.path.basename(r.dst): Path(r.dst).read_bytes() for r in result.items}}
 
 
@@ -73,8 +93,8 @@ def main(argv=None) -> int:
     two = min((r[2] for r in rounds), key=lambda r: r["seconds"])
     speedup = one["seconds"] / two["seconds"]
     report = {"job": f"{args.inputs} x {args.size}^2 RGB -> x4, {MODEL.name}, defaults, CPU",
-              "rounds": [{"load_before": round(load, 2), "one_worker_s": a["seconds"], "two_workers_s": b["seconds"]}
-                         for load, a, b in rounds],
+              "rounds": [{"load_before": round(load, 2), "one_worker_s": a["seconds"], "two_workers_s": b["seconds"],
+                          "cores_obtained": [a["cores_obtained"], b["cores_obtained"]]} for load, a, b in rounds],
               "one_worker": {k: v for k, v in one.items() if k != "outputs"},
               "two_workers": {k: v for k, v in two.items() if k != "outputs"},
               "speedup": round(speedup, 2), "identical_outputs": identical, "cpus": os.cpu_count()}

@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
 from .superresolve import warn_fallback
@@ -107,13 +108,13 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             self.UNCERTAINTY, "Uncertainty raster of the super-resolved raster", optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors) to degrade + super-resolve the reference",
-            QgsProcessingParameterFile.Behavior.File, extension="safetensors", optional=True))
+            qgis_enums.FILE_BEHAVIOR_FILE, extension="safetensors", optional=True))
         self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model or an LR input)")
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Reference bands (empty: all)", None,
                                                      self.REFERENCE, optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.SAMPLES, "Uncertainty samples with a model (K; 0 = no uncertainty raster)",
-            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0, maxValue=64, optional=True))
+            qgis_enums.NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=64, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.LPIPS, "Compute LPIPS", defaultValue=True))
         self.add_device_parameter(self.DEVICE)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Report",
@@ -226,9 +227,11 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             progress.info(note)
         if bicubic:
             progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
-        return dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
-                     self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
-                     self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips"),
-                     self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
-                     self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
-                    **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        numbers = dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
+                        self.BICUBIC_PSNR: bicubic.get("psnr"), self.BICUBIC_SSIM: bicubic.get("ssim"),
+                        self.BICUBIC_LPIPS: bicubic.get("lpips"), self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
+                        self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
+                       **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        # Plain floats: a numpy scalar reaches Qt as an opaque object that qgis_process prints empty.
+        return dict({name: None if value is None else float(value) for name, value in numbers.items()},
+                    **{self.OUTPUT_HTML: html, self.SR_RASTER: sr})

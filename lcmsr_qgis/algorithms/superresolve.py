@@ -9,7 +9,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -23,6 +22,7 @@ from qgis.core import (
 
 from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS, Terms
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import DEVICE_LABELS, DEVICE_VALUES, LcmsrAlgorithm, device_request
 
@@ -111,36 +111,36 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
     """The options of a super-resolution run (tile ... overviews), shared by `superresolve` and `superresolve_many`;
     ``alg`` has the parameter names as class constants.  ``samples``: the uncertainty samples K too."""
     advanced = [
-        QgsProcessingParameterNumber(alg.TILE, LABELS["tile"], QgsProcessingParameterNumber.Type.Integer,
+        QgsProcessingParameterNumber(alg.TILE, LABELS["tile"], qgis_enums.NUMBER_INTEGER,
                                      defaultValue=settings.tile, minValue=0, maxValue=8192),
         QgsProcessingParameterNumber(alg.OVERLAP, LABELS["overlap"],
-                                     QgsProcessingParameterNumber.Type.Integer, defaultValue=settings.overlap,
+                                     qgis_enums.NUMBER_INTEGER, defaultValue=settings.overlap,
                                      minValue=0, maxValue=4096),
-        QgsProcessingParameterNumber(alg.BATCH, LABELS["batch"], QgsProcessingParameterNumber.Type.Integer,
+        QgsProcessingParameterNumber(alg.BATCH, LABELS["batch"], qgis_enums.NUMBER_INTEGER,
                                      defaultValue=settings.batch, minValue=0, maxValue=1024),
         QgsProcessingParameterNumber(alg.MEMORY_BUDGET, LABELS["memory_budget"],
-                                     QgsProcessingParameterNumber.Type.Double,
+                                     qgis_enums.NUMBER_DOUBLE,
                                      defaultValue=settings.memory_budget, minValue=0.1, maxValue=1024.0),
-        QgsProcessingParameterNumber(alg.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
+        QgsProcessingParameterNumber(alg.STEPS, "Sampling steps", qgis_enums.NUMBER_INTEGER,
                                      defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
         QgsProcessingParameterEnum(alg.SAMPLER, "Sampler", options=samplers()[1],
                                    defaultValue=_index(samplers()[0], SR_DEFAULTS["sampler"])),
-        QgsProcessingParameterNumber(alg.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
+        QgsProcessingParameterNumber(alg.SEED, "Random seed", qgis_enums.NUMBER_INTEGER,
                                      defaultValue=SR_DEFAULTS["seed"], minValue=0),
         QgsProcessingParameterEnum(alg.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
                                    defaultValue=_index(PRECISIONS, settings.precision,
                                                        PRECISIONS.index(SR_DEFAULTS["precision"]))),
         QgsProcessingParameterNumber(alg.LR_CONSISTENCY, "LR-consistency iterations (0 = off)",
-                                     QgsProcessingParameterNumber.Type.Integer,
+                                     qgis_enums.NUMBER_INTEGER,
                                      defaultValue=SR_DEFAULTS["lr_consistency"], minValue=0, maxValue=50),
     ]
     if samples:
         advanced.insert(-1, QgsProcessingParameterNumber(alg.SAMPLES, "Uncertainty samples (K)",
-                                                         QgsProcessingParameterNumber.Type.Integer,
+                                                         qgis_enums.NUMBER_INTEGER,
                                                          defaultValue=SR_DEFAULTS["samples"], minValue=2,
                                                          maxValue=64))
     for parameter in advanced:
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
         alg.addParameter(parameter)
     alg.addParameter(QgsProcessingParameterEnum(
         alg.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
@@ -154,7 +154,7 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
                                                     defaultValue=SR_DEFAULTS["cog"]),
                       QgsProcessingParameterBoolean(alg.OVERVIEWS, "Build overviews",
                                                     defaultValue=SR_DEFAULTS["overviews"])):
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
         alg.addParameter(parameter)
 
 
@@ -257,7 +257,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.addParameter(QgsProcessingParameterBand(self.BANDS, LABELS["bands"], None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.Behavior.File,
+            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", qgis_enums.FILE_BEHAVIOR_FILE,
             extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
         add_run_parameters(self, settings, samples=True)

@@ -4,13 +4,11 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -21,6 +19,7 @@ from qgis.core import (
 
 from lcmsr.choices import EXECUTOR_LABELS, EXECUTORS
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
 from .superresolve import add_run_parameters, resolve_model_path, run_options
@@ -92,26 +91,26 @@ class SuperResolveManyAlgorithm(LcmsrAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         settings = Settings()
         self.addParameter(QgsProcessingParameterMultipleLayers(self.LAYERS, "Input raster layers",
-                                                               QgsProcessing.SourceType.TypeRaster, optional=True))
+                                                               qgis_enums.SOURCE_RASTER, optional=True))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FILES, "Input raster files",
-                                                               QgsProcessing.SourceType.TypeFile, optional=True))
+                                                               qgis_enums.SOURCE_FILE, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.FOLDER, "Input folder (searched recursively)",
-                                                     QgsProcessingParameterFile.Behavior.Folder, optional=True))
+                                                     qgis_enums.FILE_BEHAVIOR_FOLDER, optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors; empty: chosen for each input by its domain)",
-            QgsProcessingParameterFile.Behavior.File, extension="safetensors", optional=True))
+            qgis_enums.FILE_BEHAVIOR_FILE, extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
         self.addParameter(QgsProcessingParameterEnum(self.EXECUTOR, "Executor",
                                                      options=[EXECUTOR_LABELS[e] for e in EXECUTORS], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(self.WORKERS, "Workers (local processes or local Dask workers)",
-                                                       QgsProcessingParameterNumber.Type.Integer, defaultValue=1,
+                                                       qgis_enums.NUMBER_INTEGER, defaultValue=1,
                                                        minValue=1, maxValue=1024))
         self.addParameter(QgsProcessingParameterString(self.ADDRESS, "Cluster address (Dask scheduler, e.g. "
                                                        "tcp://10.0.0.5:8786; empty: a local cluster)",
                                                        defaultValue="", optional=True))
         unit = QgsProcessingParameterNumber(self.UNIT_SIZE, "Unit size (LR pixels; 0: one task per raster)",
-                                            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0)
-        unit.setFlags(unit.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+                                            qgis_enums.NUMBER_INTEGER, defaultValue=0, minValue=0)
+        unit.setFlags(unit.flags() | qgis_enums.PARAMETER_ADVANCED)
         self.addParameter(unit)
         add_run_parameters(self, settings)
         self.parameterDefinition(self.COG).setDefaultValue(True)   # a batch's outputs are COGs, as `lcmsr batch`'s

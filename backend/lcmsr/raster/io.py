@@ -151,22 +151,22 @@ def vrt_loop(path: str) -> list[str] | None:
     """The VRTs by which VRT file ``path`` comes back to one it is already reading (``[a, b, a]``), or None.
     GDAL meets such a loop only when it reads pixels, and then says "Recursion detected" or hints at its
     dataset pool size; this reads the XML only (``SourceFilename`` of every source, VRTs followed)."""
-    import xml.etree.ElementTree as ET
 
     def sources(vrt: str) -> list[str]:
         try:
             with open(vrt, "rb") as f:
                 if os.path.getsize(vrt) > 2**26 or not f.read(256).lstrip().startswith(b"<VRTDataset"):
                     return []
-            root = ET.parse(vrt).getroot()
-        except (OSError, ET.ParseError):
+                f.seek(0)
+                elements = xml_elements(f.read(), "SourceFilename")
+        except (OSError, ValueError):
             return []
         found = []
-        for el in root.iter("SourceFilename"):
-            name = (el.text or "").strip()
+        for attrs, text in elements:
+            name = text.strip()
             if not name or name.startswith("/vsi") or "://" in name:
                 continue
-            found.append(os.path.realpath(os.path.join(os.path.dirname(vrt), name) if el.get("relativeToVRT") == "1"
+            found.append(os.path.realpath(os.path.join(os.path.dirname(vrt), name) if attrs.get("relativeToVRT") == "1"
                                           else name))
         return found
 
@@ -759,8 +759,9 @@ def _probe(driver: str, ext: str, bands: int, data_type: int, formats: dict) -> 
             gdal.Unlink(f"/vsimem/{name}")
     if got is None or got[0] != bands or not _widens(data_type, got[1]):
         why = (f"it gives back {got[0]} band(s) of {gdal.GetDataTypeName(got[1])}" if got else
-               log.messages[0] if log.messages else "GDAL refuses it")
-        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats)
+               " ".join(log.messages[0].split()) if log.messages else "GDAL refuses it")
+        # Never the refused format itself (GeoPackage holds non-Byte data in one band only).
+        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats and formats[e] != driver)
         raise RasterError(f"the {driver} format (.{ext}) cannot hold a {bands}-band "
                           f"{gdal.GetDataTypeName(data_type)} output ({why}): use {others}, or choose fewer bands")
 
@@ -786,13 +787,48 @@ def _creation_types(driver: str) -> list[str] | None:
 
 
 def _creation_option_names(driver: str) -> set[str]:
-    import xml.etree.ElementTree as ET
-
     text = gdal.GetDriverByName(driver).GetMetadataItem("DMD_CREATIONOPTIONLIST")
     try:
-        return {o.get("name").upper() for o in ET.fromstring(text).iter("Option") if o.get("name")} if text else set()
-    except ET.ParseError:
+        return {a["name"].upper() for a, _ in xml_elements(text, "Option") if a.get("name")} if text else set()
+    except ValueError:
         return set()  # cannot tell: GDAL itself warns about an unknown option
+
+
+def xml_elements(data, tag: str) -> list[tuple[dict, str]]:
+    """(attributes, text) of every ``tag`` element of the XML ``data`` (bytes or str), in document order.
+
+    The XML read here comes from files (a user's VRT): expat parses it with any document type declaration
+    refused, so no entity is declared and none can expand (billion laughs) or reach outside the document
+    (external entities).  ValueError, one line, for text that is not XML or that declares a DTD."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    found: list = []
+    open_elements: list = []   # (tag, attributes, text pieces) of the elements not closed yet
+
+    def start(name, attrs):
+        open_elements.append((name, attrs, []))
+
+    def end(name):
+        name, attrs, text = open_elements.pop()
+        if name == tag:
+            found.append((attrs, "".join(text)))
+
+    def characters(text):
+        if open_elements:
+            open_elements[-1][2].append(text)
+
+    def refuse(*_):
+        raise ValueError("the XML declares a document type (DTD), which is not read")
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = characters
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise ValueError(f"not well-formed XML: {exc}") from None
+    return found
 
 
 def _overview_levels(width: int, height: int) -> list[int]:

@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
+.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -68,6 +68,10 @@ bench: setup
 SIZE ?= 1098
 bench-scene: setup
 	$(PY) scripts/bench_scene.py --device cpu --size $(SIZE) --out $(BUILD)/bench-scene
+
+# lcmsr batch: two single-threaded Dask workers against one on the same job (issue 23; run it on a quiet machine).
+bench-batch: setup
+	$(PY) scripts/bench_batch.py --out $(BUILD)/bench-batch
 
 # Fault injection and fuzzing (about 11 min on 2 cores, 680 cases); a quick subset runs inside `make test` (tests/robustness/).
 robustness: setup

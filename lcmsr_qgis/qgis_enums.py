@@ -36,6 +36,7 @@ PAIRS = {
     "FILE_BEHAVIOR_FOLDER": ("Qgis.ProcessingFileParameterBehavior.Folder",
                              "QgsProcessingParameterFile.Behavior.Folder"),
     "SOURCE_RASTER": ("Qgis.ProcessingSourceType.Raster", "QgsProcessing.SourceType.TypeRaster"),
+    "SOURCE_FILE": ("Qgis.ProcessingSourceType.File", "QgsProcessing.SourceType.TypeFile"),
 }
 ALGORITHM_CAN_CANCEL = scoped(*PAIRS["ALGORITHM_CAN_CANCEL"])
 PARAMETER_ADVANCED = scoped(*PAIRS["PARAMETER_ADVANCED"])
@@ -44,3 +45,4 @@ NUMBER_DOUBLE = scoped(*PAIRS["NUMBER_DOUBLE"])
 FILE_BEHAVIOR_FILE = scoped(*PAIRS["FILE_BEHAVIOR_FILE"])
 FILE_BEHAVIOR_FOLDER = scoped(*PAIRS["FILE_BEHAVIOR_FOLDER"])
 SOURCE_RASTER = scoped(*PAIRS["SOURCE_RASTER"])
+SOURCE_FILE = scoped(*PAIRS["SOURCE_FILE"])

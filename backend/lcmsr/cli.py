@@ -28,6 +28,7 @@ from .text import safe_text
 # (module, what it provides) — order is the order of `lcmsr --help`.
 COMMANDS = [
     "sr",            # super-resolve an image or a georeferenced raster
+    "batch",         # many rasters into a folder: resumable, local or on a Dask cluster
     "degrade",       # make the LR raster of an HR raster (LR/HR pairs)
     "train",         # train-autoencoder, train-consistency, train-decoder
     "evaluate",      # eval: PSNR / SSIM / LPIPS / FID

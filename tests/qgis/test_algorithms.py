@@ -19,7 +19,7 @@ from qgis.core import (
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
-ALGORITHMS = ["superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder"]
+ALGORITHMS = ["superresolve", "superresolve_many", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder"]
 
 
 class RecordingFeedback(QgsProcessingFeedback):

@@ -40,14 +40,31 @@ def register(subparsers) -> None:
                     "times smaller.")
     p.add_argument("input", metavar="IN", help="input raster or image")
     p.add_argument("output", metavar="OUT", help="output raster; its extension names the format (written atomically)")
+    add_sr_options(p)
+    d = SR_DEFAULTS
+    p.add_argument("--uncertainty", default=None, metavar="UNC",
+                   help="also write UNC: one Float32 band on OUT's grid, the per-pixel standard deviation of "
+                        "--samples samples drawn with different noise (root-mean-square over the bands, in OUT's "
+                        "units), nodata where IN is; OUT stays the first sample, identical to a run without it. "
+                        "Costs about K model calls per tile; not with the faithful sampler (it draws no noise)")
+    p.add_argument("--samples", type=_positive, default=d["samples"], metavar="K",
+                   help="samples for --uncertainty (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = ("Several processes, GPUs or machines: run the raster as units, "
+                "lcmsr batch IN --out-dir DIR --unit-size 2048 --executor dask [--workers N | --address ADDR].")
+    p.set_defaults(func=run, paths=io_paths)
+
+
+def add_sr_options(p, what: str = "IN") -> None:
+    """The options of a super-resolution run, shared by `lcmsr sr` and `lcmsr batch` (one definition)."""
+    d = SR_DEFAULTS
     p.add_argument("--model", default=None, metavar="M",
                    help="model file (.safetensors); default: the bundled or registered (LCMSR_MODELS) model "
-                        "whose domain fits IN (bands by role, data type, pixel size), said in the log")
+                        f"whose domain fits {what} (bands by role, data type, pixel size), said in the log")
     p.add_argument("--ignore-domain", action="store_true",
-                   help="run even when IN is outside the model's domain (pixel size, data type); it still warns")
+                   help=f"run even when {what} is outside the model's domain (pixel size, data type); it still warns")
     p.add_argument("--bands", type=_bands, default=None,
                    help="1-based input bands in the model's band order, e.g. 3,2,1 (default: all but alpha)")
-    d = SR_DEFAULTS
     p.add_argument("--tile", type=_natural, default=d["tile"],
                    help="LR pixels per tile side (default: chosen on the CPU to fit --memory-budget, 256 on CUDA)")
     p.add_argument("--overlap", type=int, default=d["overlap"],
@@ -80,23 +97,25 @@ def register(subparsers) -> None:
     p.add_argument("--co", action="append", default=[], metavar="NAME=VALUE", dest="creation_options",
                    help="a creation option of OUT's GDAL driver (repeatable), e.g. --co COMPRESS=ZSTD; it replaces "
                         "the default of the same name (GeoTIFF: tiled 256, DEFLATE with predictor)")
-    p.add_argument("--uncertainty", default=None, metavar="UNC",
-                   help="also write UNC: one Float32 band on OUT's grid, the per-pixel standard deviation of "
-                        "--samples samples drawn with different noise (root-mean-square over the bands, in OUT's "
-                        "units), nodata where IN is; OUT stays the first sample, identical to a run without it. "
-                        "Costs about K model calls per tile; not with the faithful sampler (it draws no noise)")
-    p.add_argument("--samples", type=_positive, default=d["samples"], metavar="K",
-                   help="samples for --uncertainty (default %(default)s)")
     p.add_argument("--lr-consistency", type=int, default=d["lr_consistency"], metavar="N",
                    help="back-projection iterations that make OUT, degraded again with the project's antialiased "
                         "bicubic, give back IN (0 = off; default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks (first call compiles; falls back to eager, saying so)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each tile shape as a CUDA graph")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.epilog = ("Several processes or GPUs: torchrun --nproc_per_node=N -m lcmsr sr IN OUT --model M ... "
-                "shards the tiles (output identical to one process).")
-    p.set_defaults(func=run, paths=io_paths)
+
+
+def sr_options(args, **extra):
+    """SROptions from the shared options (``extra``: what only one command has, e.g. the uncertainty raster)."""
+    from ..raster.pipeline import SROptions
+
+    return SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                     memory_budget=args.memory_budget,
+                     device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
+                     seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
+                     creation_options=args.creation_options,
+                     compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain,
+                     lr_consistency=args.lr_consistency, **extra)
 
 
 def io_paths(args):
@@ -114,7 +133,7 @@ def run(args) -> int:
     from ..progress import TqdmProgress
 
     try:
-        from ..raster.pipeline import SROptions, superresolve
+        from ..raster.pipeline import superresolve
     except ImportError as exc:
         if "osgeo" in str(exc) or "gdal" in str(exc).lower():
             raise CliError(f"'lcmsr sr' needs GDAL's Python bindings (osgeo), which are not installed: {exc}") from None
@@ -126,13 +145,7 @@ def run(args) -> int:
         # units of a scene run by an executor read and write their own parts (docs/DESIGN.md, "Scenes").
         raise CliError("'lcmsr sr' runs in one process; for several GPUs or machines run the raster as units: "
                        "lcmsr batch IN --out-dir DIR --executor dask [--workers N | --address ADDR]")
-    options = SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
-                        memory_budget=args.memory_budget,
-                        device=args.device, precision=args.precision, steps=args.steps, sampler=args.sampler,
-                        seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
-                        creation_options=args.creation_options,
-                        compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain,
-                        uncertainty=args.uncertainty, samples=args.samples, lr_consistency=args.lr_consistency)
+    options = sr_options(args, uncertainty=args.uncertainty, samples=args.samples)
     progress = TqdmProgress(desc="sr", disable=True if args.quiet else None)
     try:
         result = superresolve(args.input, args.output, args.model, options, progress)

@@ -82,7 +82,8 @@ def plan_scene(src, dst, model_or_path, options: SROptions | None = None, progre
     folder = parts_folder(dst)
     units = [{"scene": dst, "index": i, "region": region, "part": os.path.join(folder, f"{i:05d}.tif"),
               "plan": plan} for i, region in enumerate(_regions(prep.info.width, prep.info.height, size))]
-    progress.info(f"{os.path.basename(src)}: {len(units)} unit(s) of at most {size or 'the whole'} LR pixels a side")
+    progress.info(f"{os.path.basename(src)}: " + (f"{len(units)} unit(s) of at most {size} LR pixels a side"
+                                                   if len(units) > 1 else "one unit, the whole raster"))
     return {"version": PLAN_VERSION, "src": src, "dst": dst, "model": model_path,
             "model_sha256": plan["model_sha256"], "plan": plan, "units": units, "warnings": list(progress.warnings)}
 

@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast package demo bench bench-scene data robustness mutation screenshots model model-aerial model-satellite sampler-defaults clean dev-plugin
+.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite sampler-defaults clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -46,6 +46,14 @@ test-fast: setup
 package: setup
 	$(PY) scripts/package.py --out dist
 
+# Today's QGIS from Debian's own packages in a chroot cached outside the repository (/var/cache/lcmsr-qgis-SUITE,
+# built from nothing when absent): the plugin installed from the zip into a fresh profile, a qgis_process
+# super-resolve and the QGIS tests there.  QGIS_SUITE=sid: QGIS 3.44 with Debian's python3-torch;
+# QGIS_SUITE=trixie: QGIS 3.40, whose PyTorch the plugin's own installer puts into the profile.
+QGIS_SUITE ?= sid
+test-qgis-ltr: setup
+	bash scripts/qgis_chroot.sh test $(QGIS_SUITE) "$$($(PY) scripts/package.py --out $(BUILD)/chroot-zip | cut -d' ' -f1)"
+
 data: setup
 	$(PY) scripts/fetch_data.py --out data
 
@@ -60,6 +68,10 @@ bench: setup
 SIZE ?= 1098
 bench-scene: setup
 	$(PY) scripts/bench_scene.py --device cpu --size $(SIZE) --out $(BUILD)/bench-scene
+
+# lcmsr batch: two single-threaded Dask workers against one on the same job (issue 23; run it on a quiet machine).
+bench-batch: setup
+	$(PY) scripts/bench_batch.py --out $(BUILD)/bench-batch
 
 # Fault injection and fuzzing (about 11 min on 2 cores, 680 cases); a quick subset runs inside `make test` (tests/robustness/).
 robustness: setup

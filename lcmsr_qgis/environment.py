@@ -36,6 +36,10 @@ def _why(exc: Exception) -> str:
 
 def backend_status() -> tuple[bool, str]:
     """(usable, message): one line naming what is missing and how to install it; never raises."""
+    try:   # again here: a standalone script may import the plugin before its QgsApplication exists
+        torch_install.activate()
+    except Exception:
+        pass
     try:
         importlib.import_module("lcmsr")
     except Exception as exc:
@@ -95,7 +99,9 @@ def diagnostics(device_request: str = "auto") -> str:
     from lcmsr.runtime import DeviceError, resolve_device
 
     lines += [f"lcmsr backend: {lcmsr.__version__} ({os.path.dirname(lcmsr.__file__)})",
-              f"numpy: {numpy.__version__}", f"torch: {torch.__version__} (CUDA build: {torch.version.cuda})",
+              f"numpy: {numpy.__version__}", f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from "
+              f"{os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))}"
+              + (" (the plugin-owned folder)" if _is_plugin_owned(torch.__file__) else " (no install needed)"),
               f"CUDA available: {torch.cuda.is_available()}"]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -107,6 +113,13 @@ def diagnostics(device_request: str = "auto") -> str:
     except DeviceError as exc:
         lines.append(f"Device for '{device_request}': unusable — {exc}")
     return "\n".join(lines)
+
+
+def _is_plugin_owned(path: str) -> bool:
+    try:
+        return os.path.realpath(path).startswith(os.path.realpath(_torch_dir()) + os.sep)
+    except OSError:
+        return False
 
 
 def _plugin_version() -> str:

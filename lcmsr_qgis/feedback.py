@@ -21,6 +21,7 @@ TEXT_INTERVAL_S = 1.0
 @lru_cache(maxsize=None)
 def _progress_class():
     from lcmsr.progress import Progress
+    from lcmsr.text import safe_text
 
     class FeedbackProgress(Progress):
         """Progress over a ``QgsProcessingFeedback`` (which is thread-safe by design)."""
@@ -39,13 +40,13 @@ def _progress_class():
                     self._last_text, self._last_text_time = message, now
 
         def info(self, message: str) -> None:
-            self.feedback.pushInfo(message)
+            self.feedback.pushInfo(safe_text(message))
 
         def warn(self, message: str) -> None:
-            self.feedback.pushWarning(message)
+            self.feedback.pushWarning(safe_text(message))
 
         def error(self, message: str) -> None:
-            self.feedback.reportError(message, False)
+            self.feedback.reportError(safe_text(message), False)
 
         def cancelled(self) -> bool:
             return bool(self.feedback.isCanceled())

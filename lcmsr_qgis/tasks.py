@@ -109,10 +109,14 @@ class SuperResolveRun:
 
 
 def _load_outputs(context: QgsProcessingContext):
-    """Add the layers the algorithm asked to load, under the names it gave them; the last one, or None."""
+    """Add the layers the algorithm asked to load, under the names it gave them; the last one, or None.
+
+    The outputs are rasters: said so, QGIS does not first try the file as a vector (OGR would log
+    'Cannot open' for every run)."""
     added = None
     for source, details in context.layersToLoadOnCompletion().items():
-        layer = QgsProcessingUtils.mapLayerFromString(source, context)
+        layer = QgsProcessingUtils.mapLayerFromString(source, context,
+                                                      typeHint=QgsProcessingUtils.LayerHint.Raster)
         if layer is None or not layer.isValid():
             return None
         details.setOutputLayerName(layer)

@@ -17,7 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "robustness"))
 
-FAMILIES = ("rasters", "weights", "train", "sr", "cancel", "paths", "modelfile", "corruption", "trainfolder")
+FAMILIES = ("rasters", "weights", "train", "sr", "cancel", "paths", "modelfile", "corruption", "trainfolder",
+            "outputs")
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,11 @@ DEV_PLUGINS = REPO / "build" / "dev-plugins"
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper is broken in 3.22
 
 
+def plugin_sources(root: Path = REPO / "lcmsr_qgis") -> list:
+    """The plugin's own Python files, sorted; not the backend an installed zip bundles under ext/."""
+    return sorted(p for p in root.rglob("*.py") if p.relative_to(root).parts[0] != "ext")
+
+
 def needs_environment(ok: bool, why: str) -> None:
     """Skip a test whose environment is missing, except under ``make test`` (LCMSR_TEST_STRICT=1),
     which installs that environment itself: there the gap is a failure, not a silent skip."""
@@ -35,6 +40,25 @@ def write_tiny_model(path, scale: int = 4, bands: int = 3, seed: int = 0) -> str
 
     torch.manual_seed(seed)
     return str(save_model(path, build_model(tiny_config(scale=scale, bands=bands))))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def iface_layer_tree_view():
+    """pytest-qgis 2.1's stand-in iface has no layerTreeView, which Processing's result loading calls from
+    QGIS 3.40 on: give it a real view of the project's layer tree (a no-op where it has one)."""
+    import sys
+
+    utils = sys.modules.get("qgis.utils")   # set up by pytest-qgis; never imported here for backend tests
+    iface = getattr(utils, "iface", None)
+    if iface is not None and not hasattr(iface, "layerTreeView"):
+        from qgis.core import QgsLayerTreeModel, QgsProject
+        from qgis.gui import QgsLayerTreeView
+
+        view = QgsLayerTreeView()
+        view.lcmsr_model = QgsLayerTreeModel(QgsProject.instance().layerTreeRoot())   # kept alive with the view
+        view.setModel(view.lcmsr_model)
+        type(iface).layerTreeView = lambda self: view
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,9 @@ DEVICES = tuple(DEVICE_LABELS)
 # 256 and 8 on CUDA.
 SR_DEFAULTS = {"tile": 0, "overlap": 32, "batch": 0, "memory_budget": 0.7, "device": "auto", "precision": "auto", "steps": 1,
                "sampler": "consistency", "seed": 0, "output_type": "input", "cog": False, "overviews": False}
+# Where `lcmsr batch` and "Super-resolve many rasters" run their units (lcmsr.sr.executors), in the plugin's enum order.
+EXECUTOR_LABELS = {"local": "Local (this machine)", "dask": "Dask cluster (at the address given, or a local one)"}
+EXECUTORS = tuple(EXECUTOR_LABELS)
 # Trust (issue 15): K one-step samples for the uncertainty raster (written only when asked), and the
 # back-projection iterations that make degrade(SR) give back the input (0 = off; measured in the model cards).
 SR_DEFAULTS.update({"samples": 4, "lr_consistency": 3})

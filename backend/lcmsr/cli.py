@@ -23,10 +23,12 @@ import signal
 import sys
 
 from . import __version__
+from .text import safe_text
 
 # (module, what it provides) — order is the order of `lcmsr --help`.
 COMMANDS = [
     "sr",            # super-resolve an image or a georeferenced raster
+    "batch",         # many rasters into a folder: resumable, local or on a Dask cluster
     "degrade",       # make the LR raster of an HR raster (LR/HR pairs)
     "train",         # train-autoencoder, train-consistency, train-decoder
     "finetune",      # finetune: a finished model continued on the user's imagery
@@ -81,7 +83,7 @@ def _prepare(args) -> None:
     check_outputs(outputs, inputs)
     for folder in output_folders(outputs):
         for entry in sweep_stale(folder):
-            logging.info(f"removed {entry}, left in {folder} by an interrupted lcmsr run")
+            logging.info(safe_text(f"removed {entry}, left in {folder} by an interrupted lcmsr run"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ValueError, FileNotFoundError, PermissionError, RuntimeError, OSError, MemoryError) as exc:
         if args.verbose:
             raise
-        print(f"lcmsr: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds: a path with a newline or an escape code is shown escaped.
+        print(f"lcmsr: error: {safe_text(exc)}", file=sys.stderr)
         return 2
 
 

@@ -74,6 +74,24 @@ def raster_outputs(what: str, dst) -> list[tuple[str, str]]:
     return [(what, dst)] + [(f"{what}'s side-car", dst + side) for side in RASTER_SIDE_CARS]
 
 
+def check_file_output(path, what: str) -> None:
+    """Refuse, before any work, a file output that cannot be written: an existing folder, a folder that is
+    not one, a read-only folder (its parents are created where missing).  One line naming ``path``."""
+    if not path:
+        return
+    path = os.fspath(path)
+    full = _resolved(path)
+    if os.path.isdir(full):
+        raise OutputPathError(f"{what} {path} is a folder: give the name of a file to write (in it, say)")
+    folder = os.path.dirname(full)
+    while folder and not os.path.exists(folder):   # the nearest existing parent decides
+        folder = os.path.dirname(folder) if os.path.dirname(folder) != folder else ""
+    if folder and not os.path.isdir(folder):
+        raise OutputPathError(f"{what} {path} cannot be written: {folder} is a file, not a folder")
+    if folder and not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path} cannot be written: the folder {folder} is not writable")
+
+
 def check_checkpoint_folder(folder, inputs: Iterable | dict) -> None:
     """A training run deletes older checkpoints in its checkpoint folder: it may not be an input folder, nor
     hold an input named like a checkpoint (a stage-1 checkpoint read by stage 2, say)."""

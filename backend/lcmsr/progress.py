@@ -10,6 +10,8 @@ import logging
 import sys
 import time
 
+from .text import safe_text
+
 log = logging.getLogger("lcmsr")
 
 
@@ -103,10 +105,10 @@ class TqdmProgress(Progress):
             self._bar.set_postfix_str(message, refresh=False)
 
     def info(self, message: str) -> None:
-        self._tqdm.write(message, file=sys.stderr)
+        self._tqdm.write(safe_text(message), file=sys.stderr)   # one line: a path may hold a newline
 
     def warn(self, message: str) -> None:
-        self._tqdm.write(f"WARNING: {message}", file=sys.stderr)
+        self._tqdm.write(f"WARNING: {safe_text(message)}", file=sys.stderr)
 
     def close(self) -> None:
         self._bar.close()

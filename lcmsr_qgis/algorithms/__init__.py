@@ -14,6 +14,7 @@ def all_algorithms():
 # (module, class) — the order of the toolbox within each group.
 _REGISTRY = [
     ("superresolve", "SuperResolveAlgorithm"),
+    ("superresolve_many", "SuperResolveManyAlgorithm"),
     ("degrade", "DegradeAlgorithm"),
     ("evaluate", "EvaluateAlgorithm"),
     ("train_autoencoder", "TrainAutoencoderAlgorithm"),

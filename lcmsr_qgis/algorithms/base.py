@@ -18,7 +18,7 @@ from qgis.core import (
 
 from lcmsr import choices
 
-from .. import environment
+from .. import environment, qgis_enums
 from ..provider import plugin_icon
 
 # Enum parameters take indices: values and labels in the order lcmsr.choices lists them.
@@ -91,7 +91,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         return plugin_icon()
 
     def flags(self):
-        return super().flags() | QgsProcessingAlgorithm.Flag.FlagCanCancel
+        return super().flags() | qgis_enums.ALGORITHM_CAN_CANCEL
 
     def canExecute(self):  # noqa: N802
         ok, message = environment.backend_status()
@@ -112,7 +112,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
     def add_scale_parameter(self, name: str = "SCALE", description: str = ""):
         scales = choices.SCALES
         description = description or f"Scale factor ({', '.join(map(str, scales[:-1]))} or {scales[-1]})"
-        self.addParameter(QgsProcessingParameterNumber(name, description, QgsProcessingParameterNumber.Type.Integer,
+        self.addParameter(QgsProcessingParameterNumber(name, description, qgis_enums.NUMBER_INTEGER,
                                                       defaultValue=4, minValue=min(scales), maxValue=max(scales)))
 
     def scale_value(self, parameters, name, context) -> int:
@@ -163,5 +163,7 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         except Cancelled as exc:
             raise QgsProcessingException(f"Cancelled: {exc}") from exc
         except (ValueError, LookupError, OSError, RuntimeError, MemoryError) as exc:
-            raise QgsProcessingException(str(exc) or type(exc).__name__) from exc
+            from lcmsr.text import safe_text   # one line: a path may hold a newline or escape codes
+
+            raise QgsProcessingException(safe_text(exc) or type(exc).__name__) from exc
 

@@ -25,7 +25,9 @@ class DegradeAlgorithm(LcmsrAlgorithm):
             "downsampling the models are trained with, so that super-resolving it can be compared with the "
             "original.<br><br>"
             "<b>Scale</b>: 2, 3, 4 or 8; the output has 1/scale of the pixels in each direction and a pixel "
-            "size scale times larger (CRS and origin kept). Data type and nodata are those of the input.")
+            "size scale times larger (CRS and origin kept). Data type and nodata are those of the input; its format "
+            "follows the output's extension as for Super-resolve (formats that write files named after the output "
+            "and GeoPackages with other layers are refused; nodata values that differ per band need .img).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "High-resolution raster"))

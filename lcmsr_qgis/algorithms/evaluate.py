@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
 from .superresolve import warn_fallback
@@ -107,13 +108,13 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             self.UNCERTAINTY, "Uncertainty raster of the super-resolved raster", optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, "Model (.safetensors) to degrade + super-resolve the reference",
-            QgsProcessingParameterFile.Behavior.File, extension="safetensors", optional=True))
+            qgis_enums.FILE_BEHAVIOR_FILE, extension="safetensors", optional=True))
         self.add_scale_parameter(self.SCALE, "Scale factor of the SR raster (ignored with a model or an LR input)")
         self.addParameter(QgsProcessingParameterBand(self.BANDS, "Reference bands (empty: all)", None,
                                                      self.REFERENCE, optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.SAMPLES, "Uncertainty samples with a model (K; 0 = no uncertainty raster)",
-            QgsProcessingParameterNumber.Type.Integer, defaultValue=0, minValue=0, maxValue=64, optional=True))
+            qgis_enums.NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=64, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.LPIPS, "Compute LPIPS", defaultValue=True))
         self.add_device_parameter(self.DEVICE)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_HTML, "Report",
@@ -149,16 +150,21 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         progress = self.progress(feedback)
         with self.backend_errors():
             # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
+            from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, write_html_report
+            from lcmsr.metrics.protocol import CLI_EVAL_TERMS, EvalRequest, evaluate
             from lcmsr.runtime import resolve_device
-            from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
             from lcmsr.paths import check_outputs
 
             lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None
             unc = self.gdal_source(unc_layer, self.UNCERTAINTY) if unc_layer is not None else None
-            # The backend's output-path rule: the report may not replace a raster or the model it scores.
-            check_outputs([(self.OUTPUT_HTML, html)], [(self.REFERENCE, hr), (self.MODEL, model_path),
-                                                        (self.SR, sr_layer.source() if sr_layer else None),
-                                                        (self.LR, lr), (self.UNCERTAINTY, unc)])
+            # The backend's evaluation protocol (lcmsr.metrics.protocol, the one `lcmsr eval` runs) checks,
+            # before any work, the report and its pictures against every input (the output-path rule), that
+            # the report can be written, and the rasters' sizes, bands and georeferencing.
+            terms = dict(CLI_EVAL_TERMS, sr=self.SR, model=self.MODEL, hr=self.REFERENCE, lr=self.LR,
+                         uncertainty=self.UNCERTAINTY, samples=self.SAMPLES, html=self.OUTPUT_HTML)
+            check_outputs(EvalRequest(html=html, terms=terms).outputs(),
+                          [(self.REFERENCE, hr), (self.MODEL, model_path),
+                           (self.SR, sr_layer.source() if sr_layer else None), (self.LR, lr), (self.UNCERTAINTY, unc)])
             device = resolve_device(request)
             if sr_layer is not None:
                 if model_path:
@@ -169,8 +175,9 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                                                  "give one")
                 sr = self.gdal_source(sr_layer, self.SR)
                 scale = None if lr else self.scale_value(parameters, self.SCALE, context)
-                metrics = evaluate_pair(sr, hr, scale, bands, lr=lr, uncertainty=unc, pictures=True,
-                                        lpips=want_lpips, device=device.device, progress=progress)
+                job = EvalRequest(sr=sr, hr=hr, lr=lr, uncertainty=unc, scale=scale, bands=bands, lpips=want_lpips,
+                                  device=request, html=html, terms=terms, paths_must_exist=False)
+                metrics = next(iter(evaluate(job, progress, pictures=True).details.values()))
                 scale = metrics["scale"]
                 title = f"{sr_layer.name()} vs {reference.name() if reference else lr_layer.name() + ' (no reference)'}"
             else:
@@ -198,8 +205,10 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                 samples = self.parameterAsInt(parameters, self.SAMPLES, context)
                 if samples == 1:
                     raise QgsProcessingException(f"{self.SAMPLES}: a spread needs at least 2 samples (0 = none)")
-                metrics = evaluate_model(model, hr, work_dir, bands, options=options, lpips=want_lpips,
-                                         pictures=True, device=device.device, progress=progress, samples=samples)
+                job = EvalRequest(model=model_path, hr=hr, bands=bands, lpips=want_lpips, samples=samples,
+                                  device=request, html=html, work_dir=work_dir, options=options, terms=terms,
+                                  paths_must_exist=False)
+                metrics = next(iter(evaluate(job, progress, pictures=True, model=model).details.values()))
                 sr, scale = metrics["sr"], metrics["scale"]
                 title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
             extra = dict(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
@@ -209,7 +218,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             if bicubic:
                 rows["bicubic"] = dict(bicubic, **extra)
             write_html_report(html, rows, f"LCMSR evaluation: {title}", pictures=metrics.get("pictures"),
-                              notes=metrics["notes"])
+                              notes=metrics["notes"], inputs=job.inputs())
         if metrics["psnr"] is not None:
             lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
             progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
@@ -226,9 +235,11 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             progress.info(note)
         if bicubic:
             progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
-        return dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
-                     self.OUTPUT_HTML: html, self.SR_RASTER: sr, self.BICUBIC_PSNR: bicubic.get("psnr"),
-                     self.BICUBIC_SSIM: bicubic.get("ssim"), self.BICUBIC_LPIPS: bicubic.get("lpips"),
-                     self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
-                     self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
-                    **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        numbers = dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
+                        self.BICUBIC_PSNR: bicubic.get("psnr"), self.BICUBIC_SSIM: bicubic.get("ssim"),
+                        self.BICUBIC_LPIPS: bicubic.get("lpips"), self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
+                        self.BICUBIC_SAM_REFERENCE: bicubic.get("sam_reference")},
+                       **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
+        # Plain floats: a numpy scalar reaches Qt as an opaque object that qgis_process prints empty.
+        return dict({name: None if value is None else float(value) for name, value in numbers.items()},
+                    **{self.OUTPUT_HTML: html, self.SR_RASTER: sr})

@@ -9,7 +9,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -23,6 +22,7 @@ from qgis.core import (
 
 from lcmsr.choices import OUTPUT_TYPE_LABELS, OUTPUT_TYPES, PRECISION_LABELS, PRECISIONS, SR_DEFAULTS, Terms
 
+from .. import qgis_enums
 from ..settings import Settings
 from .base import DEVICE_LABELS, DEVICE_VALUES, LcmsrAlgorithm, device_request
 
@@ -107,6 +107,82 @@ def warn_fallback(progress, choice) -> None:
         progress.warn(f"Device 'auto' fell back to the CPU — {choice.reason}")
 
 
+def add_run_parameters(alg, settings, samples: bool = False) -> None:
+    """The options of a super-resolution run (tile ... overviews), shared by `superresolve` and `superresolve_many`;
+    ``alg`` has the parameter names as class constants.  ``samples``: the uncertainty samples K too."""
+    advanced = [
+        QgsProcessingParameterNumber(alg.TILE, LABELS["tile"], qgis_enums.NUMBER_INTEGER,
+                                     defaultValue=settings.tile, minValue=0, maxValue=8192),
+        QgsProcessingParameterNumber(alg.OVERLAP, LABELS["overlap"],
+                                     qgis_enums.NUMBER_INTEGER, defaultValue=settings.overlap,
+                                     minValue=0, maxValue=4096),
+        QgsProcessingParameterNumber(alg.BATCH, LABELS["batch"], qgis_enums.NUMBER_INTEGER,
+                                     defaultValue=settings.batch, minValue=0, maxValue=1024),
+        QgsProcessingParameterNumber(alg.MEMORY_BUDGET, LABELS["memory_budget"],
+                                     qgis_enums.NUMBER_DOUBLE,
+                                     defaultValue=settings.memory_budget, minValue=0.1, maxValue=1024.0),
+        QgsProcessingParameterNumber(alg.STEPS, "Sampling steps", qgis_enums.NUMBER_INTEGER,
+                                     defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
+        QgsProcessingParameterEnum(alg.SAMPLER, "Sampler", options=samplers()[1],
+                                   defaultValue=_index(samplers()[0], SR_DEFAULTS["sampler"])),
+        QgsProcessingParameterNumber(alg.SEED, "Random seed", qgis_enums.NUMBER_INTEGER,
+                                     defaultValue=SR_DEFAULTS["seed"], minValue=0),
+        QgsProcessingParameterEnum(alg.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
+                                   defaultValue=_index(PRECISIONS, settings.precision,
+                                                       PRECISIONS.index(SR_DEFAULTS["precision"]))),
+        QgsProcessingParameterNumber(alg.LR_CONSISTENCY, "LR-consistency iterations (0 = off)",
+                                     qgis_enums.NUMBER_INTEGER,
+                                     defaultValue=SR_DEFAULTS["lr_consistency"], minValue=0, maxValue=50),
+    ]
+    if samples:
+        advanced.insert(-1, QgsProcessingParameterNumber(alg.SAMPLES, "Uncertainty samples (K)",
+                                                         qgis_enums.NUMBER_INTEGER,
+                                                         defaultValue=SR_DEFAULTS["samples"], minValue=2,
+                                                         maxValue=64))
+    for parameter in advanced:
+        parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
+        alg.addParameter(parameter)
+    alg.addParameter(QgsProcessingParameterEnum(
+        alg.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
+        defaultValue=_index(OUTPUT_TYPES, SR_DEFAULTS["output_type"])))
+    alg.addParameter(QgsProcessingParameterBoolean(alg.IGNORE_DOMAIN, LABELS["ignore_domain"], defaultValue=False))
+    options = QgsProcessingParameterString(alg.CREATION_OPTIONS, "Creation options (NAME=VALUE|...)",
+                                           defaultValue="", optional=True)
+    options.setMetadata({"widget_wrapper": {"widget_type": "rasteroptions"}})  # QGIS's own options editor
+    for parameter in (options,
+                      QgsProcessingParameterBoolean(alg.COG, "Cloud Optimized GeoTIFF (.tif, with overviews)",
+                                                    defaultValue=SR_DEFAULTS["cog"]),
+                      QgsProcessingParameterBoolean(alg.OVERVIEWS, "Build overviews",
+                                                    defaultValue=SR_DEFAULTS["overviews"])):
+        parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
+        alg.addParameter(parameter)
+
+
+def run_options(alg, parameters, context, **extra):
+    """SROptions from the parameters :func:`add_run_parameters` added (``extra``: bands, device, uncertainty...)."""
+    from lcmsr.raster.pipeline import SROptions
+
+    return SROptions(
+        tile=alg.parameterAsInt(parameters, alg.TILE, context),
+        overlap=alg.parameterAsInt(parameters, alg.OVERLAP, context),
+        batch=alg.parameterAsInt(parameters, alg.BATCH, context),
+        memory_budget=alg.parameterAsDouble(parameters, alg.MEMORY_BUDGET, context),
+        precision=PRECISIONS[alg.parameterAsEnum(parameters, alg.PRECISION, context)],
+        steps=alg.parameterAsInt(parameters, alg.STEPS, context),
+        sampler=samplers()[0][alg.parameterAsEnum(parameters, alg.SAMPLER, context)],
+        seed=alg.parameterAsInt(parameters, alg.SEED, context),
+        output_type=OUTPUT_TYPES[alg.parameterAsEnum(parameters, alg.OUTPUT_TYPE, context)],
+        ignore_domain=alg.parameterAsBoolean(parameters, alg.IGNORE_DOMAIN, context),
+        cog=alg.parameterAsBoolean(parameters, alg.COG, context),
+        overviews=alg.parameterAsBoolean(parameters, alg.OVERVIEWS, context),
+        creation_options=creation_options(alg.parameterAsString(parameters, alg.CREATION_OPTIONS, context)),
+        lr_consistency=alg.parameterAsInt(parameters, alg.LR_CONSISTENCY, context),
+        models=Settings().models,
+        terms=QGIS_TERMS,
+        **extra,
+    )
+
+
 class SuperResolveAlgorithm(LcmsrAlgorithm):
     INPUT = "INPUT"
     BANDS = "BANDS"
@@ -167,7 +243,12 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "reducing it again with the project's antialiased bicubic gives back the input (0 = off).<br>"
             "<b>Output</b>: georeferenced (CRS copied, pixel size divided by the scale), in the input's data type "
             "or Float32, in the format its extension names (.tif GeoTIFF, .img Erdas Imagine, .gpkg GeoPackage, "
-            ".png, .jpg for 8-bit data, or another GDAL format that writes files; any other extension is refused). "
+            ".png, .jpg for 8-bit data, or another GDAL format that writes nothing but the output and its "
+            ".aux.xml/.ovr/.msk side-cars: formats that write files named after it, such as .ers, .bil or .rst, "
+            "are refused before any work). An existing GeoPackage is replaced only when it holds nothing but one "
+            "raster table (a former output); one with other layers is refused: write to a new .gpkg file. Nodata "
+            "is kept per band; where the format keeps one nodata value per file (GeoTIFF, GeoPackage) and the "
+            "bands' differ, a Float32 output has NaN as nodata in every band and an integer one is refused. "
             "It keeps the input's band descriptions and colour interpretation, not its band statistics, and its "
             "metadata records the model file and its SHA-256, scale, sampler, steps, seed and LCMSR version "
             "(LCMSR_* keys).<br>"
@@ -181,53 +262,10 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         self.addParameter(QgsProcessingParameterBand(self.BANDS, LABELS["bands"], None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", QgsProcessingParameterFile.Behavior.File,
+            self.MODEL, "Model (.safetensors; empty: chosen by the input's domain)", qgis_enums.FILE_BEHAVIOR_FILE,
             extension="safetensors", optional=True))
         self.add_device_parameter(self.DEVICE)
-        advanced = [
-            QgsProcessingParameterNumber(self.TILE, LABELS["tile"], QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=settings.tile, minValue=0, maxValue=8192),
-            QgsProcessingParameterNumber(self.OVERLAP, LABELS["overlap"],
-                                         QgsProcessingParameterNumber.Type.Integer, defaultValue=settings.overlap,
-                                         minValue=0, maxValue=4096),
-            QgsProcessingParameterNumber(self.BATCH, LABELS["batch"], QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=settings.batch, minValue=0, maxValue=1024),
-            QgsProcessingParameterNumber(self.MEMORY_BUDGET, LABELS["memory_budget"],
-                                         QgsProcessingParameterNumber.Type.Double,
-                                         defaultValue=settings.memory_budget, minValue=0.1, maxValue=1024.0),
-            QgsProcessingParameterNumber(self.STEPS, "Sampling steps", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
-            QgsProcessingParameterEnum(self.SAMPLER, "Sampler", options=samplers()[1],
-                                       defaultValue=_index(samplers()[0], SR_DEFAULTS["sampler"])),
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=SR_DEFAULTS["seed"], minValue=0),
-            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
-                                       defaultValue=_index(PRECISIONS, settings.precision,
-                                                           PRECISIONS.index(SR_DEFAULTS["precision"]))),
-            QgsProcessingParameterNumber(self.SAMPLES, "Uncertainty samples (K)",
-                                         QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=SR_DEFAULTS["samples"], minValue=2, maxValue=64),
-            QgsProcessingParameterNumber(self.LR_CONSISTENCY, "LR-consistency iterations (0 = off)",
-                                         QgsProcessingParameterNumber.Type.Integer,
-                                         defaultValue=SR_DEFAULTS["lr_consistency"], minValue=0, maxValue=50),
-        ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-            self.addParameter(parameter)
-        self.addParameter(QgsProcessingParameterEnum(
-            self.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
-            defaultValue=_index(OUTPUT_TYPES, SR_DEFAULTS["output_type"])))
-        self.addParameter(QgsProcessingParameterBoolean(self.IGNORE_DOMAIN, LABELS["ignore_domain"], defaultValue=False))
-        options = QgsProcessingParameterString(self.CREATION_OPTIONS, "Creation options (NAME=VALUE|...)",
-                                               defaultValue="", optional=True)
-        options.setMetadata({"widget_wrapper": {"widget_type": "rasteroptions"}})  # QGIS's own options editor
-        for parameter in (options,
-                          QgsProcessingParameterBoolean(self.COG, "Cloud Optimized GeoTIFF (.tif, with overviews)",
-                                                        defaultValue=SR_DEFAULTS["cog"]),
-                          QgsProcessingParameterBoolean(self.OVERVIEWS, "Build overviews",
-                                                        defaultValue=SR_DEFAULTS["overviews"])):
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
-            self.addParameter(parameter)
+        add_run_parameters(self, settings, samples=True)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.UNCERTAINTY, "Uncertainty (spread of K samples)", optional=True, createByDefault=False))
@@ -242,36 +280,15 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         progress = self.progress(feedback)
         with self.backend_errors():
             from lcmsr.runtime import resolve_device
-            from lcmsr.raster.pipeline import SROptions, choose_model_for, superresolve
+            from lcmsr.raster.pipeline import choose_model_for, superresolve
 
             from ..model_cache import model_cache
 
             request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
             choice = resolve_device(request)
             warn_fallback(progress, choice)
-            options = SROptions(
-                bands=bands,
-                tile=self.parameterAsInt(parameters, self.TILE, context),
-                overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
-                batch=self.parameterAsInt(parameters, self.BATCH, context),
-                memory_budget=self.parameterAsDouble(parameters, self.MEMORY_BUDGET, context),
-                device=request,
-                precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
-                steps=self.parameterAsInt(parameters, self.STEPS, context),
-                sampler=samplers()[0][self.parameterAsEnum(parameters, self.SAMPLER, context)],
-                seed=self.parameterAsInt(parameters, self.SEED, context),
-                output_type=OUTPUT_TYPES[self.parameterAsEnum(parameters, self.OUTPUT_TYPE, context)],
-                ignore_domain=self.parameterAsBoolean(parameters, self.IGNORE_DOMAIN, context),
-                cog=self.parameterAsBoolean(parameters, self.COG, context),
-                overviews=self.parameterAsBoolean(parameters, self.OVERVIEWS, context),
-                creation_options=creation_options(self.parameterAsString(parameters, self.CREATION_OPTIONS,
-                                                                         context)),
-                models=Settings().models,
-                terms=QGIS_TERMS,
-                uncertainty=uncertainty,
-                samples=self.parameterAsInt(parameters, self.SAMPLES, context),
-                lr_consistency=self.parameterAsInt(parameters, self.LR_CONSISTENCY, context),
-            )
+            options = run_options(self, parameters, context, bands=bands, device=request, uncertainty=uncertainty,
+                                  samples=self.parameterAsInt(parameters, self.SAMPLES, context))
             if not model_path:
                 model_path = choose_model_for(src, options, progress)
             progress.info(f"Model: {model_path}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingException, QgsProcessingParameterFile
 
+from .. import qgis_enums
 from .training import TrainingAlgorithm
 
 
@@ -34,7 +35,7 @@ class TrainConsistencyAlgorithm(TrainingAlgorithm):
 
     def add_stage_parameters(self):
         self.addParameter(QgsProcessingParameterFile(
-            self.AUTOENCODER, "Stage-1 checkpoint (output of stage 1)", QgsProcessingParameterFile.Behavior.File,
+            self.AUTOENCODER, "Stage-1 checkpoint (output of stage 1)", qgis_enums.FILE_BEHAVIOR_FILE,
             fileFilter="Stage-1 checkpoints (*.safetensors *.json)"))
 
     def stage_options(self, parameters, context):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingException, QgsProcessingParameterFile
 
+from .. import qgis_enums
 from .training import TrainingAlgorithm
 
 
@@ -40,7 +41,7 @@ class TrainDecoderAlgorithm(TrainingAlgorithm):
 
     def add_stage_parameters(self):
         self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model file to align (output of stage 2)", QgsProcessingParameterFile.Behavior.File,
+            self.MODEL, "Model file to align (output of stage 2)", qgis_enums.FILE_BEHAVIOR_FILE,
             fileFilter="LCMSR models (*.safetensors)"))
         self.add_advanced(self.number_parameter(self.LPIPS_WEIGHT, "LPIPS weight"))
 

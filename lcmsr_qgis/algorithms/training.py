@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -30,6 +28,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from .. import qgis_enums
 from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
 
 
@@ -72,14 +71,14 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         from lcmsr.train_options import option_default
 
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "Training rasters (high resolution)",
-                                                               QgsProcessing.SourceType.TypeRaster))
+                                                               qgis_enums.SOURCE_RASTER))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
                                                             optional=True))
         self.add_stage_parameters()
         if self.FROM_STAGE1:
             # Stage 2 continues the stage-1 run: its scale, bands and model size come from that checkpoint.
             self.addParameter(QgsProcessingParameterNumber(
-                self.SCALE, f"Scale factor (empty: {self.PREVIOUS} scale)", QgsProcessingParameterNumber.Type.Integer,
+                self.SCALE, f"Scale factor (empty: {self.PREVIOUS} scale)", qgis_enums.NUMBER_INTEGER,
                 optional=True, minValue=2, maxValue=8))
             self.addParameter(QgsProcessingParameterString(self.BANDS, f"Bands (empty: {self.PREVIOUS} bands)",
                                                            optional=True))
@@ -95,11 +94,11 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         self.add_advanced(self.number_parameter(self.PATCH, "HR patch size (pixels)"),
                           self.number_parameter(self.BATCH, "Batch size"),
                           QgsProcessingParameterNumber(self.LEARNING_RATE, self.learning_rate_label(),
-                                                       QgsProcessingParameterNumber.Type.Double, optional=True,
+                                                       qgis_enums.NUMBER_DOUBLE, optional=True,
                                                        minValue=0.0),
                           self.number_parameter(self.SEED, "Random seed"))
         self.addParameter(QgsProcessingParameterFile(
-            self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", QgsProcessingParameterFile.Behavior.Folder,
+            self.RESUME, "Resume from checkpoint (folder, or its step-N.json)", qgis_enums.FILE_BEHAVIOR_FOLDER,
             optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.CHECKPOINT, "Checkpoint folder (empty: <output name>_checkpoints beside the output)",
@@ -117,13 +116,13 @@ class TrainingAlgorithm(LcmsrAlgorithm):
 
         field = option(self.NUMBERS[name])
         default = option_default(field.name, self.STAGE)
-        kind = QgsProcessingParameterNumber.Type.Double if isinstance(default, float) else \
-            QgsProcessingParameterNumber.Type.Integer
+        kind = qgis_enums.NUMBER_DOUBLE if isinstance(default, float) else \
+            qgis_enums.NUMBER_INTEGER
         return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
 
     def add_advanced(self, *parameters) -> None:
         for parameter in parameters:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
             self.addParameter(parameter)
 
     def learning_rate_label(self) -> str:

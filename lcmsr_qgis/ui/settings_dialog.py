@@ -152,10 +152,10 @@ class SettingsDialog(QDialog):
             self.torch_variant.addItem(f"{torch_install.torch_plan('cpu').label}"
                                        + ("" if variant != "cpu" else f": {why}"), "cpu")
             self.torch_label.setText(
-                f"{message.split(';')[0]}. 'Install PyTorch' downloads it (CPU build about 0.2 GB, 0.9 GB "
-                f"installed; CUDA builds several GB) into {self.torch_target}, which the plugin uses from "
-                "then on: no path to set, and no QGIS restart unless this session already loaded another "
-                "PyTorch (it will say so).")
+                f"{message.split(';')[0]}. 'Install PyTorch' finds the build that exists for this Python, says "
+                f"its download size as the index measures it, and installs it into {self.torch_target}, "
+                "which the plugin uses from then on: no path to set, and no QGIS restart unless this session "
+                "already loaded another PyTorch (it will say so).")
         if self.install_task is not None:
             self.install_button.setEnabled(False)
             self.torch_label.setText("PyTorch is being installed (see QGIS's task bar); the result goes to the "
@@ -168,7 +168,7 @@ class SettingsDialog(QDialog):
             return self.install_task
         plan = torch_install.torch_plan(variant or self.torch_variant.currentData() or "cpu")
         task = torch_install.make_task(plan, self.torch_target, on_done=self._install_done)
-        task.progressChanged.connect(lambda value: self.install_progress.setValue(int(value)))
+        task.progressChanged.connect(lambda value: self._install_progress(task, plan, value))
         self.install_task = task
         self.install_button.setEnabled(False)
         self.cancel_install_button.show()
@@ -178,16 +178,28 @@ class SettingsDialog(QDialog):
         QgsApplication.taskManager().addTask(task)
         return task
 
+    def _install_progress(self, task, plan, value: float) -> None:
+        self.install_progress.setValue(int(value))
+        if task.announced and task.announced not in self.torch_label.text():
+            self.torch_label.setText(f"Installing {plan.label}: {task.announced}, into {self.torch_target}… "
+                                     "(Cancel leaves nothing behind)")
+
     def cancel_install(self) -> None:
         if self.install_task is not None:
             self.install_task.cancel()
 
-    def _install_done(self, ok: bool, message: str) -> None:
+    def _install_done(self, ok: bool, message: str, offer=None) -> None:
         self.install_task = None
         self.cancel_install_button.hide()
         self.install_progress.setVisible(ok)
         self.install_button.setEnabled(not ok)
         self.torch_label.setText(message[:1].upper() + message[1:])
+        if offer is not None:   # the build that is reachable instead, with its measured size: one choice away
+            index = self.torch_variant.findData(torch_install.REGISTRY)
+            if index < 0:
+                self.torch_variant.addItem(f"{offer.plan.label}: {offer.describe()}", torch_install.REGISTRY)
+                index = self.torch_variant.count() - 1
+            self.torch_variant.setCurrentIndex(index)
         if self.diagnostics_view.toPlainText():
             self.refresh_diagnostics()
 

@@ -185,10 +185,10 @@ def test_cancel_or_a_failed_commit_writes_neither_output_and_loses_no_older_one(
     unc.write_bytes(b"older uncertainty")
     verify = io._verify
 
-    def failing(path, spec, what):
+    def failing(path, spec, what, **kw):
         if spec.bands == 3:
             raise io.RasterWriteError(f"{what}: disk full")
-        return verify(path, spec, what)
+        return verify(path, spec, what, **kw)
 
     monkeypatch.setattr(io, "_verify", failing)
     with pytest.raises(io.RasterWriteError, match="disk full"):

@@ -21,8 +21,8 @@ def raster_size(path):
 
 def test_every_algorithm_is_listed_and_documented():
     listing = run_qgis_process(["list"]).stdout
-    for name in ("superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder",
-                 "finetune"):
+    for name in ("superresolve", "superresolve_many", "degrade", "evaluate", "train_autoencoder", "train_consistency",
+                 "train_decoder", "finetune"):
         assert f"lcmsr:{name}" in listing
     help_text = run_qgis_process(["help", "lcmsr:superresolve"]).stdout
     for key in ("INPUT", "MODEL", "DEVICE", "TILE", "OVERLAP", "STEPS", "OUTPUT"):
@@ -49,6 +49,22 @@ def test_superresolve_runs_and_json_reports_the_output(tiny_model, tmp_path):
                              "TILE=64", "OVERLAP=8", "DEVICE=2", f"OUTPUT={out_json}"])
     assert doc["algorithm_details"]["id"] == "lcmsr:superresolve"
     assert doc["results"]["OUTPUT"] == str(out_json) and out_json.exists()
+
+
+def test_superresolve_many_runs_a_folder_and_json_reports_the_mosaic(tiny_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(SAMPLE_LR, folder / name)
+    out = tmp_path / "out"
+    doc = qgis_process_json(["run", "lcmsr:superresolve_many", "--", f"FOLDER={folder}", f"MODEL={tiny_model}",
+                             "TILE=64", "OVERLAP=8", "DEVICE=2", "EXECUTOR=0", f"OUTPUT_FOLDER={out}"])
+    results = doc["results"]
+    assert (results["DONE"], results["FAILED"]) == (2, 0)
+    assert results["MOSAIC"] == str(out / "mosaic.vrt") and results["LOG"] == str(out / "lcmsr-batch.jsonl")
+    assert raster_size(out / "a_sr.tif")[:3] == (512, 512, 3) and raster_size(out / "mosaic.vrt")[:2] == (512, 512)
 
 
 def test_evaluate_reports_numbers_as_json(tiny_model, tmp_path):

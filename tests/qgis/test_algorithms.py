@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import plugin_sources
 from qgis.core import (
     QgsApplication,
     QgsProcessingException,
@@ -18,8 +19,8 @@ from qgis.core import (
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 SAMPLE_HR = REPO / "resources" / "sample" / "neon_hr.tif"
-ALGORITHMS = ["superresolve", "degrade", "evaluate", "train_autoencoder", "train_consistency", "train_decoder",
-              "finetune"]
+ALGORITHMS = ["superresolve", "superresolve_many", "degrade", "evaluate", "train_autoencoder", "train_consistency",
+              "train_decoder", "finetune"]
 
 
 class RecordingFeedback(QgsProcessingFeedback):
@@ -81,15 +82,18 @@ def fast(parameters):
 
 
 def test_every_algorithm_is_listed_with_help_and_icon(provider):
+    from lcmsr_qgis import qgis_enums
+
     ids = sorted(a.name() for a in provider.algorithms())
     assert ids == sorted(ALGORITHMS)
     for alg in provider.algorithms():
         assert alg.displayName() and alg.group() and alg.groupId()
         assert len(alg.shortHelpString()) > 100, alg.name()
         assert not alg.icon().isNull()
-        assert alg.flags() & alg.FlagCanCancel
+        assert alg.flags() & qgis_enums.ALGORITHM_CAN_CANCEL
         assert alg.createInstance() is not alg and alg.createInstance().name() == alg.name()
     sr = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    assert sr.parameterDefinition("COG").flags() & qgis_enums.PARAMETER_ADVANCED
     keys = [p.name() for p in sr.parameterDefinitions()]
     for key in ("INPUT", "BANDS", "MODEL", "DEVICE", "TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "STEPS", "SEED", "OUTPUT_TYPE",
                 "OUTPUT"):
@@ -372,6 +376,11 @@ def test_evaluate_says_whether_to_trust_a_result_with_and_without_a_reference(pr
     modelled = run("evaluate", {"REFERENCE": str(SAMPLE_HR), "MODEL": tiny_model, "LPIPS": False, "DEVICE": 2,
                                 "SAMPLES": 2, "OUTPUT_HTML": str(tmp_path / "model.html")})
     assert modelled["BICUBIC_LR_MAE"] > 2.0 and modelled["LR_MAE"] < modelled["BICUBIC_LR_MAE"] / 4
+    # Every number output is a Python float (or None): a numpy scalar reaches Qt as an opaque object, which
+    # qgis_process and the results viewer show as an empty value.
+    numbers = {name: type(value).__name__ for results in (noref, full, modelled) for name, value in results.items()
+               if name not in ("OUTPUT_HTML", "SR_RASTER") and value is not None and type(value) is not float}
+    assert numbers == {}
     assert modelled["BICUBIC_SAM_REFERENCE"] == pytest.approx(modelled["SAM_REFERENCE"], rel=0.05)
     names = re.findall(r'<img alt="([^"]+)"', (tmp_path / "model.html").read_text(encoding="utf-8"))
     assert names == ["crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map", "uncertainty_map"]
@@ -557,7 +566,7 @@ def test_the_plugin_repeats_no_backend_choice():
     sets = {name: set(getattr(choices, name)) for name in
             ("SCALES", "PRECISIONS", "TRAIN_PRECISIONS", "OUTPUT_TYPES", "DEVICES", "CONFIG_NAMES", "SAMPLER_NAMES")}
     copies = []
-    for path in sorted((REPO / "lcmsr_qgis").rglob("*.py")):
+    for path in plugin_sources(REPO / "lcmsr_qgis"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and all(isinstance(e, ast.Constant) for e in node.elts):
                 values = {e.value for e in node.elts}
@@ -631,3 +640,38 @@ def test_every_algorithm_reads_bands_the_same_way_from_a_list_or_qgis_process_te
     for bad, word in (("3,x", "'x' is not a band number"), ("0,1", "band 0 does not exist")):
         with pytest.raises(QgsProcessingException, match=word):
             parse_bands(bad, "BANDS")
+
+
+def test_files_named_after_the_output_nodata_per_band_and_the_grid_hold_in_qgis(provider, tiny_model, tmp_path):
+    """Issue 25 through Processing: a format that writes files named after OUT is neither offered nor
+    accepted (the input stays whole), bands with different nodata are refused into a GeoTIFF, evaluation
+    refuses a reference elsewhere and a report whose picture would replace an input."""
+    from osgeo import gdal
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("lcmsr:superresolve")
+    assert not {"ers", "bil", "rst", "mpr"} & set(algorithm.parameterDefinition("OUTPUT")
+                                                   .supportedOutputRasterLayerExtensions())
+    src = make_raster(tmp_path / "in.tif")
+    nd = tmp_path / "bands.img"
+    gdal.Translate(str(nd), src, format="HFA")
+    ds = gdal.Open(str(nd), gdal.GA_Update)
+    for b, value in enumerate((0, 255, 7)):
+        ds.GetRasterBand(b + 1).SetNoDataValue(value)
+    ds = None
+    far = make_raster(tmp_path / "far.tif", width=48, height=40, origin=(550000.0, 4600000.0), pixel=1.0)
+    sr = make_raster(tmp_path / "sr.tif", width=48, height=40, pixel=1.0)
+    picture = tmp_path / "rep_crop_reference.png"   # the name the report rep.html gives its reference crop
+    gdal.Translate(str(picture), make_raster(tmp_path / "ref.tif", width=48, height=40, pixel=1.0), format="PNG")
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(QgsProcessingException, match="ERS format"):
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "OUTPUT": src + ".ers", "IGNORE_DOMAIN": True}))
+    with pytest.raises(QgsProcessingException, match="different nodata values"):
+        run("superresolve", fast({"INPUT": str(nd), "MODEL": tiny_model, "OUTPUT": str(tmp_path / "o.tif"),
+                                  "IGNORE_DOMAIN": True}))
+    with pytest.raises(QgsProcessingException, match="do not overlap"):
+        run("evaluate", {"REFERENCE": far, "SR": sr, "SCALE": 4, "DEVICE": 2, "LPIPS": False,
+                         "OUTPUT_HTML": str(tmp_path / "r.html")})
+    with pytest.raises(QgsProcessingException, match="destroy that input"):
+        run("evaluate", {"REFERENCE": str(picture), "SR": sr, "SCALE": 4, "DEVICE": 2, "LPIPS": False,
+                         "OUTPUT_HTML": str(tmp_path / "rep.html")})
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before

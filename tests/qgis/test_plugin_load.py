@@ -81,6 +81,9 @@ def test_plugin_import_puts_the_plugin_owned_torch_folder_first_on_sys_path(monk
     profile = tmp_path / "profile"
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr("qgis.core.QgsApplication.qgisSettingsDirPath", staticmethod(lambda: str(profile)))
+    # A copy outside any profile (QGIS_PLUGINPATH) uses the running QGIS's profile; one installed in a profile
+    # uses that one (tests/process/test_standalone_script.py).
+    monkeypatch.setattr(torch_install, "plugin_profile", lambda plugin_dir=None: None)
     importlib.reload(lcmsr_qgis)        # no folder yet: sys.path unchanged
     assert not [p for p in sys.path if p.startswith(str(profile))]
     folder = profile / "python" / torch_install.FOLDER
@@ -93,9 +96,11 @@ def test_plugin_qt_imports_go_through_qgis_pyqt():
     import ast
     from pathlib import Path
 
+    from conftest import plugin_sources
+
     root = Path(__file__).resolve().parents[2] / "lcmsr_qgis"
     offenders = []
-    for path in root.rglob("*.py"):
+    for path in plugin_sources(root):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):

@@ -148,6 +148,16 @@ def test_diagnostics_copy_puts_the_report_on_the_clipboard(dialog):
 
     text = dialog.copy_diagnostics()
     assert "torch:" in text and "Device for 'auto'" in text and "QGIS:" in text
+    # Which torch runs, and from where: the venv's or Debian's (no install step), or the plugin-owned folder
+    # (the chroot's QGIS 3.40, whose torch the plugin's installer put there).
+    import torch
+
+    from lcmsr_qgis import torch_install
+
+    where = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    owned = os.path.realpath(torch.__file__).startswith(os.path.realpath(torch_install.torch_dir()) + os.sep)
+    assert (f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from {where} "
+            + ("(the plugin-owned folder)" if owned else "(no install needed)")) in text
     assert QApplication.clipboard().text() == text == dialog.diagnostics_view.toPlainText()
 
 
@@ -287,3 +297,35 @@ def test_cancel_button_stops_the_install_and_leaves_nothing(torchless_dialog, mo
     assert not os.path.exists(dlg.torch_target)
     assert [p for p in os.listdir(parent) if p.startswith("lcmsr_torch")] == []
     assert "cancelled" in dlg.torch_label.text() and dlg.install_button.isEnabled()
+
+
+def test_an_unreachable_index_puts_the_reachable_build_one_choice_away(torchless_dialog, monkeypatch, tmp_path):
+    """The dialog shows pip's cause and the registry's measured build, and offers that build in the list;
+    choosing it and 'Install PyTorch' again installs it."""
+    from test_torch_install import _index, _wheel
+
+    from lcmsr_qgis import torch_install
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    monkeypatch.setenv("PIP_INDEX_URL", _index(tmp_path / "registry", [_wheel(wheels, "torch", "2.13.0")]))
+    registry = torch_install.InstallPlan(["torch==2.13.0"], "", ("torch",), "PyTorch from the package registry")
+    unreachable = torch_install.InstallPlan(["torch==2.13.0+cpu"], "http://127.0.0.1:9/simple", ("torch",),
+                                            "PyTorch (CPU)", fallback=registry)
+    monkeypatch.setattr(torch_install, "torch_plan",
+                        lambda variant, platform=None: registry if variant == torch_install.REGISTRY else unreachable)
+    dlg = torchless_dialog
+    dlg.install_torch("cpu")
+    _wait_for_install(dlg)
+    text = dlg.torch_label.text()
+    assert "http://127.0.0.1:9/simple could not be reached: Connection refused" in text
+    assert "Reachable instead: PyTorch from the package registry, torch 2.13.0, 1 packages" in text
+    assert dlg.torch_variant.currentData() == torch_install.REGISTRY and dlg.install_button.isEnabled()
+    assert "GB to download (measured from the index)" in dlg.torch_variant.currentText()
+    assert not os.path.exists(dlg.torch_target)
+    dlg.install_button.click()
+    _wait_for_install(dlg)
+    assert os.path.isfile(os.path.join(dlg.torch_target, "torch", "__init__.py"))
+    assert dlg.torch_label.text().startswith(f"PyTorch from the package registry installed in {dlg.torch_target}")

@@ -60,11 +60,18 @@ def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_laye
         return run_algorithm(self, parameters, context, feedback)
 
     monkeypatch.setattr(SuperResolveAlgorithm, "processAlgorithm", spy)
+    logged = []
+    log = QgsApplication.messageLog()
+    def keep(message, tag, level):
+        logged.append((tag, message))
+
+    log.messageReceived.connect(keep)
     out = tmp_path / "sr.tif"
     run = tasks.start_superresolve_active_layer(qgis_iface, output_path=str(out), model_path=tiny_model)
     assert run is not None and isinstance(run.task, QgsTask)
     assert "neon_lr x4 LCMSR" not in layer_names()  # nothing touches the project before the task has finished
     wait_for(run)
+    log.messageReceived.disconnect(keep)
     assert run.error == "" and out.exists() and run.results["OUTPUT"] == str(out)
     assert seen["main"] is False
     assert {k: seen["parameters"][k] for k in ("TILE", "OVERLAP", "BATCH", "MEMORY_BUDGET", "DEVICE", "PRECISION",
@@ -75,6 +82,8 @@ def test_the_layer_appears_in_the_project_after_finished(qgis_iface, active_laye
     assert (added.width(), added.height()) == (512, 512)
     assert any("device cpu" in text for _, text in run.messages)
     assert run not in tasks._RUNNING
+    # The output is loaded as the raster it is: no GDAL/OGR complaint in the log (QGIS used to try OGR first).
+    assert [entry for entry in logged if entry[0] not in ("LCMSR", "Processing")] == []
 
 
 def test_cancel_leaves_no_file_and_no_layer(qgis_iface, active_layer, tiny_model, tmp_path):

@@ -28,7 +28,8 @@ def test_uncertainty_output_is_loaded_styled_and_leaves_the_sr_raster_unchanged(
     (layer,) = QgsProject.instance().mapLayersByName("neon_lr x4 LCMSR uncertainty")
     assert os.path.samefile(layer.source(), unc) and layer.isValid() and layer.bandCount() == 1
     renderer = layer.renderer()
-    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer) and renderer.band() == 1
+    band = renderer.inputBand() if hasattr(renderer, "inputBand") else renderer.band()   # band(): deprecated in 3.38
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer) and band == 1
     assert renderer.classificationMin() == 0.0 and renderer.classificationMax() > 0
     assert len(renderer.shader().rasterShaderFunction().colorRampItemList()) >= 2
     sr_layer, = QgsProject.instance().mapLayersByName("neon_lr x4 LCMSR")

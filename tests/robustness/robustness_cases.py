@@ -948,12 +948,12 @@ class Suite:
 
     # ------------------------------------------------------------------ all
     def run(self, families=("rasters", "weights", "train", "sr", "cancel", "paths", "modelfile", "corruption",
-                            "trainfolder")) -> None:
+                            "trainfolder", "outputs")) -> None:
         steps = {"rasters": self.run_rasters, "weights": self.run_weights, "train": self.run_training_kills,
                  "sr": self.run_sr_faults, "cancel": self.run_cancel_storms}
         # Families of their own modules: cases_<module>.py, run_<family>(suite).
         for name, module in (("paths", "paths"), ("modelfile", "modelfile"), ("corruption", "corruption"),
-                             ("trainfolder", "corruption")):
+                             ("trainfolder", "corruption"), ("outputs", "outputs")):
             steps[name] = lambda name=name, module=module: getattr(__import__(f"cases_{module}"), f"run_{name}")(self)
         try:
             for key in families:

@@ -27,7 +27,8 @@ def quick_suite(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["raster-cli", "raster-qgis", "weights", "train-kill", "sr-faults", "cancel",
                                     "paths-loss", "paths-leftovers", "paths-messages", "modelfile",
-                                    "corruption", "trainfolder"])
+                                    "corruption", "trainfolder", "outputs-companions", "outputs-nodata",
+                                    "eval-grid", "eval-outputs", "outputs-gpkg", "outputs-messages"])
 def test_quick_family_has_no_crash_hang_loss_or_wrong_outcome(quick_suite, family):
     fam = quick_suite.families[family]
     assert fam.results, f"{family}: no case ran"

@@ -9,9 +9,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "degrade", help="make the LR raster of an HR raster (antialiased bicubic)",
         description="Downsample IN by SCALE with antialiased bicubic resampling, exactly as the training "
-                    "pairs are made, into the GeoTIFF OUT (pixel size times SCALE, nodata kept).")
+                    "pairs are made, into OUT (pixel size times SCALE, nodata kept per band), in the format its "
+                    "extension names, under the rules of `lcmsr sr` (formats that write files named after OUT and "
+                    "GeoPackages with other layers are refused).")
     p.add_argument("input", metavar="IN", help="HR raster")
-    p.add_argument("output", metavar="OUT", help="LR GeoTIFF to write (atomically)")
+    p.add_argument("output", metavar="OUT", help="LR raster to write (atomically); .tif for a GeoTIFF")
     p.add_argument("--scale", type=int, default=4, choices=SCALES, help="downsampling factor (default 4)")
     p.add_argument("--bands", type=_bands, default=None, help="1-based bands to keep (default: all but alpha)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -16,13 +16,8 @@ written as PNG files beside the report).
 """
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
-from pathlib import Path
 
-from .. import atomic
 from ._args import bands as _bands
 
 
@@ -61,46 +56,31 @@ def register(subparsers) -> None:
     p.add_argument("--fid", action="store_true", help="also FID between the two folders (needs fetch_weights --fid)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] for LPIPS/FID and --model's SR (default auto)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--html", default=None, help="write an HTML report with pictures to this file (the pictures are "
-                                                "also written beside it as PNG files)")
+    p.add_argument("--html", default=None, help="write an HTML report with pictures to this file; the pictures are "
+                                                "also written beside it as REPORT_<image>_<picture>.png (REPORT: "
+                                                "the file's name without .html; <image> only for folders), and "
+                                                "none of these may be an input")
     p.add_argument("--work-dir", default=None,
                    help="with --model: keep the LR and SR rasters here (default: a temporary folder, removed)")
     p.set_defaults(func=run, paths=io_paths)
 
 
+def request_from(args):
+    """The command line as an :class:`~lcmsr.metrics.protocol.EvalRequest` (the protocol's checks, outputs and
+    scoring are the library's, shared with the plugin)."""
+    from lcmsr.metrics.protocol import EvalRequest
+
+    return EvalRequest(sr=args.sr, model=args.model, hr=args.hr, lr=args.lr, uncertainty=args.uncertainty,
+                       samples=args.samples, scale=args.scale, bands=args.bands, lr_bands=args.lr_bands,
+                       data_range=args.data_range, lpips=not args.no_lpips, fid=args.fid, device=args.device,
+                       json=args.json, html=args.html, work_dir=args.work_dir)
+
+
 def io_paths(args):
     """(outputs, inputs) for the output-path rule (lcmsr.paths) and the start-up sweep (lcmsr.cli): the
-    reports and the work folder against the rasters (every image of a folder) and the model."""
-    from lcmsr.metrics.fid import list_images
-
-    inputs = [("the model file (--model)", args.model)]
-    for flag, given in (("--sr", args.sr), ("--hr", args.hr), ("--lr", args.lr), ("--uncertainty", args.uncertainty)):
-        inputs.append((f"the {flag} {'folder' if given and Path(given).is_dir() else 'raster'}", given))
-        if given and Path(given).is_dir():
-            inputs += [(f"an image of the {flag} folder", p) for p in list_images(Path(given))]
-    return [("--json", args.json), ("--html", args.html), ("--work-dir", args.work_dir)], inputs
-
-
-def _pairs(sr_dir: Path, others: dict) -> list[tuple[str, Path, dict]]:
-    """(name, SR image, {flag: image}) for each SR image with a namesake in the first of ``others``
-    (--hr, else --lr); every other folder given must hold that name too."""
-    from lcmsr.metrics.fid import list_images
-
-    sr = {p.stem: p for p in list_images(sr_dir)}
-    found = {flag: {p.stem: p for p in list_images(d)} for flag, d in others.items()}
-    first, ref = next(iter(others.items()))
-    common = sorted(sr.keys() & found[first].keys())
-    if not common:
-        raise ValueError(f"no image in {sr_dir} has a namesake in {ref}")
-    missing = sorted(found[first].keys() - sr.keys())
-    if missing:
-        raise ValueError(f"{len(missing)} {first[2:].upper()} image(s) have no SR result in {sr_dir}, "
-                         f"e.g. {missing[0]}")
-    for flag, images in found.items():
-        lacking = [k for k in common if k not in images]
-        if lacking:
-            raise ValueError(f"the {flag} folder {others[flag]} has no image named {lacking[0]} (as in {sr_dir})")
-    return [(k, sr[k], {flag: images[k] for flag, images in found.items()}) for k in common]
+    reports, their pictures and the work folder against the rasters (every image of a folder) and the model."""
+    request = request_from(args)
+    return request.outputs(), request.inputs()
 
 
 def _show(value) -> str:
@@ -111,114 +91,15 @@ def _show(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _finite(obj):
-    # Strict JSON has no Infinity: the PSNR of identical images is written as null.
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def run(args) -> int:
-    from lcmsr.runtime import resolve_device
-    from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, evaluate_model, evaluate_pair, write_html_report
-    from lcmsr.metrics.fid import list_images
+    from lcmsr.metrics.protocol import evaluate, shown_rows, write_reports
 
-    device = resolve_device(args.device).device
-    bands = args.bands
-    keys = METRIC_KEYS + TRUST_KEYS
-    hr, lr, unc = (Path(p) if p else None for p in (args.hr, args.lr, args.uncertainty))
-    sr = Path(args.sr) if args.sr else None
-    for p, what in ((sr, "--sr"), (hr, "--hr"), (lr, "--lr"), (unc, "--uncertainty"),
-                    (args.model and Path(args.model), "--model")):
-        if p and not p.exists():
-            raise FileNotFoundError(f"{what} {p} does not exist")
-    if args.model and (hr is None or lr or unc):
-        raise ValueError("--model needs --hr (the reference it degrades) and takes no --lr or --uncertainty "
-                         "(--samples K makes the uncertainty raster)")
-    if args.samples and not args.model:
-        raise ValueError("--samples is for --model (the SR it runs); with --sr give its --uncertainty raster")
-    if args.samples and args.samples < 2:
-        raise ValueError(f"--samples must be at least 2 (a spread needs two draws), got {args.samples}")
-    if sr is not None and hr is None and lr is None:
-        raise ValueError("--sr needs --hr (the reference), --lr (the input it was made from), or both")
-    base = hr if hr is not None else lr
-    for p, flag in ((sr, "--sr"), (lr, "--lr"), (unc, "--uncertainty")):
-        if p is not None and p.is_dir() != base.is_dir():
-            raise ValueError(f"{flag} and {'--hr' if hr is not None else '--lr'} must both be rasters or both be "
-                             "folders")
-    if args.fid and (sr is None or not sr.is_dir() or hr is None):
-        raise ValueError("--fid compares two sets of images: give folders for --sr and --hr")
-    kw = dict(bands=bands, data_range=args.data_range, lpips=not args.no_lpips, device=device)
-    pictures = bool(args.html)
-
-    rows, baseline, scale, pics, notes, unit = {}, {}, args.scale, {}, [], None
-    if args.model:
-        from lcmsr.raster.pipeline import SROptions
-        from lcmsr.weights import load_model
-
-        model, options = load_model(args.model, device=str(device)), SROptions(device=args.device)
-        # Named like lcmsr.atomic's temporary files: a killed run's folder is swept by the next command.
-        scratch = None
-        if not args.work_dir:
-            atomic.sweep_stale(tempfile.gettempdir())   # what killed runs left there
-            scratch = atomic.temp_folder(tempfile.gettempdir(), "lcmsr-eval")
-        try:
-            for h in list_images(hr) if hr.is_dir() else [hr]:
-                r = evaluate_model(model, h, Path(args.work_dir or scratch) / h.stem, bands, options=options,
-                                   lpips=kw["lpips"], pictures=pictures, device=device, samples=args.samples)
-                name = h.stem if hr.is_dir() else h.name
-                rows[name], baseline[name], scale = {k: r[k] for k in keys}, r["bicubic"], r["scale"]
-                pics[name], unit = r.get("pictures"), r["unit"]
-                notes += r["notes"]
-        finally:
-            if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-    else:
-        others = {flag: p for flag, p in (("--hr", hr), ("--lr", lr), ("--uncertainty", unc)) if p is not None}
-        if sr.is_dir():
-            todo = _pairs(sr, others)
-        else:
-            todo = [(sr.name, sr, others)]
-        for name, s, found in todo:
-            r = evaluate_pair(s, found.get("--hr"), scale if scale or "--lr" in found else 4, lr=found.get("--lr"),
-                              lr_bands=args.lr_bands, uncertainty=found.get("--uncertainty"), pictures=pictures, **kw)
-            rows[name], pics[name], unit = {k: r[k] for k in keys}, r.get("pictures"), r["unit"]
-            notes += r["notes"]
-            scale = scale or r["scale"]
-    if base.is_dir():
-        for table in (rows, baseline) if baseline else (rows,):
-            n = len(table)
-            table["mean"] = {k: (sum(r[k] for r in table.values()) / n
-                                 if all(r[k] is not None for r in table.values()) else None) for k in keys}
-        if args.fid:
-            from lcmsr.metrics.fid import fid
-
-            rows["mean"]["fid"] = fid(sr, hr, data_range=args.data_range or 255.0, device=device)
-    # One table: the model's rows, then the bicubic baseline's.
-    shown = dict(rows, **{f"bicubic: {name}": r for name, r in baseline.items()})
-    notes = list(dict.fromkeys(notes))
-
-    for name, r in shown.items():
+    request = request_from(args)
+    checked = request.check()    # everything that can be checked before the computation
+    result = evaluate(request, checked=checked)
+    for name, r in shown_rows(result).items():
         print(f"{name}: " + "  ".join(f"{k.upper()} {_show(v)}" for k, v in r.items()))
-    for note in notes:
+    for note in result.notes:
         print(f"note: {note}")
-    out = {"sr": str(sr) if sr else None, "model": args.model, "hr": str(hr) if hr else None,
-           "lr": str(lr) if lr else None, "uncertainty": str(unc) if unc else None, "scale": scale, "bands": bands,
-           "lr_unit": unit, "results": rows, "notes": notes}
-    if args.model:
-        out["bicubic"] = baseline
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_finite(out), indent=2, allow_nan=False) + "\n"
-        with atomic.AtomicPath(args.json) as tmp:   # an older report stays whole if this run is stopped
-            Path(tmp).write_text(text)
-    if args.html:
-        what = f"{Path(args.model).name} on {hr.name}" if args.model else \
-            f"{sr.name} vs {base.name}" if hr is not None else f"{sr.name} (no reference; its input {lr.name})"
-        sections = pics if base.is_dir() else {"": next(iter(pics.values()))}
-        write_html_report(args.html, shown, f"LCMSR evaluation: {what}", pictures=sections, notes=notes)
+    write_reports(request, result)
     return 0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..atomic import AtomicPath
-from ..paths import check_outputs
+from ..paths import check_file_output, check_outputs
 from .psnr_ssim import SSIM_WINDOW, psnr, psnr_from_mse, ssim, ssim_map
 
 METRIC_KEYS = ("psnr", "ssim", "lpips")
@@ -153,10 +153,28 @@ def evaluate_rasters(sr_path, hr_path, scale: int, bands: Sequence[int] | None =
         hr.close()
 
 
+def check_grids(sr, sr_path, others) -> None:
+    """The georeferencing check of evaluation, before any pixel is read: each of ``others`` — ``(reader,
+    path, what, ratio)``, its pixels ``ratio`` times SR's — must lie on SR's grid where both are
+    georeferenced (same CRS; corners within a quarter of an SR pixel: :func:`lcmsr.raster.io.grid_problem`);
+    a reference in another CRS or elsewhere would give numbers that mean nothing.  ValueError in one line."""
+    for reader, path, what, ratio in others:
+        if reader is None or isinstance(reader, _ArrayReader) or isinstance(sr, _ArrayReader):
+            continue
+        rio = _rio()
+        try:
+            problem = rio.grid_problem(sr, f"SR {sr_path}", reader, f"{what} {path}", ratio)
+        except rio.RasterError as exc:
+            raise ValueError(str(exc)) from None
+        if problem:
+            raise ValueError(problem)
+
+
 def _evaluate_readers(sr, hr, sr_path, hr_path, scale, data_range, lpips, device, tile) -> dict:
     if (sr.width, sr.height) != (hr.width, hr.height):
         raise ValueError(f"SR {sr_path} is {sr.width}x{sr.height} pixels but HR {hr_path} is "
                          f"{hr.width}x{hr.height}; they must match")
+    check_grids(sr, sr_path, [(hr, hr_path, "HR", 1)])
     _rio().check_size(hr.width, hr.height, hr_path)   # the SR command's size guard, before any read
     if len(sr.bands) != len(hr.bands):
         raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr_path} has {len(hr.bands)} "
@@ -362,6 +380,29 @@ def evaluate_trust(sr_path, scale: int | None = None, bands: Sequence[int] | Non
     invalid pixel for the correlation).  With ``pictures``, ``"pictures"`` holds the report's pictures
     (see :func:`write_html_report`).
     """
+    sr, lr_r, hr_r, un_r, scale = _open_checked(sr_path, scale, bands, lr, lr_bands, hr, uncertainty)
+    try:
+        return dict(_trust(sr, lr_r, hr_r, un_r, int(scale), pictures, tile), scale=int(scale))
+    finally:
+        for r in (sr, lr_r, hr_r, un_r):
+            if r is not None:
+                r.close()
+
+
+def check_pair(sr, hr=None, scale: int | None = None, bands: Sequence[int] | None = None, *, lr=None,
+               lr_bands: Sequence[int] | None = None, uncertainty=None) -> int:
+    """Every check :func:`evaluate_pair` makes before reading pixels — each raster readable, band counts,
+    sizes and scale, and the georeferencing (:func:`check_grids`) — without computing anything: the
+    commands run it on every pair of a folder before the first is scored.  -> the scale."""
+    readers = _open_checked(sr, scale, bands, lr, lr_bands, hr, uncertainty)
+    for r in readers[:4]:
+        if r is not None:
+            r.close()
+    return int(readers[4])
+
+
+def _open_checked(sr_path, scale, bands, lr, lr_bands, hr, uncertainty):
+    """(SR, LR, HR, uncertainty readers, scale), checked against each other; the readers are closed on error."""
     sr = _open(sr_path, "SR", bands)
     readers = [sr]
     try:
@@ -387,13 +428,16 @@ def evaluate_trust(sr_path, scale: int | None = None, bands: Sequence[int] | Non
                                  f"{other.width}x{other.height}; they must match")
         if hr_r is not None and len(hr_r.bands) != len(sr.bands):
             raise ValueError(f"SR {sr_path} has {len(sr.bands)} band(s) but HR {hr} has {len(hr_r.bands)}")
+        check_grids(sr, sr_path, [(hr_r, hr, "HR", 1), (un_r, uncertainty, "uncertainty", 1),
+                                  (lr_r, lr, "LR", int(scale))])
         if not isinstance(sr, _ArrayReader):
             _rio().check_size(sr.width, sr.height, os.fspath(sr_path))   # the SR command's guard
-        return dict(_trust(sr, lr_r, hr_r, un_r, int(scale), pictures, tile), scale=int(scale))
-    finally:
+        return sr, lr_r, hr_r, un_r, int(scale)
+    except BaseException:
         for r in readers:
             if r is not None:
                 r.close()
+        raise
 
 
 def _trust(sr, lr, hr, unc, scale, pictures, tile) -> dict:
@@ -732,7 +776,30 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)) or "image"
 
 
-def write_html_report(path, results: dict, title: str, pictures=None, notes=None) -> Path:
+# Every picture a report can hold (evaluate_trust's ``pictures``): each is also written beside the report.
+PICTURE_NAMES = ("crop_bicubic", "crop_sr", "crop_reference", "crop_error", "error_map", "uncertainty_map")
+
+
+def picture_path(report, section: str, name: str) -> Path:
+    """Where :func:`write_html_report` writes picture ``name`` of ``section`` ("" for a one-image report):
+    ``<report stem>_<section>_<name>.png`` beside the report."""
+    report = Path(report)
+    return report.parent / ("_".join(_safe_name(t) for t in (report.stem, section, name) if t) + ".png")
+
+
+def report_outputs(report, sections=("",), what: str = "the report") -> list[tuple[str, str]]:
+    """The report and every picture file it may write beside it (for ``sections``, the images it covers), as
+    ``(what, path)`` outputs for :func:`lcmsr.paths.check_outputs`: declared before any work, so no
+    picture replaces an input."""
+    if not report:
+        return []
+    out = [(what, os.fspath(report))]
+    for section in dict.fromkeys(sections or ("",)):
+        out += [(f"a picture of {what}", os.fspath(picture_path(report, section, name))) for name in PICTURE_NAMES]
+    return out
+
+
+def write_html_report(path, results: dict, title: str, pictures=None, notes=None, inputs=()) -> Path:
     """A self-contained HTML table (no scripts, no external files), written atomically.
 
     ``results`` is either one row ``{"psnr": .., "ssim": ..}`` or named rows
@@ -741,9 +808,15 @@ def write_html_report(path, results: dict, title: str, pictures=None, notes=None
     (``{"name", "title", "rgb": [H, W, 3] uint8, "group": "crops"|"maps", "note", "legend"}``, as
     :func:`evaluate_trust` makes them) or ``{section: list}`` (one section per image): each is
     embedded in the page as a PNG and also written beside it as ``<report>_<section>_<name>.png``.
-    ``notes``: lines shown under the table (what could not be measured, and why).
+    ``notes``: lines shown under the table (what could not be measured, and why).  ``inputs``: ``(what,
+    path)`` pairs none of the report's files may be (:func:`report_outputs`); checked before anything is
+    written.
     """
     from .pictures import png_bytes
+
+    check_file_output(path, "the report")
+    sections = pictures if isinstance(pictures, dict) else {"": pictures or []}
+    check_outputs(report_outputs(path, list(sections)), inputs)
 
     rows = results if results and all(isinstance(v, dict) for v in results.values()) else {"result": results}
     order = METRIC_KEYS + TRUST_KEYS
@@ -762,7 +835,6 @@ def write_html_report(path, results: dict, title: str, pictures=None, notes=None
     notes_html = "".join(f"<li>{html.escape(str(n))}</li>" for n in dict.fromkeys(notes or []))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sections = pictures if isinstance(pictures, dict) else {"": pictures or []}
     figures = []
     for section, pics in sections.items():
         if not pics:
@@ -773,7 +845,7 @@ def write_html_report(path, results: dict, title: str, pictures=None, notes=None
             cells = []
             for p in (p for p in pics if p.get("group", "") == group):
                 data = png_bytes(p["rgb"])
-                name = "_".join(_safe_name(t) for t in (path.stem, section, p["name"]) if t) + ".png"
+                name = picture_path(path, section, p["name"]).name
                 with AtomicPath(path.parent / name) as tmp:
                     Path(tmp).write_bytes(data)
                 h, w = p["rgb"].shape[:2]

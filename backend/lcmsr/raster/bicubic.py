@@ -38,7 +38,8 @@ def bicubic_upsample(src, dst, scale: int, progress: Progress | None = None) -> 
     w, h = info.width, info.height
     spec = io.derive_output(info, w * s, h * s, 1.0 / s, info.data_type)
     spec.value_ranges = value_ranges(band_samples(src, bands))   # clamped as SR outputs are
-    io.check_destination(dst, src, spec.estimated_bytes(), progress)
+    fmt = io.output_format(dst, spec.data_type, spec=spec, progress=progress)
+    io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
 
     def block(reader, x, y, bw, bh):
         x0, y0 = max(0, x - MARGIN_LR), max(0, y - MARGIN_LR)
@@ -51,5 +52,5 @@ def bicubic_upsample(src, dst, scale: int, progress: Progress | None = None) -> 
         valid = valid[:, y - y0:y - y0 + bh, x - x0:x - x0 + bw].repeat(s, axis=1).repeat(s, axis=2)
         return x * s, y * s, up, valid
 
-    io.write_blocks(src, bands, dst, spec, progress, (w, h), BLOCK_LR, block)
+    io.write_blocks(src, bands, dst, spec, progress, (w, h), BLOCK_LR, block, fmt=fmt)
     return dst

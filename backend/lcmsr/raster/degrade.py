@@ -60,10 +60,11 @@ def degrade(src, dst, scale: int, progress: Progress | None = None, bands: list[
     for message in io.source_warnings(info):
         progress.warn(message)
     spec = io.derive_output(info, w, h, float(s), info.data_type)
-    io.check_destination(dst, src, spec.estimated_bytes(), progress)
+    fmt = io.output_format(dst, spec.data_type, spec=spec, progress=progress)
+    io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
 
     io.write_blocks(src, chosen, dst, spec, progress, (w, h), BLOCK_LR,
-                    lambda reader, x, y, bw, bh: (x, y, *_degrade_block(reader, x, y, bw, bh, s, w, h)))
+                    lambda reader, x, y, bw, bh: (x, y, *_degrade_block(reader, x, y, bw, bh, s, w, h)), fmt=fmt)
     seconds = time.perf_counter() - start
     progress.info(f"wrote {dst} ({w}x{h}) in {seconds:.1f} s")
     return DegradeResult(os.path.abspath(dst), w, h, seconds, list(progress.warnings))

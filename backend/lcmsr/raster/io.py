@@ -12,6 +12,7 @@ opened read-only.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -23,7 +24,7 @@ from osgeo import gdal
 
 from .. import atomic
 from ..choices import CLI_TERMS, Terms
-from ..paths import check_outputs, check_regular, raster_outputs
+from ..paths import RASTER_SIDE_CARS, check_outputs, check_regular, raster_outputs
 from ..progress import Cancelled, Progress
 from .validity import valid_values
 
@@ -151,22 +152,22 @@ def vrt_loop(path: str) -> list[str] | None:
     """The VRTs by which VRT file ``path`` comes back to one it is already reading (``[a, b, a]``), or None.
     GDAL meets such a loop only when it reads pixels, and then says "Recursion detected" or hints at its
     dataset pool size; this reads the XML only (``SourceFilename`` of every source, VRTs followed)."""
-    import xml.etree.ElementTree as ET
 
     def sources(vrt: str) -> list[str]:
         try:
             with open(vrt, "rb") as f:
                 if os.path.getsize(vrt) > 2**26 or not f.read(256).lstrip().startswith(b"<VRTDataset"):
                     return []
-            root = ET.parse(vrt).getroot()
-        except (OSError, ET.ParseError):
+                f.seek(0)
+                elements = xml_elements(f.read(), "SourceFilename")
+        except (OSError, ValueError):
             return []
         found = []
-        for el in root.iter("SourceFilename"):
-            name = (el.text or "").strip()
+        for attrs, text in elements:
+            name = text.strip()
             if not name or name.startswith("/vsi") or "://" in name:
                 continue
-            found.append(os.path.realpath(os.path.join(os.path.dirname(vrt), name) if el.get("relativeToVRT") == "1"
+            found.append(os.path.realpath(os.path.join(os.path.dirname(vrt), name) if attrs.get("relativeToVRT") == "1"
                                           else name))
         return found
 
@@ -377,6 +378,9 @@ class WindowReader:
         self._ds = open_raster(self.path)
         self.width, self.height = self._ds.RasterXSize, self._ds.RasterYSize
         self.bands = select_bands(self._ds, bands, self.path)
+        gt = self._ds.GetGeoTransform(can_return_null=True)
+        self.geotransform = tuple(gt) if gt else None          # None: not georeferenced
+        self.projection = self._ds.GetProjection() or ""
         rb = [self._ds.GetRasterBand(b) for b in self.bands]
         self.nodata = [b.GetNoDataValue() for b in rb]
         self._flags = [b.GetMaskFlags() for b in rb]
@@ -412,6 +416,103 @@ class WindowReader:
 
     def close(self) -> None:
         self._ds = None
+
+
+def _crs_name(wkt: str) -> str:
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    with _ErrorLog():
+        try:
+            srs.ImportFromWkt(wkt)
+        except RuntimeError:
+            return "a CRS GDAL cannot read"
+    auth = srs.GetAuthorityName(None), srs.GetAuthorityCode(None)
+    name = srs.GetName() or "unnamed"
+    return f"{auth[0]}:{auth[1]} ({name})" if all(auth) else name
+
+
+_PROJ_PROBLEM: list[str] = []
+
+
+def proj_problem() -> str:
+    """Why PROJ cannot work here ("" when it can): its database proj.db not found (PROJ_DATA / PROJ_LIB
+    pointing elsewhere, an incomplete install).  Without it no CRS can be written or compared, which GDAL
+    would only say once the output is written; checked once per process."""
+    if not _PROJ_PROBLEM:
+        from osgeo import osr
+
+        srs = osr.SpatialReference()
+        with _ErrorLog() as log:
+            try:
+                failed = srs.ImportFromEPSG(4326) != 0
+            except RuntimeError as exc:
+                failed, log.messages = True, log.messages + [str(exc)]
+        text = _reason(log.messages) if log.messages else "GDAL gave no reason"
+        _PROJ_PROBLEM.append(f"PROJ cannot read its database ({text}): set PROJ_DATA to the folder holding "
+                             f"proj.db, or repair the GDAL/PROJ install" if failed else "")
+    return _PROJ_PROBLEM[0]
+
+
+def same_crs(wkt_a: str, wkt_b: str) -> bool:
+    """Whether two WKT CRSs are the same (axis order and names aside); raises :class:`RasterError` when
+    PROJ cannot compare them (its database missing: a broken install, said in one line)."""
+    from osgeo import osr
+
+    if wkt_a == wkt_b:
+        return True
+    if problem := proj_problem():
+        raise RasterError(f"the coordinate reference systems cannot be compared: {problem}")
+    a, b = osr.SpatialReference(), osr.SpatialReference()
+    with _ErrorLog() as log:
+        try:
+            a.ImportFromWkt(wkt_a)
+            b.ImportFromWkt(wkt_b)
+            same = bool(a.IsSame(b, ["IGNORE_DATA_AXIS_TO_SRS_AXIS_MAPPING=YES", "CRITERION=EQUIVALENT"]))
+        except RuntimeError as exc:
+            log.messages.append(str(exc))
+            same = False
+    if log.messages:
+        raise RasterError(f"the coordinate reference systems cannot be compared: {_reason(log.messages)} "
+                          f"(is PROJ's proj.db found? see PROJ_DATA)")
+    return same
+
+
+def grid_problem(fine, fine_name: str, coarse, coarse_name: str, ratio: int = 1, tolerance: float = 0.25) -> str:
+    """Why rasters ``fine`` and ``coarse`` (readers with ``geotransform``, ``projection``, ``width``, ``height``;
+    ``coarse``'s pixels ``ratio`` times larger) do not lie on one grid, or "" when they do or either is not
+    georeferenced.  Same CRS (where both have one), and every corner of ``coarse`` within ``tolerance`` of
+    ``fine``'s pixels of where ``fine``'s grid puts it: same place, same pixel size."""
+    ga, gb = getattr(fine, "geotransform", None), getattr(coarse, "geotransform", None)
+    if ga is None or gb is None:
+        return ""
+    pa, pb = getattr(fine, "projection", ""), getattr(coarse, "projection", "")
+    if pa and pb and not same_crs(pa, pb):
+        return (f"{coarse_name} is in {_crs_name(pb)} but {fine_name} in {_crs_name(pa)}: reproject one onto the "
+                f"other's grid first (gdalwarp)")
+    inverse = gdal.InvGeoTransform(ga)
+    if inverse is None:
+        return ""
+    worst, corner = 0.0, None
+    for u, v in ((0, 0), (coarse.width, 0), (0, coarse.height), (coarse.width, coarse.height)):
+        x, y = gb[0] + u * gb[1] + v * gb[2], gb[3] + u * gb[4] + v * gb[5]
+        px, py = inverse[0] + x * inverse[1] + y * inverse[2], inverse[3] + x * inverse[4] + y * inverse[5]
+        off = math.hypot(px - u * ratio, py - v * ratio)
+        if off > worst:
+            worst, corner = off, (x, y)
+    if worst <= tolerance:
+        return ""
+    # Do they overlap at all? Bounding boxes in the fine raster's pixels.
+    xs, ys = [], []
+    for u, v in ((0, 0), (coarse.width, coarse.height)):
+        x, y = gb[0] + u * gb[1] + v * gb[2], gb[3] + u * gb[4] + v * gb[5]
+        xs.append(inverse[0] + x * inverse[1] + y * inverse[2])
+        ys.append(inverse[3] + x * inverse[4] + y * inverse[5])
+    apart = (max(xs) <= 0 or min(xs) >= fine.width or max(ys) <= 0 or min(ys) >= fine.height)
+    how = "do not overlap at all" if apart else f"are {worst:.3g} of {fine_name}'s pixels apart at a corner"
+    return (f"{coarse_name} and {fine_name} do not cover the same ground on one grid: they {how} (corner "
+            f"{corner[0]:.10g}, {corner[1]:.10g}); compare rasters of the same area, e.g. cut with gdal_translate "
+            f"-projwin or gdalwarp -te")
 
 
 # ---------------------------------------------------------------- output
@@ -566,7 +667,7 @@ def check_finite(values: np.ndarray, valid: np.ndarray, spec: OutputSpec) -> Non
 
 
 def write_blocks(src: str, bands, dst: str, spec: OutputSpec, progress, grid: tuple[int, int], block: int,
-                 compute) -> None:
+                 compute, fmt: OutputFormat | None = None) -> None:
     """Write ``dst`` (atomically) block by block over a ``grid`` (width, height) cut into ``block``-pixel
     squares: ``compute(reader, x, y, bw, bh) -> (out_x, out_y, values, valid)`` reads what it needs from
     ``src`` and gives that block of the output.  Cancel is checked and progress reported per block."""
@@ -574,7 +675,7 @@ def write_blocks(src: str, bands, dst: str, spec: OutputSpec, progress, grid: tu
     blocks = [(x, y) for y in range(0, h, block) for x in range(0, w, block)]
     reader = WindowReader(src, bands)
     try:
-        with AtomicRaster(dst, spec, progress) as out:
+        with AtomicRaster(dst, spec, progress, fmt=fmt) as out:
             for i, (x, y) in enumerate(blocks):
                 progress.check()
                 ox, oy, values, valid = compute(reader, x, y, min(block, w - x), min(block, h - y))
@@ -649,8 +750,9 @@ OVERVIEW_RESAMPLING = "AVERAGE"
 
 
 def output_formats() -> dict[str, str]:
-    """``{extension: GDAL driver}`` of every raster driver here that writes files (Create or CreateCopy);
-    where drivers share an extension the first registered wins (GTiff for .tif: COG is ``cog=True``)."""
+    """``{extension: GDAL driver}`` of every raster driver here that writes files (Create or CreateCopy) and
+    writes nothing but the file named and its side-cars (:func:`_writes_companions`); where drivers share
+    an extension the first registered wins (GTiff for .tif: COG is ``cog=True``)."""
     formats: dict[str, str] = {}
     for i in range(gdal.GetDriverCount()):
         driver = gdal.GetDriver(i)
@@ -659,8 +761,27 @@ def output_formats() -> dict[str, str]:
                 or "YES" not in (meta.get("DCAP_CREATE"), meta.get("DCAP_CREATECOPY"))):
             continue
         for ext in (meta.get("DMD_EXTENSIONS") or meta.get("DMD_EXTENSION") or "").split():
-            formats.setdefault(ext.lower().lstrip("."), driver.ShortName)
+            ext = ext.lower().lstrip(".")
+            if ext not in formats and not _writes_companions(driver.ShortName, ext):
+                formats[ext] = driver.ShortName
     return formats
+
+
+_COMPANIONS: dict[tuple[str, str], bool] = {}
+
+
+def _writes_companions(driver: str, ext: str) -> bool:
+    """Whether ``driver`` writes other files than the one named (and its side-cars) for a one-band raster
+    of the first type it takes; a driver that refuses one band is not judged here (the probe of the real
+    output is).  Probed once per process."""
+    key = (driver, ext)
+    if key not in _COMPANIONS:
+        takes = _creation_types(driver) or ["Byte"]
+        trial = gdal.GetDataTypeByName(takes[0])
+        got = _probe(driver, f"probe.{ext}", 1, trial, [])
+        own = {f"probe.{ext}"} | {f"probe.{ext}{side}" for side in RASTER_SIDE_CARS}
+        _COMPANIONS[key] = got.files is not None and any(f.rstrip("/") not in own for f in got.files)
+    return _COMPANIONS[key]
 
 
 @dataclass
@@ -671,6 +792,7 @@ class OutputFormat:
     creation_options: list[str] = field(default_factory=list)
     cog: bool = False
     overviews: bool = False
+    keeps_nodata: bool = True   # the probe gave back the spec's nodata (the output check compares it)
 
     @property
     def streamed(self) -> bool:
@@ -702,13 +824,30 @@ def _merge(defaults: list[str], user: list[str]) -> list[str]:
 
 
 def output_format(dst: str, data_type: int | None, cog: bool = False, overviews: bool = False,
-                  creation_options=(), bands: int | None = None) -> OutputFormat:
+                  creation_options=(), bands: int | None = None, spec: OutputSpec | None = None,
+                  progress: Progress | None = None) -> OutputFormat:
     """The output's format from ``dst``'s extension, checked against ``data_type`` and ``bands`` (None: not
     yet known) and the options; :class:`RasterError` in one line naming the problem (and the extensions
-    that would do)."""
+    that would do).
+
+    Before any work the driver writes a small raster under ``dst``'s own name in memory (:func:`_probe`):
+    a format whose driver writes any file besides ``dst`` and its side-cars (:data:`RASTER_SIDE_CARS`) is
+    refused (ERS, EHdr, MFF, RST ... write a header or the pixels under a name derived from ``dst``'s, which
+    could be an input or any other file).  With ``spec`` (the output's bands, type, georeferencing and
+    nodata) the probe writes exactly those, and the spec's nodata is settled for the format
+    (:func:`_settle_nodata`): kept per band, carried as NaN where a float output cannot keep them (said on
+    ``progress``), or refused in one line."""
+    if spec is not None:
+        data_type, bands = spec.data_type, spec.bands
     name = os.path.basename(os.fspath(dst))
     ext = os.path.splitext(name)[1].lower().lstrip(".")
     formats = output_formats()
+    companions = sorted(d for (d, e), writes in _COMPANIONS.items() if e == ext and writes)
+    if ext and ext not in formats and companions:
+        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats)
+        raise RasterError(f"the output {name}: the {companions[0]} format (.{ext}) writes other files beside the "
+                          f"output, named after it, which could replace an input or any file of those names: "
+                          f"use {others}")
     if ext not in formats:
         raise RasterError(f"the output {name} has the extension '.{ext}', which no GDAL raster driver here writes "
                           f"(or which cannot be written atomically): use one of "
@@ -735,34 +874,208 @@ def output_format(dst: str, data_type: int | None, cog: bool = False, overviews:
         if known and _key(option) not in known:
             raise RasterError(f"creation option {_key(option)} is not one the {'COG' if cog else driver} driver "
                               f"knows: {', '.join(sorted(known))}")
-    if bands and type_name and not cog and driver != "GTiff":
-        _probe(driver, ext, bands, data_type, formats)
-    return OutputFormat(driver, options, cog, overviews)
+    fmt = OutputFormat(driver, options, cog, overviews)
+    writer = "COG" if cog else driver
+    # Never the refused format itself (GeoPackage holds non-Byte data in one band only).
+    others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats and formats[e] != writer)
+    if not (bands and type_name):
+        # Band count and type not yet known: the file list of a one-band raster of a type the driver takes
+        # (a driver that needs more bands is probed again once they are known).
+        trial = gdal.GetDataTypeByName((takes or ["Byte"])[0]) if data_type is None else data_type
+        got = _probe(writer, name, 1, trial, fmt.options(trial))
+        if got.files is not None:
+            _check_companions(got, name, writer, ext, others)
+        return fmt
+    if spec is not None:
+        if (spec.projection or spec.gcp_projection) and (problem := proj_problem()):
+            raise RasterError(f"the output {name} cannot get the input's coordinate reference system: {problem}")
+        _settle_type_nodata(spec, progress)
+    got = _probe(writer, name, bands, data_type, fmt.options(data_type), spec)
+    if spec is not None and got.bands is None and _distinct(spec.nodata) > 1:
+        # GeoPackage refuses bands with different nodata values outright: is it only that?
+        first = next(v for v in spec.nodata if v is not None)
+        alt = _probe(writer, name, bands, data_type, fmt.options(data_type),
+                     dataclasses.replace(spec, nodata=[first] * len(spec.nodata)))
+        got = alt if alt.bands is not None else got
+    if got.bands is None or got.bands != bands or not _widens(data_type, got.data_type):
+        why = (f"it gives back {got.bands} band(s) of {gdal.GetDataTypeName(got.data_type)}"
+               if got.bands is not None else got.error or "GDAL refuses it")
+        raise RasterError(f"the {writer} format (.{ext}) cannot hold a {bands}-band "
+                          f"{gdal.GetDataTypeName(data_type)} output ({why}): use {others}, or choose fewer bands")
+    _check_companions(got, name, writer, ext, others)
+    if spec is not None:
+        fmt.keeps_nodata = _settle_nodata(spec, got, writer, ext, name, progress,
+                                          lambda: _probe(writer, name, bands, data_type, fmt.options(data_type),
+                                                         spec))
+        if not fmt.keeps_nodata and progress is not None and any(v is not None for v in spec.nodata):
+            progress.warn(f"the {writer} format (.{ext}) keeps no nodata value: the nodata pixels of {name} are "
+                          f"not marked as such (use .tif or .img to keep them)")
+    return fmt
 
 
-def _probe(driver: str, ext: str, bands: int, data_type: int, formats: dict) -> None:
-    """Drivers say which types they write but not how many bands (XYZ and ASCII grids hold one, PNG and
-    JPEG at most 4): copy a small raster of the output's bands and type in memory, before any pixel is
-    computed, and refuse a format that does not give them back."""
+@dataclass
+class _Probed:
+    """What a driver gave back for a small raster written in memory under the output's own name."""
+    bands: int | None = None          # None: the driver refused it
+    data_type: int | None = None
+    nodata: list = field(default_factory=list)
+    files: list[str] | None = None    # every file it wrote, relative to its folder
+    error: str = ""
+
+
+def _probe(driver: str, name: str, bands: int, data_type: int, options: list[str],
+           spec: OutputSpec | None = None) -> _Probed:
+    """:func:`_probe_in` memory (``/vsimem/``), or, for a driver that cannot write there (netCDF, FITS),
+    in a scratch folder of the system's temporary folder (swept like any temporary if the process dies)."""
+    got = _probe_in(None, driver, name, bands, data_type, options, spec)
+    if got.bands is None:
+        import tempfile
+
+        scratch = atomic.temp_folder(tempfile.gettempdir(), "lcmsr-probe")
+        try:
+            on_disk = _probe_in(scratch, driver, name, bands, data_type, options, spec)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if on_disk.bands is not None or not got.error:
+            got = on_disk
+    return got
+
+
+def _probe_in(scratch: str | None, driver: str, name: str, bands: int, data_type: int, options: list[str],
+              spec: OutputSpec | None = None) -> _Probed:
+    """Write a 16x16 raster of ``bands`` bands of ``data_type`` (with ``spec``'s georeferencing and nodata) as
+    ``name`` in a fresh in-memory folder with ``driver`` and ``options``, close it, reopen it: what it holds
+    and which files the driver wrote.  Drivers say which types they write but not how many bands (XYZ and
+    ASCII grids hold one, PNG and JPEG at most 4), nor which files they write beside the one named (ERS its
+    pixels under the name minus .ers, EHdr a .hdr and a .prj), nor whether nodata survives per band."""
+    folder = f"/vsimem/lcmsr-probe-{secrets.token_hex(6)}" if scratch is None else os.path.join(scratch, "p")
+    if scratch is not None:
+        os.mkdir(folder)
+    path = f"{folder}/{name}"
+    got = _Probed()
     src = gdal.GetDriverByName("MEM").Create("", 16, 16, bands, data_type)
-    path = f"/vsimem/lcmsr-probe-{secrets.token_hex(4)}.{ext}"
     with _ErrorLog() as log:
         try:
-            out = gdal.GetDriverByName(driver).CreateCopy(path, src)
-            got = (out.RasterCount, out.GetRasterBand(1).DataType) if out is not None else None
+            if spec is None:   # only the file list is asked for: a grid, as most rasters have one
+                src.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+            else:
+                if spec.geotransform is not None:
+                    src.SetGeoTransform(spec.geotransform)
+                if spec.projection:
+                    src.SetProjection(spec.projection)
+                for i, value in enumerate(spec.nodata[:bands]):
+                    if value is not None:
+                        src.GetRasterBand(i + 1).SetNoDataValue(value)
+            log.messages.clear()   # the source's own complaints (a CRS PROJ cannot read) show in the copy
+            if driver == "GTiff":   # as RasterWriter writes it: Create, then the band settings (a copy would
+                out = gdal.GetDriverByName(driver).Create(path, 16, 16, bands, data_type, options=options)
+                if out is not None:   # keep per-band nodata in a PAM side-car, which the writer does not)
+                    out.SetGeoTransform(src.GetGeoTransform())
+                    if src.GetProjection():
+                        out.SetProjection(src.GetProjection())
+                    for i in range(bands):
+                        value = src.GetRasterBand(i + 1).GetNoDataValue()
+                        if value is not None:
+                            out.GetRasterBand(i + 1).SetNoDataValue(value)
+            else:
+                out = gdal.GetDriverByName(driver).CreateCopy(path, src, options=options)
+            failed = out is None
+            if not failed:
+                out.FlushCache()   # an error of the driver's own here rather than in the close below
+            out = None  # noqa: F841  (closing writes the file and its side-cars)
+            if not failed and not log.messages:
+                ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+                if ds is not None and ds.RasterCount > 0:
+                    got.bands, got.data_type = ds.RasterCount, ds.GetRasterBand(1).DataType
+                    got.nodata = [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(ds.RasterCount)]
+                ds = None
+            got.files = sorted(gdal.ReadDirRecursive(folder) or [])
         except RuntimeError as exc:
             log.messages.append(str(exc))
-            got = None
-        out = None  # noqa: F841  (closed before the files are removed)
-    for name in gdal.ReadDir("/vsimem/") or []:
-        if name.startswith(os.path.basename(path)):
-            gdal.Unlink(f"/vsimem/{name}")
-    if got is None or got[0] != bands or not _widens(data_type, got[1]):
-        why = (f"it gives back {got[0]} band(s) of {gdal.GetDataTypeName(got[1])}" if got else
-               log.messages[0] if log.messages else "GDAL refuses it")
-        others = ", ".join(f".{e}" for e in ("tif", "img", "gpkg") if e in formats)
-        raise RasterError(f"the {driver} format (.{ext}) cannot hold a {bands}-band "
-                          f"{gdal.GetDataTypeName(data_type)} output ({why}): use {others}, or choose fewer bands")
+    got.error = "; ".join(dict.fromkeys(" ".join(m.split()) for m in log.messages if m.strip()))
+    if got.error:
+        got.bands = None
+    src = None
+    if scratch is None:
+        with _ErrorLog():
+            try:   # a folder the driver never wrote into does not exist: nothing to remove
+                gdal.RmdirRecursive(folder)
+            except RuntimeError:
+                pass
+    return got
+
+
+def _check_companions(got: _Probed, name: str, driver: str, ext: str, others: str) -> None:
+    """Refuse a format whose driver writes files other than ``name`` and its side-cars: the atomic writer
+    would move them over whatever has their names (an input, another file), which no check could name."""
+    own = {name} | {name + side for side in RASTER_SIDE_CARS}
+    extra = [f for f in got.files or [] if f.rstrip("/") not in own]
+    if extra:
+        listed = ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+        raise RasterError(f"the {driver} format (.{ext}) writes other files beside the output {name} ({listed}), "
+                          f"which could replace an input or any file of those names: use {others}")
+
+
+def _distinct(nodata: list) -> int:
+    """How many different nodata values (None, and NaN, counted as one value each) ``nodata`` holds."""
+    return len({("nan" if v is not None and math.isnan(v) else v) for v in nodata})
+
+
+def _same_nodata(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def _nodata_text(value) -> str:
+    return "none" if value is None else f"{value:.17g}"
+
+
+def _settle_type_nodata(spec: OutputSpec, progress: Progress | None) -> None:
+    """A nodata value beyond a float output type's range (Float64's -1.797e308 as Float32) would be written
+    as -inf, another value than the one declared: such bands' nodata is NaN in the output (said).  A value
+    inside the range is kept (GDAL compares nodata in the band's own type, as the writer fills it); an
+    integer output is the input's own type, whose nodata, whatever it is, stays as it was."""
+    dtype = numpy_dtype(spec.data_type)
+    if dtype.kind != "f":
+        return
+    type_name = gdal.GetDataTypeName(spec.data_type)
+    lo, hi = type_range(spec.data_type)
+    changed = []
+    for i, value in enumerate(spec.nodata):
+        if value is None or math.isnan(value) or lo <= value <= hi or math.isinf(value):
+            continue   # ±inf is a value every float type holds
+        spec.nodata[i] = spec.fill[i] = float("nan")
+        changed.append((i + 1, value))
+    if changed and progress is not None:
+        values = ", ".join(dict.fromkeys(_nodata_text(v) for _, v in changed))
+        progress.info(f"nodata {values} of output band(s) {', '.join(str(b) for b, _ in changed)} is not a "
+                      f"{type_name} value: nodata is NaN there in the output")
+
+
+def _settle_nodata(spec: OutputSpec, got: _Probed, driver: str, ext: str, name: str, progress, reprobe) -> bool:
+    """Whether the format keeps the spec's nodata, band by band, as the probe found.  Where the bands' nodata
+    values differ and the format keeps one per file (GeoTIFF, GeoPackage), a float output carries every
+    band's nodata as NaN (said on ``progress``); an integer one is refused in one line (valid pixels of one
+    band would become nodata, nodata of another valid).  -> False for a format that keeps no nodata at all
+    (the output check then does not compare it)."""
+    want = spec.nodata
+    if all(_same_nodata(a, b) for a, b in zip(want, got.nodata)):
+        return True
+    if _distinct(want) < 2 or all(v is None for v in got.nodata):
+        return False   # a format that keeps no nodata at all (PDF, MBTiles): as before, not compared
+    listed = ", ".join(_nodata_text(v) for v in want)
+    if is_float_type(spec.data_type):
+        nan = float("nan")
+        spec.nodata, spec.fill = [nan] * len(want), [nan] * len(want)
+        if progress is not None:
+            progress.info(f"the {driver} format keeps one nodata value per file, and the bands' differ "
+                          f"({listed}): nodata is NaN in every band of {name}")
+        return all(_same_nodata(a, b) for a, b in zip(spec.nodata, reprobe().nodata))
+    raise RasterError(f"the bands of the output have different nodata values ({listed}) but the {driver} format "
+                      f"(.{ext}) keeps one per file, so valid pixels of one band would become nodata: write .img "
+                      f"(Erdas Imagine keeps one per band), choose bands with one nodata value, or use a float "
+                      f"output type (nodata as NaN)")
 
 
 def _widens(data_type: int, to: int) -> bool:
@@ -786,13 +1099,48 @@ def _creation_types(driver: str) -> list[str] | None:
 
 
 def _creation_option_names(driver: str) -> set[str]:
-    import xml.etree.ElementTree as ET
-
     text = gdal.GetDriverByName(driver).GetMetadataItem("DMD_CREATIONOPTIONLIST")
     try:
-        return {o.get("name").upper() for o in ET.fromstring(text).iter("Option") if o.get("name")} if text else set()
-    except ET.ParseError:
+        return {a["name"].upper() for a, _ in xml_elements(text, "Option") if a.get("name")} if text else set()
+    except ValueError:
         return set()  # cannot tell: GDAL itself warns about an unknown option
+
+
+def xml_elements(data, tag: str) -> list[tuple[dict, str]]:
+    """(attributes, text) of every ``tag`` element of the XML ``data`` (bytes or str), in document order.
+
+    The XML read here comes from files (a user's VRT): expat parses it with any document type declaration
+    refused, so no entity is declared and none can expand (billion laughs) or reach outside the document
+    (external entities).  ValueError, one line, for text that is not XML or that declares a DTD."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    found: list = []
+    open_elements: list = []   # (tag, attributes, text pieces) of the elements not closed yet
+
+    def start(name, attrs):
+        open_elements.append((name, attrs, []))
+
+    def end(name):
+        name, attrs, text = open_elements.pop()
+        if name == tag:
+            found.append((attrs, "".join(text)))
+
+    def characters(text):
+        if open_elements:
+            open_elements[-1][2].append(text)
+
+    def refuse(*_):
+        raise ValueError("the XML declares a document type (DTD), which is not read")
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = characters
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise ValueError(f"not well-formed XML: {exc}") from None
+    return found
 
 
 def _overview_levels(width: int, height: int) -> list[int]:
@@ -833,7 +1181,9 @@ class RasterWriter:
                 band.SetDescription(spec.band_descriptions[i])
             if i < len(spec.color_interp):
                 band.SetColorInterpretation(spec.color_interp[i])
-            if i < len(spec.nodata) and spec.nodata[i] is not None:
+            # A GeoTIFF keeps one nodata value per file: bands that differ are the temporary file of a format
+            # that keeps one per band (output_format settled that), which gets them when converted.
+            if i < len(spec.nodata) and spec.nodata[i] is not None and _distinct(spec.nodata) == 1:
                 band.SetNoDataValue(spec.nodata[i])
             if i < len(spec.offsets) and spec.offsets[i] not in (None, 0.0):
                 band.SetOffset(spec.offsets[i])
@@ -926,6 +1276,10 @@ def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progre
         raise PermissionError(f"the output folder {folder} is not writable")
     if os.path.isdir(dst_abs):
         raise RasterError(f"the output {dst} is a folder: give a file name such as {os.path.join(dst, 'sr.tif')}")
+    if os.path.isfile(dst_abs) and (others := container_layers(dst_abs)):
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        raise RasterError(f"the output {dst} is a GeoPackage holding other layers ({shown}): writing it would "
+                          f"replace the whole file and lose them; write the output to a new .gpkg file")
     if os.path.lexists(dst_abs) and not os.access(dst_abs, os.W_OK):
         # The rename would replace it (the folder is writable), but read-only says: keep this file.
         raise PermissionError(f"the output {dst} exists and is read-only: choose another output file or make "
@@ -940,6 +1294,32 @@ def check_destination(dst: str, src: str, estimated_bytes: int, progress: Progre
     if free < need:
         progress.warn(f"disk space in {folder} is tight: the output may need up to {_mb(need)}, "
                       f"{_mb(free)} are free")
+
+
+def container_layers(path: str) -> list[str]:
+    """The tables of an existing GeoPackage at ``path`` that an output written there would destroy: every
+    table of its ``gpkg_contents`` unless it holds exactly one raster table (a former output, which writing
+    replaces as it would a GeoTIFF).  [] for a file that is not a GeoPackage (SQLite with gpkg_contents).
+    Outputs are written whole and renamed into place, never into a container in place: a GeoPackage with
+    other layers is refused rather than half-updated."""
+    import sqlite3
+    from urllib.request import pathname2url
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return []
+        con = sqlite3.connect(f"file:{pathname2url(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall()
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error):
+        return []
+    rasters = [t for t, kind in rows if kind in ("tiles", "2d-gridded-coverage")]
+    if len(rows) == 1 and len(rasters) == 1:
+        return []
+    return [f"{t} ({kind})" for t, kind in rows] or []
 
 
 def _mb(n: int) -> str:
@@ -964,8 +1344,10 @@ def remove_raster(path: str) -> None:
             pass  # best effort: the error being reported matters more
 
 
-def _verify(path: str, spec: OutputSpec, what: str) -> None:
-    """Reopen the finished file and decode its last row: a truncated file fails here, not in the user's GIS."""
+def _verify(path: str, spec: OutputSpec, what: str, nodata: bool = False) -> None:
+    """Reopen the finished file and decode its last row: a truncated file fails here, not in the user's GIS.
+    ``nodata``: each band must also declare the spec's nodata value (a format that keeps one per file would
+    have collapsed them: the probe of :func:`output_format` refuses that before any work, this makes sure)."""
     ds = open_raster(path)
     count = ds.RasterCount
     while count > spec.bands and ds.GetRasterBand(count).GetColorInterpretation() == gdal.GCI_AlphaBand:
@@ -974,6 +1356,13 @@ def _verify(path: str, spec: OutputSpec, what: str) -> None:
         raise RasterWriteError(f"{what} came out as {ds.RasterXSize}x{ds.RasterYSize}x{ds.RasterCount}, "
                                f"expected {spec.width}x{spec.height}x{spec.bands}")
     _call(f"reading back {what}", ds.ReadAsArray, 0, spec.height - 1, spec.width, 1, error=RasterWriteError)
+    if nodata:
+        for i, want in enumerate(spec.nodata[:spec.bands]):
+            got = ds.GetRasterBand(i + 1).GetNoDataValue()
+            if not _same_nodata(want, got):
+                ds = None
+                raise RasterWriteError(f"{what} came out with nodata {_nodata_text(got)} in band {i + 1}, "
+                                       f"expected {_nodata_text(want)}")
     ds = None
 
 
@@ -1056,7 +1445,7 @@ class AtomicRaster:
         """Close, check and convert the temporary file: what :meth:`_move` renames into place."""
         self.writer.close()
         tmp = self._temps[0]
-        _verify(tmp, self.spec, self.what)
+        _verify(tmp, self.spec, self.what, nodata=self.fmt.streamed and self.fmt.keeps_nodata)
         if self.fmt.streamed:
             if self.fmt.overviews:
                 self._overviews(tmp)
@@ -1081,10 +1470,19 @@ class AtomicRaster:
         self._complete(final)
         if self.fmt.overviews and not self.fmt.cog:  # a COG has its own
             self._overviews(final)
-        _verify(final, self.spec, self.what)
+        _verify(final, self.spec, self.what, nodata=self.fmt.keeps_nodata)
+        # Only the output and its own side-cars are moved into place: a driver that wrote anything else (a
+        # header or data file named after the output) would replace a file nobody declared as an output.
+        # output_format's probe refuses such formats before any work; this is the writer's own guard.
+        base = os.path.basename(self.dst)
+        own = {base} | {base + side for side in _SIDE_CARS}
+        extra = sorted(set(os.listdir(folder)) - own)
+        if extra:
+            raise RasterWriteError(f"the {driver} format wrote other files beside {self.what} ({', '.join(extra[:3])}"
+                                   f"), which would replace files of those names: nothing was written; use .tif")
         here = os.path.dirname(self.dst)
         return ({os.path.join(folder, name): os.path.join(here, name) for name in sorted(os.listdir(folder))
-                 if name != os.path.basename(self.dst)} | {final: self.dst})
+                 if name != base} | {final: self.dst})
 
     def _complete(self, path: str) -> None:
         """Give the converted file what its driver did not copy: per band colour interpretation and
@@ -1103,6 +1501,13 @@ class AtomicRaster:
                         ds.SetMetadataItem(key, value)
                 for i in range(self.spec.bands):
                     band = ds.GetRasterBand(i + 1)
+                    want = self.spec.nodata[i] if i < len(self.spec.nodata) else None
+                    if self.fmt.keeps_nodata and not _same_nodata(band.GetNoDataValue(), want):
+                        # The temporary GeoTIFF keeps one nodata value per file: bands that differ get theirs here.
+                        if want is None:
+                            band.DeleteNoDataValue()
+                        else:
+                            band.SetNoDataValue(want)
                     if i < len(self.spec.color_interp) and band.GetColorInterpretation() != self.spec.color_interp[i]:
                         band.SetColorInterpretation(self.spec.color_interp[i])
                     if i < len(self.spec.band_descriptions) and self.spec.band_descriptions[i] and \

@@ -539,9 +539,9 @@ def provenance(model, model_or_path, options: SROptions, scale: int, bands: list
 UNCERTAINTY_DESCRIPTION = "uncertainty: std of {k} samples, RMS over bands"
 
 
-def _uncertainty_format(options: SROptions, data_type) -> io.OutputFormat:
+def _uncertainty_format(options: SROptions, data_type, spec: io.OutputSpec | None = None) -> io.OutputFormat:
     try:
-        return io.output_format(options.uncertainty, data_type, options.cog, options.overviews, bands=1)
+        return io.output_format(options.uncertainty, data_type, options.cog, options.overviews, bands=1, spec=spec)
     except io.RasterError as exc:
         raise io.RasterError(f"the uncertainty raster: {exc}") from None
 
@@ -664,13 +664,14 @@ def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=No
     spec.value_ranges = ranges
     io.check_output_type(spec, bands)
     spec.metadata.update(provenance(model, model_or_path, options, scale, bands))
+    # The driver's probe: bands, type, the files it writes, nodata per band (settled into spec).
     fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options,
-                           bands=spec.bands)
+                           spec=spec, progress=progress)
     io.check_destination(dst, src, spec.estimated_bytes(), progress, converted=not fmt.streamed)
     uspec = ufmt = None
     if options.uncertainty:
         uspec = uncertainty_spec(spec, options)
-        ufmt = _uncertainty_format(options, uspec.data_type)
+        ufmt = _uncertainty_format(options, uspec.data_type, uspec)
         io.check_destination(options.uncertainty, src, uspec.estimated_bytes(), progress,
                              converted=not ufmt.streamed)
     tile, batch = _tile_and_batch(model, info, options, device, precision, domain.bandwise, len(bands),

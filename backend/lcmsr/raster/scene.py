@@ -82,7 +82,8 @@ def plan_scene(src, dst, model_or_path, options: SROptions | None = None, progre
     folder = parts_folder(dst)
     units = [{"scene": dst, "index": i, "region": region, "part": os.path.join(folder, f"{i:05d}.tif"),
               "plan": plan} for i, region in enumerate(_regions(prep.info.width, prep.info.height, size))]
-    progress.info(f"{os.path.basename(src)}: {len(units)} unit(s) of at most {size or 'the whole'} LR pixels a side")
+    progress.info(f"{os.path.basename(src)}: " + (f"{len(units)} unit(s) of at most {size} LR pixels a side"
+                                                   if len(units) > 1 else "one unit, the whole raster"))
     return {"version": PLAN_VERSION, "src": src, "dst": dst, "model": model_path,
             "model_sha256": plan["model_sha256"], "plan": plan, "units": units, "warnings": list(progress.warnings)}
 
@@ -133,7 +134,7 @@ def _prepared(plan: dict, dst: str, region, progress, device=None) -> _Prepared:
         spec.gcps, spec.rpc = [], {}   # a part is an intermediate file: its pixel grid is the region's
     spec.value_ranges = [None if r is None else tuple(r) for r in plan["value_ranges"]] or None
     spec.metadata.update(plan["metadata"])
-    fmt = io.output_format(dst, out_type, cog=False, overviews=False, bands=spec.bands)
+    fmt = io.output_format(dst, out_type, cog=False, overviews=False, spec=spec, progress=progress)
     domain = Domain(bandwise=bool(plan["bandwise"]))   # the run needs only this of the domain: checked when planned
     tile, batch = int(plan["tile"]), int(plan["batch"])
     if device.type != plan["device_type"]:
@@ -181,7 +182,8 @@ def assemble(scene: dict, progress: Progress | None = None) -> dict:
     spec = io.derive_output(info, info.width * s, info.height * s, 1.0 / s, out_type)
     spec.value_ranges = [None if r is None else tuple(r) for r in plan["value_ranges"]] or None
     spec.metadata.update(plan["metadata"])
-    fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options, bands=spec.bands)
+    fmt = io.output_format(dst, out_type, options.cog, options.overviews, options.creation_options, spec=spec,
+                           progress=progress)
     io.check_destination(dst, plan["src"], spec.estimated_bytes(), progress, converted=not fmt.streamed)
     rows = io.BLOCK
     with io.AtomicRaster(dst, spec, progress, fmt=fmt) as writer:

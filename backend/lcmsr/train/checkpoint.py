@@ -210,10 +210,19 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, warn=None, che
                      f"{js.name}: " + "; ".join(errors))
             return ck
         raise CheckpointError(f"no valid checkpoint in {p}: " + "; ".join(errors))
+    given = p
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist")
+        if given != p and given.is_file():
+            # A model file (what training writes last, what sr reads) is no checkpoint: say so about the file
+            # given, not about a .json the user never named.
+            raise CheckpointError(f"{given} is not a training checkpoint (no {p.name} beside it): "
+                                  + ("it is an LCMSR model file; a checkpoint is the step-NNNNNNNN.json (with its "
+                                     ".safetensors) that training writes into its checkpoint folder"
+                                     if _is_model_file(given) else
+                                     "a checkpoint is a step-NNNNNNNN.json with its .safetensors"))
+        raise CheckpointError(f"checkpoint {given} does not exist")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -236,6 +245,17 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, warn=None, che
     except Exception as exc:
         raise CheckpointError(f"checkpoint {p}: cannot read {st.name}: {exc}") from None
     return Checkpoint(int(doc["step"]), tensors, doc["state"], p)
+
+
+def _is_model_file(path: Path) -> bool:
+    """Whether ``path`` is an LCMSR model file (its safetensors header carries the model's description)."""
+    try:
+        from ..weights import read_info
+
+        read_info(path)
+        return True
+    except Exception:   # any reason it is not one: the caller only chooses its wording
+        return False
 
 
 def _shape_problem(doc: dict) -> str:

@@ -615,6 +615,21 @@ class _Prepared:
     batch: int
 
 
+def device_and_precision(options: SROptions, progress, device=None) -> tuple[torch.device, str]:
+    """The job's device and precision (lcmsr.runtime's rules), said once in the log with their reasons;
+    ``device`` given: that device (a worker placed by its executor)."""
+    if device is None:
+        choice = resolve_device(options.device)
+        device, reason = choice.device, choice.reason
+    else:
+        device, reason = torch.device(device), "chosen for this process"
+    precision, why = resolve_precision(options.precision, device)
+    if options.precision == "bf16" and precision != "bf16":
+        progress.warn(why)   # emulated bf16 would be slower than fp32
+    progress.info(f"device {device} ({reason}), precision {precision} ({why})")
+    return device, precision
+
+
 def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=None) -> _Prepared:
     """Check everything that can be checked, choose the model, device, precision, bands, normalisation,
     output spec, tile and batch: the run plan, logged once."""
@@ -638,15 +653,7 @@ def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=No
     check_outputs(outputs, [("the input raster", src), ("the model file", model_file)]
                   + [("a file of the input raster", f) for f in ds.GetFileList() or []])
 
-    if device is None:
-        choice = resolve_device(options.device)
-        device, reason = choice.device, choice.reason
-    else:
-        device, reason = torch.device(device), "chosen for this process"
-    precision, why = resolve_precision(options.precision, device)
-    if options.precision == "bf16" and precision != "bf16":
-        progress.warn(why)   # emulated bf16 would be slower than fp32
-    progress.info(f"device {device} ({reason}), precision {precision} ({why})")
+    device, precision = device_and_precision(options, progress, device)
 
     model = _load_model(model_or_path, device)
     domain, bands, norm, ranges = _fit(model, facts, src, ds, options, progress)

@@ -17,12 +17,12 @@ import os
 import time
 
 from .. import catalog
-from ..runtime import resolve_device, resolve_precision
 from ..domain import Domain
 from ..normalization import Normalization
 from ..progress import Progress, Timers
 from . import io
-from .pipeline import SROptions, _load_model, _prepare, _Prepared, _Recording, _run, _tile_and_batch
+from .pipeline import (SROptions, _load_model, _prepare, _Prepared, _Recording, _run, _tile_and_batch,
+                       device_and_precision)
 
 PLAN_VERSION = 1
 PARTS_FOLDER = ".lcmsr-parts"
@@ -104,15 +104,7 @@ def _prepared(plan: dict, dst: str, region, progress, device=None) -> _Prepared:
     """The pipeline's prepared job from a plan, for a part (region) or for the whole output."""
     options = SROptions(**plan["options"])
     options.validate()
-    if device is None:
-        choice = resolve_device(options.device)
-        device, reason = choice.device, choice.reason
-    else:
-        import torch
-
-        device, reason = torch.device(device), "given"
-    precision, why = resolve_precision(options.precision, device)
-    progress.info(f"device {device} ({reason}), precision {precision} ({why})")
+    device, precision = device_and_precision(options, progress, device)
     model = _load_model(_check_model(plan), device)
     src, bands = plan["src"], [int(b) for b in plan["bands"]]
     ds = io.open_raster(src)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -23,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from .. import qgis_enums
 from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
 
 DEFAULT_BASE = "lcmsr_x4_rgb_small"   # the bundled aerial model
@@ -85,19 +84,19 @@ class FinetuneAlgorithm(LcmsrAlgorithm):
         from lcmsr.train_options import FINETUNE_MINUTES, option
 
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUTS, "High-resolution rasters to learn from",
-                                                               QgsProcessing.SourceType.TypeRaster))
+                                                               qgis_enums.SOURCE_RASTER))
         self.addParameter(QgsProcessingParameterString(
             self.MODEL, "Model to start from (a bundled or registered model's name, or a .safetensors file)",
             defaultValue=DEFAULT_BASE))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MINUTES, "Minutes to spend", QgsProcessingParameterNumber.Type.Double,
+            self.MINUTES, "Minutes to spend", qgis_enums.NUMBER_DOUBLE,
             defaultValue=FINETUNE_MINUTES, minValue=option("minutes").metadata["minimum"]))
         self.addParameter(QgsProcessingParameterNumber(
             self.ITERATIONS, "Iterations (instead of minutes; empty: use minutes)",
-            QgsProcessingParameterNumber.Type.Integer, optional=True, minValue=1))
+            qgis_enums.NUMBER_INTEGER, optional=True, minValue=1))
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.LR_INPUTS, "Co-registered low-resolution rasters (optional: one per high-resolution raster, "
-                            "same order)", QgsProcessing.SourceType.TypeRaster, optional=True))
+                            "same order)", qgis_enums.SOURCE_RASTER, optional=True))
         self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands, e.g. 1,2,3 (empty: matched to the "
                                                                    "model by their kinds)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALIDATION, "Validation raster (held out)",
@@ -105,7 +104,7 @@ class FinetuneAlgorithm(LcmsrAlgorithm):
         self.add_device_parameter(self.DEVICE)
         learning_rate = QgsProcessingParameterNumber(
             self.LEARNING_RATE, "Learning rate (empty: 1e-4 for the decoder, 5e-5 for CondNet and the denoiser)",
-            QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0)
+            qgis_enums.NUMBER_DOUBLE, optional=True, minValue=0.0)
         self.add_advanced(self.number_parameter(self.PATCH, "HR patch size (pixels)"),
                           self.number_parameter(self.BATCH, "Batch size"), learning_rate,
                           self.number_parameter(self.SEED, "Random seed"),
@@ -129,13 +128,13 @@ class FinetuneAlgorithm(LcmsrAlgorithm):
 
         field = option(self.NUMBERS[name])
         default = option_default(field.name, self.STAGE)
-        kind = QgsProcessingParameterNumber.Type.Double if isinstance(default, float) else \
-            QgsProcessingParameterNumber.Type.Integer
+        kind = qgis_enums.NUMBER_DOUBLE if isinstance(default, float) else \
+            qgis_enums.NUMBER_INTEGER
         return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
 
     def add_advanced(self, *parameters) -> None:
         for parameter in parameters:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
             self.addParameter(parameter)
 
     def options(self, parameters, context) -> dict:

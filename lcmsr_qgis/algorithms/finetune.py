@@ -23,11 +23,12 @@ from qgis.core import (
 
 from .. import qgis_enums
 from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
+from .training import TrainNumbers
 
 DEFAULT_BASE = "lcmsr_x4_rgb_small"   # the bundled aerial model
 
 
-class FinetuneAlgorithm(LcmsrAlgorithm):
+class FinetuneAlgorithm(TrainNumbers, LcmsrAlgorithm):
     INPUTS = "INPUTS"
     LR_INPUTS = "LR_INPUTS"
     MODEL = "MODEL"
@@ -122,24 +123,7 @@ class FinetuneAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_PSNR, "Validation PSNR (dB, model space)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic PSNR on the same crops (dB)"))
 
-    def number_parameter(self, name: str, label: str) -> QgsProcessingParameterNumber:
-        """The parameter ``name`` with the default and minimum of its TrainOptions field for fine-tuning."""
-        from lcmsr.train_options import option, option_default
-
-        field = option(self.NUMBERS[name])
-        default = option_default(field.name, self.STAGE)
-        kind = qgis_enums.NUMBER_DOUBLE if isinstance(default, float) else \
-            qgis_enums.NUMBER_INTEGER
-        return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
-
-    def add_advanced(self, *parameters) -> None:
-        for parameter in parameters:
-            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
-            self.addParameter(parameter)
-
     def options(self, parameters, context) -> dict:
-        from lcmsr.train_options import option_default
-
         from ..settings import Settings
 
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
@@ -174,9 +158,7 @@ class FinetuneAlgorithm(LcmsrAlgorithm):
             resume=self.parameterAsBoolean(parameters, self.RESUME, context),
             device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)),
             out=out)
-        for name, field in self.NUMBERS.items():
-            double = isinstance(option_default(field, self.STAGE), float)
-            options[field] = (self.parameterAsDouble if double else self.parameterAsInt)(parameters, name, context)
+        options.update(self.number_values(parameters, context))
         options["lpips"] = options["lpips_weight"] > 0
         return options
 

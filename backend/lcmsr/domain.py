@@ -167,6 +167,38 @@ def band_roles(descriptions: list[str], color_names: list[str], sensor: str | No
     return roles, how
 
 
+ROLES_STATED = "stated by the user"
+UNKNOWN_ROLE_WORDS = ("?", "", "unknown", "none")   # what a user writes for a band whose role is unknown
+
+
+def parse_band_roles(text) -> list[str | None] | None:
+    """Roles a user states, one per raster band in band order: 'red,green,blue,nir' (commas or spaces; '?' for a
+    band whose role is unknown, 'alpha' for an alpha band).  None or empty: not stated.  ValueError names a word
+    that is not a role."""
+    if text is None:
+        return None
+    words = text if isinstance(text, (list, tuple)) else str(text).replace(",", " ").split()
+    words = [str(w).strip().lower() for w in words]
+    if not words:
+        return None
+    known = ROLES + ("alpha",)
+    for w in words:
+        if w not in known and w not in UNKNOWN_ROLE_WORDS:
+            raise ValueError(f"band role {safe_text(w, 40)!r} is not one of {', '.join(known)} (or '?' for unknown)")
+    return [None if w in UNKNOWN_ROLE_WORDS else w for w in words]
+
+
+def state_roles(facts: "InputFacts", roles: list[str | None] | None, terms: "Terms" = CLI_TERMS) -> "InputFacts":
+    """``facts`` with the roles the user stated in place of the ones read or guessed (None: unchanged).
+    DomainError when the count differs from the raster's bands."""
+    if not roles:
+        return facts
+    if len(roles) != facts.band_count:
+        raise DomainError(f"{terms['band_roles']} names {len(roles)} role(s) but {os.path.basename(facts.path)} has "
+                          f"{facts.band_count} band(s): give one role per band, in band order ('?' for unknown)")
+    return dataclasses.replace(facts, roles=list(roles), roles_how=ROLES_STATED)
+
+
 def describe_roles(roles: list[str | None]) -> str:
     return ", ".join(f"{i} {r or '?'}" for i, r in enumerate(roles, start=1))
 
@@ -183,6 +215,12 @@ class InputFacts:
     sensor: str | None
     roles: list[str | None]              # one per raster band
     roles_how: str
+
+    @property
+    def roles_guessed(self) -> bool:
+        """True when no band says what it is (no name, colour interpretation, file name or statement): the roles,
+        if any, are a sensor's usual stack order, which a user's own stack may not follow."""
+        return self.roles_how.startswith(("the usual", "unknown"))
 
     def describe(self) -> str:
         gsd = f"pixel {self.gsd_m:.3g} m ({self.gsd_how})" if self.gsd_m else f"pixel size unknown ({self.gsd_how})"
@@ -323,6 +361,14 @@ PRESETS = {
         notes="trained on 28.5-30 m Landsat bands degraded x4 (LR pixels 114-120 m); declared for 10-120 m "
               "inputs (Sentinel-2 and Landsat at native resolution and coarser), evaluated on held-out "
               "Sentinel-2 and Landsat scenes (MODEL_CARD_satellite.md)"),
+    "satellite-rgbn": Domain(
+        family="satellite", sensor="Landsat-7 ETM+ (medium-resolution multispectral), R,G,B,NIR together",
+        band_roles=["red", "green", "blue", "nir"],
+        data_types=["UInt16", "Byte", "Int16", "Float32", "Float64"], normalization="input_percentile",
+        lr_gsd_m=[10.0, 120.0], hr_gsd_m=[2.5, 30.0],
+        notes="one 4-band network for red, green, blue and near-infrared together, trained on 28.5-30 m "
+              "Landsat-7 scenes degraded x4; chosen only when the input's band roles are known or stated "
+              "(MODEL_CARD_satellite_rgbn.md)"),
 }
 
 
@@ -380,6 +426,9 @@ def plan_bands(domain: Domain, model_bands: int, facts: InputFacts, requested: l
                 by_role.setdefault(roles[b - 1], b)
         if all(r in by_role for r in need):
             bands = [by_role[r] for r in need]
+            if facts.roles_guessed and len(need) > 1:
+                warnings.append(f"the band roles of {name} are guessed ({facts.roles_how}), not read from the "
+                                f"file: if its bands are stacked otherwise, state them with {terms['band_roles']}")
             return bands, f"bands {_band_list(bands)} as {', '.join(need)} (matched by role)", warnings
         known = [b for b in usable if roles[b - 1]]
         if not known and len(usable) == model_bands:
@@ -455,7 +504,11 @@ def choose_model(candidates: list[tuple[str, object]], facts: InputFacts, reques
         if problems:
             refused.append(f"{label} [{d.summary()}]: {'; '.join(problems)}")
             continue
-        score = (gsd_fit(d, facts), facts.data_type == d.data_types[0], not d.bandwise)
+        # A model that takes several bands in a fixed order is trusted with them only when the roles are read
+        # from the file, stated by the user or the bands chosen by hand: a guessed stack order goes to a
+        # model that does not depend on band order.
+        order_safe = d.bandwise or info.bands == 1 or bool(requested) or not facts.roles_guessed
+        score = (gsd_fit(d, facts), order_safe, not d.bandwise, facts.data_type == d.data_types[0])
         ranked.append((score, label, name, info, why_bands))
     if not ranked:
         listed = "\n  ".join(refused) if refused else "(no model found)"
@@ -468,6 +521,11 @@ def choose_model(candidates: list[tuple[str, object]], facts: InputFacts, reques
               f"{_fmt_range(d.lr_gsd_m)}" if facts.gsd_m else "",
            0: "input pixel size unknown, so chosen by bands and data type only"}[score[0]]
     why = f"chose {label} ({d.family}): {gsd}; {facts.data_type} accepted; {why_bands}"
-    if len(ranked) > 1:
-        why += f" (also fitting: {', '.join(r[1] for r in ranked[1:])})"
+    passed_over = [r[1] for r in ranked[1:] if not r[0][1] and r[0][0] == score[0]]
+    if passed_over:
+        why += (f"; not {', '.join(passed_over)}: it takes the bands in a fixed order and the band roles are only "
+                f"guessed ({facts.roles_how}); state them with {terms['band_roles']} to use it")
+    others = [r[1] for r in ranked[1:] if r[1] not in passed_over]
+    if others:
+        why += f" (also fitting: {', '.join(others)})"
     return name, info, why

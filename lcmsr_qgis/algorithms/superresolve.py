@@ -48,7 +48,9 @@ def base_device_label(name: str) -> str:
 
 
 # Parameter labels, said once: the dialog shows them and the backend's error messages name them (QGIS_TERMS).
-LABELS = {"bands": "Bands (empty: all but alpha)", "ignore_domain": "Run even if the input is outside the model's domain",
+LABELS = {"bands": "Bands (empty: all but alpha)",
+          "band_roles": "Band roles in band order, e.g. red,green,blue,nir (empty: read from the file)",
+          "ignore_domain": "Run even if the input is outside the model's domain",
           "tile": "Tile size (LR pixels; 0: fits the memory budget)", "overlap": "Tile overlap (LR pixels)",
           "batch": "Tiles per batch (0: fits the memory budget)",
           "memory_budget": "Memory budget, GB (CPU: what the run may add to the process)",
@@ -146,6 +148,8 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
         alg.OUTPUT_TYPE, "Output data type", options=[OUTPUT_TYPE_LABELS[t] for t in OUTPUT_TYPES],
         defaultValue=_index(OUTPUT_TYPES, SR_DEFAULTS["output_type"])))
     alg.addParameter(QgsProcessingParameterBoolean(alg.IGNORE_DOMAIN, LABELS["ignore_domain"], defaultValue=False))
+    alg.addParameter(QgsProcessingParameterString(alg.BAND_ROLES, LABELS["band_roles"], defaultValue="",
+                                                  optional=True))
     options = QgsProcessingParameterString(alg.CREATION_OPTIONS, "Creation options (NAME=VALUE|...)",
                                            defaultValue="", optional=True)
     options.setMetadata({"widget_wrapper": {"widget_type": "rasteroptions"}})  # QGIS's own options editor
@@ -173,6 +177,7 @@ def run_options(alg, parameters, context, **extra):
         seed=alg.parameterAsInt(parameters, alg.SEED, context),
         output_type=OUTPUT_TYPES[alg.parameterAsEnum(parameters, alg.OUTPUT_TYPE, context)],
         ignore_domain=alg.parameterAsBoolean(parameters, alg.IGNORE_DOMAIN, context),
+        band_roles=alg.parameterAsString(parameters, alg.BAND_ROLES, context) or None,
         cog=alg.parameterAsBoolean(parameters, alg.COG, context),
         overviews=alg.parameterAsBoolean(parameters, alg.OVERVIEWS, context),
         creation_options=creation_options(alg.parameterAsString(parameters, alg.CREATION_OPTIONS, context)),
@@ -198,6 +203,7 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
     PRECISION = "PRECISION"
     OUTPUT_TYPE = "OUTPUT_TYPE"
     IGNORE_DOMAIN = "IGNORE_DOMAIN"
+    BAND_ROLES = "BAND_ROLES"
     CREATION_OPTIONS = "CREATION_OPTIONS"
     COG = "COG"
     OVERVIEWS = "OVERVIEWS"
@@ -222,6 +228,10 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "<b>Model</b>: an LCMSR .safetensors file; empty = the default model of the plugin settings if one is "
             "set, else the bundled or registered model whose domain fits the input (bands by role, data type, "
             "pixel size); the log says which and why.<br>"
+            "<b>Band roles</b>: what each band is, in band order (red,green,blue,nir; '?' for unknown), when the "
+            "file does not say or says it wrongly. A model that takes bands in a fixed order (the joint R,G,B,NIR "
+            "satellite model) is chosen only when the roles are read from the file or stated here; roles guessed "
+            "from a sensor's usual stack order go to the band-wise model.<br>"
             "<b>Domain guard</b>: a model knows the imagery it was made for. An input whose pixel size is more than "
             "2x outside the model's range, or whose data type it does not take, stops with one line naming both "
             "sides; tick <b>Run even if the input is outside the model's domain</b> to run anyway (it still "

@@ -407,3 +407,71 @@ def test_shipped_satellite_model_beats_bicubic_on_held_out_sentinel2_pixels(tmp_
         assert out.GetGeoTransform()[1] == pytest.approx(10.0)
         gains[sampler] = _stretched_psnr(read_raster(res.path).astype(np.float64), hr) - base
     assert gains["faithful"] >= MIN_FAITHFUL_GAIN_DB and gains["consistency"] >= MIN_ONE_STEP_GAIN_DB, gains
+
+
+# ---------------------------------------------------------------- the joint R,G,B,NIR model and band roles
+
+def _s2_stack(tmp_path, name: str, descriptions: list[str]) -> str:
+    """A 4-band UInt16 10 m stack with real pixels laid out red, green, blue, nir (the sample's red stands in
+    for nir), band descriptions as given (empty: none)."""
+    return _with_names(tmp_path, name, [0, 1, 2, -1], descriptions)
+
+
+def _joint_and_bandwise(tmp_path):
+    joint = tiny_model_file(tmp_path / "joint.safetensors", "satellite-rgbn", bands=4)
+    sat = tiny_model_file(tmp_path / "bandwise.safetensors", "satellite-bandwise")
+    return joint, sat, [(joint, read_info(joint)), (sat, read_info(sat))]
+
+
+def test_joint_model_takes_named_bands_by_role(tmp_path):
+    joint, _, cands = _joint_and_bandwise(tmp_path)
+    f = input_facts(_s2_stack(tmp_path, "S2B_named.tif", ["B04", "B03", "B02", "B08"]))
+    path, _, why = dom.choose_model(cands, f)
+    assert path == joint, why
+    bands, _, warnings = dom.plan_bands(dom.PRESETS["satellite-rgbn"], 4, f, None)
+    assert bands == [1, 2, 3, 4] and not warnings
+
+
+def test_guessed_stack_order_goes_to_the_bandwise_model_and_says_why(tmp_path):
+    """A 4-band Sentinel-2 stack without band names is only guessed to be blue, green, red, nir (the usual stack);
+    here it is really red, green, blue, nir.  The joint model would swap red and blue; the band-wise one cannot."""
+    _, sat, cands = _joint_and_bandwise(tmp_path)
+    f = input_facts(_s2_stack(tmp_path, "S2B_T33UUU_stack.tif", ["", "", "", ""]))
+    assert f.roles_guessed and f.roles == ["blue", "green", "red", "nir"]
+    path, _, why = dom.choose_model(cands, f)
+    assert path == sat
+    assert "joint.safetensors" in why and "guessed" in why and "--band-roles" in why
+    # Choosing the joint model by hand still works, and warns that the roles are a guess.
+    _, _, warnings = dom.plan_bands(dom.PRESETS["satellite-rgbn"], 4, f, None)
+    assert any("guessed" in w and "--band-roles" in w for w in warnings)
+
+
+def test_stated_band_roles_choose_the_joint_model_in_the_stated_order(tmp_path):
+    from lcmsr.progress import Progress
+    from lcmsr.raster.pipeline import choose_model_for
+
+    joint, _, _ = _joint_and_bandwise(tmp_path)
+    src = _s2_stack(tmp_path, "S2B_T33UUU_stack.tif", ["", "", "", ""])
+    opts = SROptions(models=[str(tmp_path)], band_roles="red, green blue,nir")
+    opts.validate()
+    assert opts.band_roles == ["red", "green", "blue", "nir"]
+    assert choose_model_for(src, opts, Progress()) == joint
+    f = dom.state_roles(input_facts(src), opts.band_roles)
+    assert f.roles_how == dom.ROLES_STATED and not f.roles_guessed
+    assert dom.plan_bands(dom.PRESETS["satellite-rgbn"], 4, f, None)[0] == [1, 2, 3, 4]
+    # The run keeps the input's type, range and size x4.
+    out = tmp_path / "sr.tif"
+    res = superresolve(src, str(out), joint, SROptions(tile=32, overlap=8, batch=2, band_roles=opts.band_roles))
+    ds = gdal.Open(res.path)
+    assert ds.RasterCount == 4 and ds.GetRasterBand(1).DataType == gdal.GDT_UInt16
+    assert ds.RasterXSize == 4 * 128
+
+
+def test_band_roles_are_checked_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="'infrared' is not one of"):
+        SROptions(band_roles="red,green,blue,infrared").validate()
+    src = _s2_stack(tmp_path, "S2B_T33UUU_stack.tif", ["", "", "", ""])
+    with pytest.raises(dom.DomainError, match=r"--band-roles names 3 role\(s\) but S2B_T33UUU_stack.tif has 4"):
+        dom.state_roles(input_facts(src), dom.parse_band_roles("red,green,blue"))
+    assert dom.parse_band_roles("red ? blue alpha") == ["red", None, "blue", "alpha"]
+    assert dom.parse_band_roles("") is None and dom.parse_band_roles(None) is None

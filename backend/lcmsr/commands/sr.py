@@ -65,6 +65,12 @@ def add_sr_options(p, what: str = "IN") -> None:
                    help=f"run even when {what} is outside the model's domain (pixel size, data type); it still warns")
     p.add_argument("--bands", type=_bands, default=None,
                    help="1-based input bands in the model's band order, e.g. 3,2,1 (default: all but alpha)")
+    p.add_argument("--band-roles", default=None, metavar="ROLES",
+                   help="what each band of the input is, in band order, e.g. red,green,blue,nir ('?' for a band "
+                        "whose role is unknown): used over the file's band names and colour interpretation, and "
+                        "needed for a model that takes bands in a fixed order (the joint R,G,B,NIR one) when the "
+                        "file does not say; roles only guessed from a sensor's usual stack order choose the "
+                        "band-wise model")
     p.add_argument("--tile", type=_natural, default=d["tile"],
                    help="LR pixels per tile side (default: chosen on the CPU to fit --memory-budget, 256 on CUDA)")
     p.add_argument("--overlap", type=int, default=d["overlap"],
@@ -112,7 +118,7 @@ def sr_options(args, **extra):
     """SROptions from the shared options (``extra``: what only one command has, e.g. the uncertainty raster)."""
     from ..raster.pipeline import SROptions
 
-    return SROptions(bands=args.bands, tile=args.tile, overlap=args.overlap, batch=args.batch,
+    return SROptions(bands=args.bands, band_roles=args.band_roles, tile=args.tile, overlap=args.overlap, batch=args.batch,
                      memory_budget=args.memory_budget,
                      device=args.device, precision=args.precision,
                      # None: not given (`lcmsr sr` then runs the model file's default sampler, see run)

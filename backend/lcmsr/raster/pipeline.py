@@ -39,7 +39,7 @@ import torch
 from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..runtime import is_cpu_alloc_failure, resolve_device, resolve_precision
-from ..domain import Domain, DomainError, choose_model, fit_problems, plan_bands
+from ..domain import Domain, DomainError, choose_model, fit_problems, parse_band_roles, plan_bands, state_roles
 from ..normalization import Normalization
 from ..paths import check_outputs, check_regular, raster_outputs
 from ..progress import Eta, Progress, Timers
@@ -63,6 +63,9 @@ MAX_BACK_PROJECTION = 50  # LR-consistency iterations
 class SROptions:
     """One job's options; the defaults (and the CLI's and the plugin's) are lcmsr.choices.SR_DEFAULTS."""
     bands: list[int] | None = None   # 1-based input bands in model order; None = all (alpha excluded)
+    # What each input band is, in band order (red, green, blue, nir ...; None = unknown), stated by the user over
+    # what the file says or what is guessed from a sensor's usual stack; None = not stated.
+    band_roles: list[str | None] | None = None
     tile: int = SR_DEFAULTS["tile"]          # LR pixels per tile side; 0: chosen (lcmsr.memory)
     overlap: int = SR_DEFAULTS["overlap"]    # LR pixels shared by neighbouring tiles
     batch: int = SR_DEFAULTS["batch"]        # tiles per model call; 0: chosen (lcmsr.memory)
@@ -107,6 +110,7 @@ class SROptions:
             raise ValueError(f"memory budget must be a positive number of GB, got {self.memory_budget}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
+        self.band_roles = parse_band_roles(self.band_roles)
         self.sampler = canonical_sampler(self.sampler)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
@@ -469,7 +473,7 @@ class _Job:
 def choose_model_for(src: str, options: SROptions, progress: Progress, facts=None) -> str:
     """The bundled or registered model (``options.models``, ``LCMSR_MODELS``) whose domain fits ``src``
     best, said in the log with why; :class:`DomainError` listing every model when none fits."""
-    facts = facts or input_facts(os.fspath(src))
+    facts = facts or state_roles(input_facts(os.fspath(src)), options.band_roles, options.terms)
     found, unreadable = catalog.candidates(catalog.model_paths(options.models))
     for message in unreadable:
         progress.warn(f"model skipped: {message}")
@@ -639,7 +643,7 @@ def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=No
     ds = io.open_raster(src)
     io.check_size(ds.RasterXSize, ds.RasterYSize, src)
     io.select_bands(ds, options.bands, src)   # band numbers and data types first: RasterError names the band
-    facts = input_facts(src, ds)
+    facts = state_roles(input_facts(src, ds), options.band_roles, options.terms)
     if model_or_path is None:
         model_or_path = choose_model_for(src, options, progress, facts)
     # An output may never be an input: not the raster, any file it is made of (a VRT's sources), the model.

@@ -27,12 +27,16 @@ from ..settings import Settings
 from .base import DEVICE_LABELS, DEVICE_VALUES, LcmsrAlgorithm, device_request
 
 
+MODEL_DEFAULT_SAMPLER = "Model's default (the sampler that measures best on the model's validation split)"
+
+
 def samplers() -> tuple[list, list]:
-    """(names, labels) of the samplers, from the backend's one definition (lcmsr.choices, torch-free).
-    Indices are the enum values users pass: 0 consistency, 1 faithful, 2 ddim as before; 3 ddpm."""
+    """(names, labels) of the samplers, from the backend's one definition (lcmsr.choices, torch-free), and last
+    the model's own default (name None: the backend reads it from the model file).  Indices are the enum values
+    users pass: 0 consistency, 1 faithful, 2 ddim as before; 3 ddpm; 4 the model's default (the default)."""
     from lcmsr.choices import SAMPLER_LABELS, SAMPLER_NAMES
 
-    return list(SAMPLER_NAMES), [SAMPLER_LABELS[name] for name in SAMPLER_NAMES]
+    return list(SAMPLER_NAMES) + [None], [SAMPLER_LABELS[name] for name in SAMPLER_NAMES] + [MODEL_DEFAULT_SAMPLER]
 
 
 def resolve_model_path(value: str) -> str:
@@ -123,10 +127,10 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
         QgsProcessingParameterNumber(alg.MEMORY_BUDGET, LABELS["memory_budget"],
                                      qgis_enums.NUMBER_DOUBLE,
                                      defaultValue=settings.memory_budget, minValue=0.1, maxValue=1024.0),
-        QgsProcessingParameterNumber(alg.STEPS, "Sampling steps", qgis_enums.NUMBER_INTEGER,
+        QgsProcessingParameterNumber(alg.STEPS, "Sampling steps (of a chosen sampler)", qgis_enums.NUMBER_INTEGER,
                                      defaultValue=SR_DEFAULTS["steps"], minValue=1, maxValue=1000),
         QgsProcessingParameterEnum(alg.SAMPLER, "Sampler", options=samplers()[1],
-                                   defaultValue=_index(samplers()[0], SR_DEFAULTS["sampler"])),
+                                   defaultValue=len(samplers()[0]) - 1),
         QgsProcessingParameterNumber(alg.SEED, "Random seed", qgis_enums.NUMBER_INTEGER,
                                      defaultValue=SR_DEFAULTS["seed"], minValue=0),
         QgsProcessingParameterEnum(alg.PRECISION, "Precision", options=[PRECISION_LABELS[p] for p in PRECISIONS],
@@ -166,14 +170,16 @@ def run_options(alg, parameters, context, **extra):
     """SROptions from the parameters :func:`add_run_parameters` added (``extra``: bands, device, uncertainty...)."""
     from lcmsr.raster.pipeline import SROptions
 
+    sampler = samplers()[0][alg.parameterAsEnum(parameters, alg.SAMPLER, context)]
     return SROptions(
         tile=alg.parameterAsInt(parameters, alg.TILE, context),
         overlap=alg.parameterAsInt(parameters, alg.OVERLAP, context),
         batch=alg.parameterAsInt(parameters, alg.BATCH, context),
         memory_budget=alg.parameterAsDouble(parameters, alg.MEMORY_BUDGET, context),
         precision=PRECISIONS[alg.parameterAsEnum(parameters, alg.PRECISION, context)],
-        steps=alg.parameterAsInt(parameters, alg.STEPS, context),
-        sampler=samplers()[0][alg.parameterAsEnum(parameters, alg.SAMPLER, context)],
+        # The model's default sampler comes with its own steps; a chosen sampler takes the STEPS parameter.
+        steps=alg.parameterAsInt(parameters, alg.STEPS, context) if sampler is not None else None,
+        sampler=sampler,
         seed=alg.parameterAsInt(parameters, alg.SEED, context),
         output_type=OUTPUT_TYPES[alg.parameterAsEnum(parameters, alg.OUTPUT_TYPE, context)],
         ignore_domain=alg.parameterAsBoolean(parameters, alg.IGNORE_DOMAIN, context),
@@ -239,7 +245,9 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
             "<b>Device</b>: Auto uses the first CUDA GPU and falls back to the CPU with a warning.<br>"
             "<b>Tile / overlap / batch</b>: LR pixels per tile, LR pixels shared by neighbouring tiles (blended, so "
             "no seams), tiles per network call. Smaller values use less memory.<br>"
-            "<b>Steps / sampler</b>: 1 consistency step is the method's single-step sampling; 2–4 trade time for "
+            "<b>Steps / sampler</b>: by default the model's own choice, the sampler that measured best on its "
+            "validation split (the model card shows them all; the log says which). "
+            "1 consistency step is the method's single-step sampling; 2–4 trade time for "
             "detail. 'Faithful' decodes the conditioning network's regression latent without noise: it never "
             "invents detail (smoother, higher PSNR); 'DDIM'/'DDPM' are the multi-step baselines the single step is "
             "measured against.<br>"

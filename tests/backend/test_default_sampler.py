@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -137,3 +138,20 @@ def test_lcmsr_sr_uses_the_model_default_unless_a_sampler_or_steps_is_given(tmp_
     assert sampler_of("--steps", "2") == ("consistency", "2")
     # The uncertainty raster needs noise: the faithful default gives way to the method's sampler.
     assert sampler_of("--uncertainty", str(tmp_path / "u.tif")) == ("consistency", "1")
+
+
+def test_a_models_default_does_not_leak_into_the_next_raster_of_a_batch(tmp_path):
+    """One SROptions for many rasters (lcmsr batch): the default of one model is settled on a copy."""
+    from lcmsr.progress import Progress
+    from lcmsr.raster.pipeline import SROptions, with_model_sampler
+    from lcmsr.weights import read_info
+
+    named = _tiny(tmp_path / "m.safetensors", GOOD)
+    options = SROptions()
+    settled = with_model_sampler(options, read_info(named), Progress())
+    assert (settled.sampler, settled.steps) == (GOOD["sampler"], GOOD["steps"])
+    assert (options.sampler, options.steps) == (None, None)
+    plain = with_model_sampler(options, SimpleNamespace(default_sampler=None), Progress())
+    assert (plain.sampler, plain.steps) == ("consistency", 1)
+    given = with_model_sampler(SROptions(steps=3), read_info(named), Progress())
+    assert (given.sampler, given.steps) == ("consistency", 3)

@@ -524,8 +524,25 @@ def test_sampler_choice_reaches_the_backend(provider, tmp_path):
         ds = None
     assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
     with pytest.raises(QgsProcessingException, match="1 to 4 steps"):
-        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "STEPS": 9, "OUTPUT": str(tmp_path / "x.tif")}))
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "SAMPLER": 0, "STEPS": 9,
+                                  "OUTPUT": str(tmp_path / "x.tif")}))
     assert not (tmp_path / "x.tif").exists()
+    # Left at its default, the sampler is the one the model file names (here faithful), whatever STEPS says.
+    from lcmsr.raster.io import PROVENANCE_PREFIX
+    from lcmsr.weights import read_info
+
+    info = read_info(tiny_model)
+    info.default_sampler = {"sampler": "faithful", "steps": 1, "rule": "test", "why": "set by the test"}
+    named = str(tmp_path / "named.safetensors")
+    save_model(named, model, info)
+    feedback = RecordingFeedback()
+    run("superresolve", fast({"INPUT": src, "MODEL": named, "STEPS": 9, "OUTPUT_TYPE": 1,
+                              "OUTPUT": str(tmp_path / "d.tif")}), feedback=feedback)
+    ds = gdal.Open(str(tmp_path / "d.tif"))
+    assert ds.GetMetadata()[f"{PROVENANCE_PREFIX}SAMPLER"] == "faithful"
+    assert np.array_equal(ds.ReadAsArray(), outputs[1])
+    ds = None
+    assert any("the model's default" in line for line in feedback.infos), feedback.infos
 
 
 def test_empty_model_chooses_by_domain_and_the_guard_can_be_overridden(provider, tmp_path):
@@ -675,3 +692,19 @@ def test_files_named_after_the_output_nodata_per_band_and_the_grid_hold_in_qgis(
         run("evaluate", {"REFERENCE": str(picture), "SR": sr, "SCALE": 4, "DEVICE": 2, "LPIPS": False,
                          "OUTPUT_HTML": str(tmp_path / "rep.html")})
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_band_roles_reach_the_backend_in_the_dialogs_words(provider, tiny_model, tmp_path):
+    """BAND_ROLES is read by the backend: a word that is no role and a count that does not match the raster each
+    stop with one line, the second naming the parameter by its label; nothing is written."""
+    src = make_raster(tmp_path / "in.tif")
+    with pytest.raises(QgsProcessingException, match="'infrared' is not one of"):
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "BAND_ROLES": "red,green,infrared",
+                                  "OUTPUT": str(tmp_path / "a.tif")}))
+    with pytest.raises(QgsProcessingException, match=r"'Band roles in band order.*' names 2 role\(s\) but in.tif has 3"):
+        run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "BAND_ROLES": "red green",
+                                  "OUTPUT": str(tmp_path / "b.tif")}))
+    assert not list(tmp_path.glob("[ab].tif"))
+    run("superresolve", fast({"INPUT": src, "MODEL": tiny_model, "BAND_ROLES": "red,green,blue",
+                              "OUTPUT": str(tmp_path / "c.tif")}))
+    assert (tmp_path / "c.tif").exists()

@@ -92,7 +92,7 @@ def add_sr_options(p, what: str = "IN") -> None:
     p.add_argument("--sampler", default=None, choices=SAMPLER_NAMES + tuple(SAMPLER_ALIASES),
                    help="consistency (the method: 1-4 steps), faithful (the CondNet regression latent, no noise: "
                         "never invents detail), or the ddim/ddpm multi-step baselines; condnet = faithful "
-                        f"(default: lcmsr sr runs the one the model file names as measuring best on its validation "
+                        f"(default: the one the model file names as measuring best on its validation "
                         f"split, `lcmsr info` shows it; else {d['sampler']})")
     p.add_argument("--seed", type=int, default=d["seed"],
                    help="noise seed: the same seed gives the same output (default %(default)s)")
@@ -121,8 +121,8 @@ def sr_options(args, **extra):
     return SROptions(bands=args.bands, band_roles=args.band_roles, tile=args.tile, overlap=args.overlap, batch=args.batch,
                      memory_budget=args.memory_budget,
                      device=args.device, precision=args.precision,
-                     # None: not given (`lcmsr sr` then runs the model file's default sampler, see run)
-                     steps=args.steps or SR_DEFAULTS["steps"], sampler=args.sampler or SR_DEFAULTS["sampler"],
+                     # None: not given (the pipeline then runs the model file's default sampler)
+                     steps=args.steps, sampler=args.sampler,
                      seed=args.seed, output_type=args.output_type, cog=args.cog, overviews=args.overviews,
                      creation_options=args.creation_options,
                      compile=args.compile, cuda_graphs=args.cuda_graphs, ignore_domain=args.ignore_domain,
@@ -137,29 +137,6 @@ def io_paths(args):
     if args.uncertainty:
         outputs += raster_outputs("--uncertainty", args.uncertainty)
     return outputs, [("IN", args.input), ("the model file (--model)", args.model)]
-
-
-def _model_default_sampler(args, options, progress):
-    """Neither --sampler nor --steps given: the sampler the model file names (ModelInfo.default_sampler,
-    chosen by scripts/choose_sampler.py's rule on its validation split), said in the log.  With no --model
-    the model is chosen first (as the pipeline would), so the run uses the model whose default it read.
-    Returns the model to run."""
-    from ..raster.pipeline import choose_model_for
-    from ..weights import read_info
-
-    model = args.model or choose_model_for(args.input, options, progress)
-    chosen = read_info(model).default_sampler
-    if not chosen:
-        return model
-    if chosen["sampler"] == "faithful" and options.uncertainty:
-        progress.info(f"the model's default sampler is faithful, which draws no noise: the uncertainty raster "
-                      f"needs samples, so {options.sampler} with {options.steps} step(s) runs")
-        return model
-    options.sampler, options.steps = chosen["sampler"], chosen["steps"]
-    progress.info(f"sampler {chosen['sampler']}" + ("" if chosen["sampler"] == "faithful" else
-                                                     f", {chosen['steps']} step(s)")
-                  + " (the model's default: --sampler to choose another)")
-    return model
 
 
 def run(args) -> int:
@@ -181,11 +158,8 @@ def run(args) -> int:
                        "lcmsr batch IN --out-dir DIR --executor dask [--workers N | --address ADDR]")
     options = sr_options(args, uncertainty=args.uncertainty, samples=args.samples)
     progress = TqdmProgress(desc="sr", disable=True if args.quiet else None)
-    model = args.model
     try:
-        if args.sampler is None and args.steps is None:
-            model = _model_default_sampler(args, options, progress)
-        result = superresolve(args.input, args.output, model, options, progress)
+        result = superresolve(args.input, args.output, args.model, options, progress)
     finally:
         progress.close()
     print(f"{result.path}: {result.width}x{result.height}, {result.tiles} tile(s) "

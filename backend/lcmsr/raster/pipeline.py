@@ -73,8 +73,10 @@ class SROptions:
     memory_budget: float = SR_DEFAULTS["memory_budget"]
     device: str = SR_DEFAULTS["device"]
     precision: str = SR_DEFAULTS["precision"]  # a PRECISIONS name; lcmsr.runtime.resolve_precision decides "auto"
-    steps: int = SR_DEFAULTS["steps"]
-    sampler: str = SR_DEFAULTS["sampler"]
+    # None: the model's default sampler (ModelInfo.default_sampler: the one that measures best on its validation
+    # split), else SR_DEFAULTS' (resolved per model in _prepare, said in the log).
+    steps: int | None = None
+    sampler: str | None = None
     seed: int = SR_DEFAULTS["seed"]
     output_type: str = SR_DEFAULTS["output_type"]  # "input" (the input's data type) | "float32"
     # The output's format is its extension's GDAL driver (lcmsr.raster.io.output_format).
@@ -108,10 +110,11 @@ class SROptions:
             raise ValueError(f"batch must be at least 1 (or 0: chosen), got {self.batch}")
         if not 0 < self.memory_budget < 1e6:
             raise ValueError(f"memory budget must be a positive number of GB, got {self.memory_budget}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         self.band_roles = parse_band_roles(self.band_roles)
-        self.sampler = canonical_sampler(self.sampler)
+        if self.sampler is not None:
+            self.sampler = canonical_sampler(self.sampler)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.output_type not in OUTPUT_TYPES:
@@ -619,6 +622,27 @@ class _Prepared:
     batch: int
 
 
+def with_model_sampler(options: SROptions, info, progress) -> SROptions:
+    """``options`` with the sampler and steps settled for this model: those given; where neither is given, the
+    model file's default (ModelInfo.default_sampler, chosen by scripts/choose_sampler.py's rule on its validation
+    split); else SR_DEFAULTS'.  A copy: a batch's options stay as the user gave them for the next raster."""
+    if options.sampler is not None and options.steps is not None:
+        return options
+    chosen = getattr(info, "default_sampler", None) if options.sampler is None and options.steps is None else None
+    if chosen and chosen["sampler"] == "faithful" and options.uncertainty:
+        progress.info("the model's default sampler is faithful, which draws no noise: the uncertainty raster needs "
+                      f"samples, so {SR_DEFAULTS['sampler']} with {SR_DEFAULTS['steps']} step(s) runs")
+        chosen = None
+    if chosen:
+        progress.info(f"sampler {chosen['sampler']}" + ("" if chosen["sampler"] == "faithful" else
+                                                         f", {chosen['steps']} step(s)")
+                      + f" (the model's default, measured best on its validation split: {chosen.get('why', '')}"
+                        f"; choose another sampler to override)")
+        return dataclasses.replace(options, sampler=chosen["sampler"], steps=int(chosen["steps"]))
+    return dataclasses.replace(options, sampler=options.sampler or SR_DEFAULTS["sampler"],
+                               steps=options.steps or SR_DEFAULTS["steps"])
+
+
 def device_and_precision(options: SROptions, progress, device=None) -> tuple[torch.device, str]:
     """The job's device and precision (lcmsr.runtime's rules), said once in the log with their reasons;
     ``device`` given: that device (a worker placed by its executor)."""
@@ -660,6 +684,7 @@ def _prepare(src, dst, model_or_path, options: SROptions, progress, *, device=No
     device, precision = device_and_precision(options, progress, device)
 
     model = _load_model(model_or_path, device)
+    options = with_model_sampler(options, model.info, progress)
     domain, bands, norm, ranges = _fit(model, facts, src, ds, options, progress)
     bands = io.select_bands(ds, bands, src)
     info = io.describe(ds, src, bands)

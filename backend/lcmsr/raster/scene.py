@@ -71,7 +71,7 @@ def plan_scene(src, dst, model_or_path, options: SROptions | None = None, progre
     scale = int(prep.model.info.scale)
     plan = {
         "src": src, "dst": dst, "model": model_path, "model_sha256": catalog.file_sha256(model_path),
-        "options": {k: getattr(options, k) for k in _UNIT_OPTIONS},
+        "options": {k: getattr(prep.options, k) for k in _UNIT_OPTIONS},   # the sampler settled for the model
         "device_type": prep.device.type, "tile": prep.tile, "batch": prep.batch,
         "bands": list(prep.bands), "bandwise": bool(prep.domain.bandwise),
         "norm": {"lo": list(prep.norm.lo), "hi": list(prep.norm.hi)},

@@ -110,15 +110,10 @@ def main(argv=None) -> int:
     reason = f"{why}, on {os.path.basename(a.eval)}: {summary}"
     print(f"\nchosen: {label(best)} -- {reason}")
     if a.write:
-        from lcmsr.weights import load_model, save_model
+        from lcmsr.weights import update_info
 
-        model = load_model(a.model)
-        info = model.info
-        info.default_sampler = {"sampler": best[0], "steps": best[1], "rule": RULE, "why": reason}
-        info.validate()
-        storage = info.training.get("storage") if info.training.get("storage") in ("fp16", "fp32") else "fp32"
-        save_model(a.model, model, info, storage=storage)
-        print(f"{a.model}: default sampler {label(best)} written ({storage} weights kept)")
+        update_info(a.model, default_sampler={"sampler": best[0], "steps": best[1], "rule": RULE, "why": reason})
+        print(f"{a.model}: default sampler {label(best)} written (weights kept)")
     return 0
 
 

@@ -66,6 +66,12 @@ def main() -> int:
     p.add_argument("--points", nargs="+", default=["1x96", "4x96", "1x192", "2x128", "1x256"],
                    help="IMAGESxTILE: images per call and LR tile side")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--write", action="store_true",
+                   help="write each model's envelope, raised by --margin, into its file (ModelInfo.working_memory), "
+                        "where lcmsr.memory reads it before its own table")
+    p.add_argument("--margin", type=float, default=0.15,
+                   help="share added to the bytes per HR pixel when written (default %(default)s: the same point "
+                        "measured twice differed by up to 30 %%)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)
@@ -109,6 +115,18 @@ def main() -> int:
                             "points": rows})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.write:
+        sys.path.insert(0, str(REPO / "backend"))
+        from lcmsr.weights import update_info
+
+        for model in args.models:
+            mine = {r["precision"]: r for r in results if r["model"] == Path(model).name}
+            figures = {p: [int(r["fixed_bytes"]), int(r["bytes_per_hr_pixel"] * (1 + args.margin) + 0.5)]
+                       for p, r in mine.items()}
+            how = (f"scripts/measure_working_memory.py on {os.cpu_count()} CPU cores, points "
+                   f"{' '.join(args.points)} (images x LR tile), envelope + {100 * args.margin:.0f} % per pixel")
+            update_info(model, working_memory={**figures, "how": how})
+            print(f"{Path(model).name}: working memory written: {figures}")
     return 0
 
 

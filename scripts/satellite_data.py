@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 from lcmsr.atomic import AtomicPath  # noqa: E402
-from lcmsr.domain import robust_range  # noqa: E402  (the stretch inference applies)
+from lcmsr.normalizers import InputPercentile  # noqa: E402  (the stretch inference applies)
 
 L8_TRAIN = "train/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
 L8_VAL = "train/LC08_L1TP_224077_20200518_20200518_01_RT_B234.tif"
@@ -72,9 +72,7 @@ def _overlap_rows_cols(data: Path) -> tuple[int, int]:
     return max(0, min(rows, t.RasterYSize)), max(0, min(cols, t.RasterXSize))
 
 
-def stretched(a: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    lo, hi = robust_range(a[np.isfinite(a)])
-    return ((a - lo) / (hi - lo)).astype(np.float32), [lo, hi]
+stretched = InputPercentile.stretch
 
 
 def build(data: Path, out: Path) -> dict:

@@ -6,6 +6,7 @@ model file carries a :class:`Domain`, and :func:`check_fit` / :func:`choose_mode
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -14,29 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .choices import CLI_TERMS, Terms
+from .normalizers import NORMALIZERS, STRETCH_PERCENTILES, robust_range  # noqa: F401  (robust_range: lcmsr.domain's API)
+from .sensors import SENSORS
 from .text import safe_text
 
-# The robust per-band range of the band-wise satellite model: the 1st and 99th percentiles
-# of the band's valid pixels (DATA.md), measured the same way in training and at inference.
-STRETCH_PERCENTILES = (1.0, 99.0)
 
-
-def robust_range(values, low: float = STRETCH_PERCENTILES[0], high: float = STRETCH_PERCENTILES[1]) -> tuple[float, float]:
-    """(lo, hi) percentiles of the finite values; hi > lo always (a flat band gets hi = lo + 1)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("no valid pixel values to measure a range from")
-    lo, hi = (float(p) for p in np.percentile(v, [low, high]))
-    # Float64 data near ±1.8e308: a span that overflows is halved at both ends, so hi - lo stays finite.
-    if not math.isfinite(hi - lo):
-        lo, hi = max(lo, -_HALF_MAX), min(hi, _HALF_MAX)
-    if not hi > lo:
-        hi = lo + max(1.0, abs(lo) * 2.0 ** -20)  # lo + 1 == lo for |lo| >= 2**53
-    return lo, hi
-
-
-_HALF_MAX = float(np.finfo(np.float64).max) / 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,28 +28,9 @@ _HALF_MAX = float(np.finfo(np.float64).max) / 2
 ROLES = ("coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir_narrow",
          "watervapour", "cirrus", "swir1", "swir2", "pan", "thermal", "gray")
 
-# Band names of the sensors users bring (the names in their product files: B04, SR_B4, B6_VCID_2 ...).
-SENSOR_BANDS = {
-    "sentinel-2": {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
-                   "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B8A": "nir_narrow", "B09": "watervapour",
-                   "B10": "cirrus", "B11": "swir1", "B12": "swir2"},
-    "landsat-8/9": {"B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "nir", "B6": "swir1",
-                    "B7": "swir2", "B8": "pan", "B9": "cirrus", "B10": "thermal", "B11": "thermal"},
-    "landsat-4/5/7": {"B1": "blue", "B2": "green", "B3": "red", "B4": "nir", "B5": "swir1", "B6": "thermal",
-                      "B7": "swir2", "B8": "pan"},
-}
-# Layer stacks as the sensors' users make them, by band count, when the bands carry no names.
-SENSOR_STACKS = {
-    "sentinel-2": {4: ["blue", "green", "red", "nir"],
-                   10: ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir_narrow",
-                        "swir1", "swir2"],
-                   12: [SENSOR_BANDS["sentinel-2"][b] for b in ("B01", "B02", "B03", "B04", "B05", "B06", "B07",
-                                                              "B08", "B8A", "B09", "B11", "B12")],
-                   13: list(SENSOR_BANDS["sentinel-2"].values())},
-    "landsat-8/9": {7: ["coastal", "blue", "green", "red", "nir", "swir1", "swir2"]},
-    "landsat-4/5/7": {6: ["blue", "green", "red", "nir", "swir1", "swir2"],
-                      7: ["blue", "green", "red", "nir", "swir1", "thermal", "swir2"]},
-}
+# The sensors' band tables, usual stacks and name patterns: one registry entry per sensor (lcmsr.sensors).
+SENSOR_BANDS = {name: dict(sensor.bands) for name, sensor in SENSORS.items()}
+SENSOR_STACKS = {name: {n: list(roles) for n, roles in sensor.stacks.items()} for name, sensor in SENSORS.items()}
 _ROLE_WORDS = [  # (regex on a lower-cased band description, role); first match wins
     (r"\b(alpha)\b", "alpha"),
     (r"\bcoastal|aerosol", "coastal"),
@@ -85,13 +49,7 @@ _ROLE_WORDS = [  # (regex on a lower-cased band description, role); first match 
     (r"\bgreen\b", "green"),
     (r"\bred\b", "red"),
 ]
-_SENSOR_PATTERNS = [  # (regex on the lower-cased file name + metadata, sensor); "_" is no word boundary here
-    (r"sentinel[ _-]?2|(^|[^a-z0-9])s2[abc]?([^a-z0-9]|$)|msil[12][ac]|(^|[^a-z0-9])t\d\d[a-z]{3}_\d{8}t",
-     "sentinel-2"),
-    (r"landsat[ _-]?0?[89]|(^|[^a-z0-9])l[coth]?0?[89]([^0-9]|$)|(^|[^a-z])oli([^a-z]|$)", "landsat-8/9"),
-    (r"landsat[ _-]?0?[4-7]|(^|[^a-z0-9])l[etm]?0?[4-7]([^0-9]|$)|etm\+?|lsat[457]|(^|[^a-z])tm([^a-z]|$)",
-     "landsat-4/5/7"),
-]
+_SENSOR_PATTERNS = [(pattern, name) for name, sensor in SENSORS.items() for pattern in sensor.patterns]
 
 
 def detect_sensor(text: str) -> str | None:
@@ -233,7 +191,7 @@ class InputFacts:
 # What a model was made for
 
 FAMILIES = ("aerial", "satellite", "unknown")
-NORMALIZATIONS = ("fixed", "input_percentile")
+NORMALIZATIONS = tuple(NORMALIZERS)
 DATA_TYPES = ("Byte", "Int8", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64")
 GSD_TOLERANCE = 2.0   # an input pixel this many times outside the model's range stops the job
 
@@ -324,8 +282,7 @@ class Domain:
                  else ", ".join(self.band_roles))
         gsd = (f"input pixels {_fmt_range(self.lr_gsd_m)} -> {_fmt_range(self.hr_gsd_m)}"
                if self.lr_gsd_m else "input pixel size unspecified")
-        norm = ("per-band 1-99 % stretch of the input" if self.normalization == "input_percentile"
-                else "fixed value range")
+        norm = NORMALIZERS[self.normalization].label
         return (f"{self.family} ({self.sensor or 'sensor unspecified'}); bands: {bands}; "
                 f"{'/'.join(self.data_types)}; {norm}; {gsd}")
 
@@ -345,31 +302,21 @@ def _safe(value, limit: int = 80) -> str:
     return safe_text(value, limit)
 
 
-# Domains of the shipped models (`lcmsr set-domain --preset`): the recipes in scripts/ write them.
-PRESETS = {
-    "aerial-rgb": Domain(
-        family="aerial", sensor="airborne RGB camera (NEON AOP, 0.1 m orthophotos)",
-        band_roles=["red", "green", "blue"], data_types=["Byte"], normalization="fixed",
-        lr_gsd_m=[0.2, 0.8], hr_gsd_m=[0.05, 0.2],
-        notes="trained on 0.1 m NEON orthophotos degraded to 0.4 m; the range is a factor of 2 around 0.4 m"),
-    "satellite-bandwise": Domain(
-        family="satellite", sensor="Landsat-7 ETM+ / Landsat-8 OLI (medium-resolution multispectral)",
-        band_roles=["any"], bandwise=True,
-        trained_roles=["blue", "green", "red", "nir", "swir1", "swir2"],
-        data_types=["Byte", "UInt16", "Int16", "Float32", "Float64"], normalization="input_percentile",
-        lr_gsd_m=[10.0, 120.0], hr_gsd_m=[2.5, 30.0],
-        notes="trained on 28.5-30 m Landsat bands degraded x4 (LR pixels 114-120 m); declared for 10-120 m "
-              "inputs (Sentinel-2 and Landsat at native resolution and coarser), evaluated on held-out "
-              "Sentinel-2 and Landsat scenes (MODEL_CARD_satellite.md)"),
-    "satellite-rgbn": Domain(
-        family="satellite", sensor="Landsat-7 ETM+ (medium-resolution multispectral), R,G,B,NIR together",
-        band_roles=["red", "green", "blue", "nir"],
-        data_types=["UInt16", "Byte", "Int16", "Float32", "Float64"], normalization="input_percentile",
-        lr_gsd_m=[10.0, 120.0], hr_gsd_m=[2.5, 30.0],
-        notes="one 4-band network for red, green, blue and near-infrared together, trained on 28.5-30 m "
-              "Landsat-7 scenes degraded x4; chosen only when the input's band roles are known or stated "
-              "(MODEL_CARD_satellite_rgbn.md)"),
-}
+# Domains of the shipped models (`lcmsr set-domain --preset`): one JSON file each in lcmsr/presets/, which the
+# recipes in scripts/ write into their model files.  A new shipped model's domain is one more file there.
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def _load_presets() -> dict[str, Domain]:
+    presets = {}
+    for name in sorted(os.listdir(PRESET_DIR)):
+        if name.endswith(".json"):
+            with open(os.path.join(PRESET_DIR, name), encoding="utf-8") as f:
+                presets[name[:-5]] = Domain.from_dict(json.load(f))
+    return presets
+
+
+PRESETS = _load_presets()
 
 
 # ---------------------------------------------------------------------------------------------

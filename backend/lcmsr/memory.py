@@ -52,11 +52,15 @@ def available_bytes() -> int | None:
         return None   # Windows, macOS without the name: the budget alone bounds the job
 
 
-def figures(config: str, bands: int, precision: str) -> tuple[tuple[int, int], bool]:
-    """((fixed bytes, bytes per HR pixel per image), whether measured for this model); an unmeasured
-    model size takes the largest figures measured (the shipped small model's), which underestimate a
-    larger model."""
-    key = (config, 1 if bands == 1 else 3, precision if precision == "bf16" else "fp32")
+def figures(config: str, bands: int, precision: str, stored: dict | None = None) -> tuple[tuple[int, int], bool]:
+    """((fixed bytes, bytes per HR pixel per image), whether measured for this model): the model file's own
+    figures (``ModelInfo.working_memory``) where it has them, else this table's; an unmeasured model size
+    takes the largest figures measured (the shipped small model's), which underestimate a larger model."""
+    precision = precision if precision == "bf16" else "fp32"
+    if stored and stored.get(precision):
+        fixed, per_pixel = stored[precision]
+        return (int(fixed), int(math.ceil(per_pixel))), True
+    key = (config, 1 if bands == 1 else 3, precision)
     if key in WORKING_MEMORY:
         return WORKING_MEMORY[key], True
     return (max(f for f, _ in WORKING_MEMORY.values()), max(p for _, p in WORKING_MEMORY.values())), False

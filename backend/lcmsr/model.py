@@ -6,6 +6,7 @@ evaluation, one decoder pass.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from .nn import CondNet, LatentDenoiser, ResidualEncoder, SRDecoder
 from .nn.encoder import DiagonalGaussian
 from .domain import DATA_TYPES, Domain
 from .normalization import Normalization
+from .normalizers import NORMALIZERS
 from .ops import upsample_bicubic
 
 # 2: the model's domain (what imagery it is for; lcmsr.domain.Domain).  Format 1 files still load,
@@ -43,6 +45,9 @@ class ModelInfo:
     # The sampler that measured best on the model's validation split, by a stated rule
     # (scripts/choose_sampler.py): {"sampler", "steps", "rule", "why"}; None: the method's one step.
     default_sampler: dict | None = None
+    # Peak memory one CPU model call adds, measured for this model (scripts/measure_working_memory.py --write):
+    # {"fp32": [fixed bytes, bytes per HR pixel per image], "bf16": [...], "how": "..."}; None: lcmsr.memory's table.
+    working_memory: dict | None = None
 
     @classmethod
     def default(cls, config: ModelConfig) -> "ModelInfo":
@@ -73,14 +78,16 @@ class ModelInfo:
                              f"but the model has {self.bands}")
         self.domain.validate(self.bands, self.scale)
         check_default_sampler(self.default_sampler)
-        self.normalization.check_range(self.data_type, stretched=self.domain.normalization == "input_percentile")
+        check_working_memory(self.working_memory)
+        self.normalization.check_range(self.data_type, stretched=NORMALIZERS[self.domain.normalization].stretched)
 
     def to_dict(self) -> dict:
         return {"format_version": self.format_version, "scale": self.scale, "bands": self.bands,
                 "band_names": list(self.band_names), "normalization": self.normalization.to_dict(),
                 "config": self.config.to_dict(), "training": dict(self.training), "data_type": self.data_type,
                 "domain": self.domain.to_dict(),
-                **({"default_sampler": dict(self.default_sampler)} if self.default_sampler is not None else {})}
+                **({"default_sampler": dict(self.default_sampler)} if self.default_sampler is not None else {}),
+                **({"working_memory": dict(self.working_memory)} if self.working_memory is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelInfo":
@@ -100,9 +107,34 @@ class ModelInfo:
                    training=data["training"] if data.get("training") is not None else {},
                    data_type=data.get("data_type", "Byte"), format_version=data["format_version"],
                    domain=Domain.from_dict(data["domain"]) if "domain" in data else Domain(),
-                   default_sampler=data.get("default_sampler"))
+                   default_sampler=data.get("default_sampler"), working_memory=data.get("working_memory"))
         info.validate()
         return info
+
+
+WORKING_MEMORY_PRECISIONS = ("fp32", "bf16")
+MAX_FIXED_BYTES, MAX_BYTES_PER_PIXEL = 1e11, 1e6
+
+
+def check_working_memory(value) -> None:
+    """A model file's ``working_memory`` is untrusted input: None, or fp32/bf16 pairs of sane numbers and a text."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not set(value) <= {*WORKING_MEMORY_PRECISIONS, "how"} or \
+            not set(value) & set(WORKING_MEMORY_PRECISIONS):
+        raise ValueError(f"working_memory must be an object with {' and/or '.join(WORKING_MEMORY_PRECISIONS)} "
+                         f"figures and an optional 'how'")
+    for key in WORKING_MEMORY_PRECISIONS:
+        pair = value.get(key)
+        if pair is None:
+            continue
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+                or not 0 <= pair[0] <= MAX_FIXED_BYTES or not 1 <= pair[1] <= MAX_BYTES_PER_PIXEL):
+            raise ValueError(f"working_memory.{key} must be [fixed bytes 0..{MAX_FIXED_BYTES:g}, bytes per HR "
+                             f"pixel 1..{MAX_BYTES_PER_PIXEL:g}]")
+    if not isinstance(value.get("how", ""), str) or len(value.get("how", "")) > MAX_SAMPLER_TEXT:
+        raise ValueError(f"working_memory.how must be a text of at most {MAX_SAMPLER_TEXT} characters")
 
 
 DEFAULT_SAMPLER_KEYS = {"sampler": str, "steps": int, "rule": str, "why": str}

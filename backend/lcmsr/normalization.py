@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .domain import robust_range
+from .normalizers import robust_range
 
 # Full ranges of GDAL integer types for which no statistics are needed.
 _DTYPE_RANGES = {"Byte": (0.0, 255.0)}

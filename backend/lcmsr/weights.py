@@ -335,3 +335,18 @@ def load_model(path, device="cpu") -> LCMSR:
     model.load_state_dict({name: t.float() for name, t in stored.items()}, strict=True)
     model.source_path = str(path.resolve())   # the output's provenance names the file the weights came from
     return model.to(device).eval()
+
+
+def update_info(path, **fields) -> ModelInfo:
+    """Rewrite a model file with some of its info's fields changed (a default sampler, measured working memory),
+    its weights and their storage (fp16/fp32) kept; written atomically, checked before it is written."""
+    model = load_model(path)
+    info = model.info
+    for name, value in fields.items():
+        if not hasattr(info, name):
+            raise AttributeError(f"model info has no field {name!r}")
+        setattr(info, name, value)
+    info.validate()
+    storage = info.training.get("storage") if info.training.get("storage") in ("fp16", "fp32") else "fp32"
+    save_model(path, model, info, storage=storage)
+    return info

@@ -170,3 +170,31 @@ def test_the_cli_takes_a_budget_and_zero_for_a_chosen_tile_or_batch(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["sr", "in.tif", "out.tif", *bad])
     assert "not a positive number of GB" in capsys.readouterr().err
+
+
+def test_a_model_files_own_figures_come_before_the_table(tmp_path):
+    """ModelInfo.working_memory (scripts/measure_working_memory.py --write) decides the plan for that model, and
+    crafted figures are refused when the file is read."""
+    torch = pytest.importorskip("torch")
+    from lcmsr.config import tiny_config
+    from lcmsr.model import build_model
+    from lcmsr.weights import ModelFileError, read_info, save_model, update_info
+
+    stored = {"fp32": [5_000_000, 3000], "bf16": [1_000_000, 2000], "how": "a test"}
+    assert memory.figures("small", 3, "fp32", stored) == ((5_000_000, 3000), True)
+    assert memory.figures("small", 3, "bf16", stored) == ((1_000_000, 2000), True)
+    assert memory.figures("small", 3, "fp32", None) == (memory.WORKING_MEMORY[("small", 3, "fp32")], True)
+    heavy = memory.choose(2048, 2048, budget_gb=0.7, available=PLENTY, **{**RGB, "model": (5_000_000, 3000)})
+    light = memory.choose(2048, 2048, budget_gb=0.7, available=PLENTY, **RGB)
+    assert (heavy.tile, heavy.batch) < (light.tile, light.batch)
+
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "m.safetensors", build_model(tiny_config(scale=4, bands=3)))
+    assert read_info(path).working_memory is None
+    update_info(path, working_memory=stored)
+    assert read_info(path).working_memory == stored
+    for bad in ({"fp32": [1, 0]}, {"fp32": [-1, 100]}, {"fp32": [1e12, 100]}, {"fp16": [1, 100]}, {"how": "x"},
+                {"fp32": [1, float("nan")]}, {"fp32": "big"}, [1, 2]):
+        with pytest.raises((ValueError, ModelFileError), match="working_memory"):
+            update_info(path, working_memory=bad)
+    assert read_info(path).working_memory == stored     # a refused change leaves the file as it was

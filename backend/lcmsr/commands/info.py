@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import platform
 
+from ..normalizers import NORMALIZERS
 from ..domain import GSD_TOLERANCE, _safe  # torch-free: `lcmsr --help` stays fast
 
 
@@ -89,8 +90,7 @@ def describe_model(path) -> str:
             "band roles      " + (f"band-wise: any band, one at a time (trained on {', '.join(d.trained_roles)})"
                                   if d.bandwise else ", ".join(d.band_roles)),
             f"input types     {', '.join(d.data_types)}",
-            "normalisation   " + ("per band, the input's own 1-99 % range (then the file's range above)"
-                                  if d.normalization == "input_percentile" else "the fixed range above"),
+            "normalisation   " + NORMALIZERS[d.normalization].label,
             f"pixel size      input (LR) {_range(d.lr_gsd_m)}, output (HR) {_range(d.hr_gsd_m)}; the guard "
             f"stops inputs more than {GSD_TOLERANCE:g}x outside",
         ]

@@ -39,6 +39,7 @@ import torch
 from .. import __version__, catalog, memory
 from ..choices import CLI_TERMS, OUTPUT_TYPES, PRECISIONS, SR_DEFAULTS, Terms, canonical_sampler
 from ..runtime import is_cpu_alloc_failure, resolve_device, resolve_precision
+from ..normalizers import NORMALIZERS
 from ..domain import Domain, DomainError, choose_model, fit_problems, parse_band_roles, plan_bands, state_roles
 from ..normalization import Normalization
 from ..paths import check_outputs, check_regular, raster_outputs
@@ -508,20 +509,14 @@ def _fit(model, facts, src: str, ds, options: SROptions, progress) -> tuple:
                                      f"{options.terms['ignore_domain']}")
         progress.warn(line + " (overridden: the result may invent detail that is not there)")
     samples = band_samples(src, bands, ds=ds)
-    ranges = (band_ranges(src, bands, samples=samples)
-              if domain.normalization == "input_percentile" or domain.bandwise else None)
+    strategy = NORMALIZERS[domain.normalization]
+    ranges = band_ranges(src, bands, samples=samples) if strategy.measures_input or domain.bandwise else None
     norm = info.normalization
-    if domain.normalization == "input_percentile":
-        # The model's own range applies to inputs stretched by their robust 1-99 % range, band by band:
-        # x -> (x - p1) / (p99 - p1) -> model space, which is one linear map per band.
-        mlo, mhi = norm.lo[0], norm.hi[0]
-        lo = [p1 + mlo * (p99 - p1) for p1, p99, _, _ in ranges]
-        hi = [p1 + mhi * (p99 - p1) for p1, p99, _, _ in ranges]
-        norm = Normalization(lo, hi)
+    if strategy.measures_input or len(bands) != norm.bands:
+        norm = Normalization(*strategy.input_range(norm.lo, norm.hi, ranges, len(bands)))
+    if strategy.measures_input:
         progress.info("per-band stretch (1-99 %): " + "; ".join(
             f"band {b} {p1:g}..{p99:g}" for b, (p1, p99, _, _) in zip(bands, ranges)))
-    elif len(bands) != norm.bands and domain.bandwise:
-        norm = Normalization(norm.lo * len(bands), norm.hi * len(bands))
     # Every output value lies in its input band's value range (ringing and extrapolation are clamped):
     # measured on the stretch's sample, so exact up to STRETCH_SAMPLE pixels a side, inside it beyond.
     return domain, bands, norm, value_ranges(samples)
@@ -579,7 +574,8 @@ def _tile_and_batch(model, info, options: SROptions, device, precision, bandwise
     if device.type == "cuda":
         return options.tile or memory.CUDA_TILE, options.batch or memory.CUDA_BATCH
     config = getattr(getattr(model.info, "config", None), "name", "")
-    figures, measured = memory.figures(config, 1 if bandwise else int(model.info.bands), precision)
+    figures, measured = memory.figures(config, 1 if bandwise else int(model.info.bands), precision,
+                                       getattr(model.info, "working_memory", None))
     plan = memory.choose(info.width, info.height, scale=int(model.info.scale), model=figures,
                          images_per_tile=bands if bandwise else 1, out_bands=bands, overlap=options.overlap,
                          budget_gb=options.memory_budget, tile=options.tile, batch=options.batch,

@@ -42,6 +42,7 @@ import torch
 
 from ..config import LATENT_FACTOR
 from ..domain import ROLES, Domain
+from ..normalizers import NORMALIZERS
 from ..model import ModelInfo
 from ..ops import upsample_bicubic
 from ..paths import check_training, training_paths
@@ -74,7 +75,7 @@ def resolve_model(name: str) -> str:
 
 
 def is_bandwise(info: ModelInfo) -> bool:
-    return info.domain.bandwise or (info.bands == 1 and info.domain.normalization == "input_percentile")
+    return info.domain.bandwise or (info.bands == 1 and NORMALIZERS[info.domain.normalization].stretched)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def _stretch_range(item, source, band: int) -> tuple[float, float]:
         return lo, hi
     import numpy as np
 
-    from ..domain import robust_range
+    from ..normalizers import robust_range
 
     data, valid = source.read(0, 0, source.width, source.height, [band])
     values = data[valid]
@@ -206,7 +207,7 @@ def finetuned_domain(base: Domain, scale: int, data: Prepared, base_name: str) -
         lo, hi = max(lo, 1e-4), min(hi, 1e6)
         d.lr_gsd_m = [lo, hi]
         d.hr_gsd_m = [lo / scale, hi / scale]
-    if d.normalization == "input_percentile":
+    if NORMALIZERS[d.normalization].stretched:   # any type of the family is stretched alike
         d.data_types = d.data_types + [t for t in data.data_types if t not in d.data_types]
     if d.bandwise:
         seen = set(d.trained_roles) | set(data.roles)

@@ -137,7 +137,36 @@ def build_joint(data: Path, out: Path) -> dict:
                                   "stretch_lo_hi": ranges, "shape": list(part.shape),
                                   "valid": float(np.isfinite(part).all(axis=0).mean())})
     (out / "satellite_rgbn_split.json").write_text(json.dumps(record, indent=1))
+    write_val_rasters(data, out / "val_tif")
     return record
+
+
+def write_val_rasters(data: Path, out: Path) -> list[str]:
+    """The joint model's validation rows as rasters a user would have: the sources' own values, CRS and pixel
+    size, bands in the order red, green, blue, nir and named so (what scripts/eval_domain.py runs through the
+    pipeline, for the joint and the band-wise model alike)."""
+    from osgeo import gdal
+    gdal.UseExceptions()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, bands in JOINT_SOURCES.items():
+        files = []
+        for path, band in bands:   # one single-band VRT per role, then a stack of them
+            single = f"/vsimem/{name}_{Path(path).stem}_{band}.vrt"
+            gdal.Translate(single, str(data / path), bandList=[band], format="VRT")
+            files.append(single)
+        stack = gdal.BuildVRT(f"/vsimem/{name}_stack.vrt", files, separate=True)
+        h = stack.RasterYSize
+        cut = int(round(h * (1 - JOINT_VAL_FRACTION)))
+        dst = out / f"{name}_rgbn_val.tif"
+        with AtomicPath(dst, suffix=".tif") as tmp:
+            ds = gdal.Translate(str(tmp), stack, srcWin=[0, cut, stack.RasterXSize, h - cut],
+                                creationOptions=["TILED=YES", "COMPRESS=DEFLATE", "PHOTOMETRIC=MINISBLACK"])
+            for i, role in enumerate(JOINT_ROLES, start=1):
+                ds.GetRasterBand(i).SetDescription(role)
+            ds = None
+        written.append(str(dst))
+    return written
 
 
 def main(argv=None) -> int:

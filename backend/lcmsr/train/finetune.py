@@ -363,7 +363,7 @@ class FinetuneStage(Stage):
             self.pace, self.budget_s = {k: float(pace[k]) for k in PHASES}, float(budget)
 
     def finish(self, run):
-        from ..weights import save_model
+        from ..weights import STORAGE_DTYPES, save_model
 
         opts, info = self.opts, self.model.info
         base_name = os.path.basename(self.base_path)
@@ -387,7 +387,7 @@ class FinetuneStage(Stage):
                                        domain=finetuned_domain(info.domain, info.scale, self.prepared, base_name))
         new_info.validate()
         self.model.info = new_info
-        storage = training.get("storage") if training.get("storage") in ("fp16", "fp32") else "fp32"
+        storage = training.get("storage") if training.get("storage") in STORAGE_DTYPES else "fp32"
         run.model_path = str(save_model(opts.out, self.model, new_info, storage=storage))
         self.progress.info(f"finetune: model written to {run.model_path}")
 

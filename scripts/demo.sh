@@ -19,7 +19,7 @@ export PYTHONPATH=$SITE:$REPO/backend
 rm -f "$OUT/neon_sr.tif"
 start=$(date +%s%N)
 /usr/bin/qgis_process.bin run lcmsr:superresolve -- INPUT="$LR" ${MODEL:+MODEL="$MODEL"} OUTPUT="$OUT/neon_sr.tif" \
-  2>&1 | grep -E "^(chose|Model:|device|wrote)|rror" || true
+  2>&1 | grep -E "^(chose|Model:|sampler|device|wrote)|rror" || true
 [ -f "$OUT/neon_sr.tif" ] || { echo "demo: qgis_process wrote no output" >&2; exit 1; }
 end=$(date +%s%N)
 "$REPO/.venv/bin/python" "$REPO/scripts/demo_report.py" --lr "$LR" --sr "$OUT/neon_sr.tif" --hr "$HR" \

@@ -3,7 +3,7 @@
 # one single-band network applied to every band, small config, trained on the satellite split of
 # ../shared/docs/DATA.md (Landsat-7/8 at 28.5-30 m; scripts/satellite_data.py says which files) with the
 # project's own training CLI.  Stage 1 the residual autoencoder, stage 2 CondNet + consistency denoiser;
-# then the domain (what imagery it is for) is written into the file and the weights stored as fp16.
+# then the domain (what imagery it is for) is written into the file and the weights stored as int8 (a scale per output channel).
 # Resumable: rerun it and each stage continues from its newest checkpoint.
 # KIND=joint trains the joint R,G,B,NIR model instead (resources/models/lcmsr_x4_satellite_rgbn.safetensors):
 # one 4-band network, on the two satellite sources with a NIR band (scripts/satellite_data.py --joint says
@@ -35,5 +35,5 @@ $PY -m lcmsr train-autoencoder $TRAIN --val $VAL --config small --scale 4 --patc
 $PY -m lcmsr train-consistency $TRAIN --val $VAL --stage1 "$W/autoencoder.safetensors" --patch 128 --batch 8 \
   --iterations "$LCM_STEPS" --lr 2e-4 --device "$DEVICE" --checkpoint-dir "$W/lcm" --checkpoint-every 100 \
   --val-every 500 --log-every 50 --resume --quiet --set consistency.x0_weight=1.0 --out "$W/consistency.safetensors"
-$PY -m lcmsr set-domain "$W/consistency.safetensors" "$OUT" --preset "$PRESET" --fp16
+$PY -m lcmsr set-domain "$W/consistency.safetensors" "$OUT" --preset "$PRESET" --storage int8
 echo "model: $OUT"

@@ -53,6 +53,10 @@ def build(out_dir: Path) -> Path:
     for sub in ("models", "metric-weights", "sample"):
         if (REPO / "resources" / sub).is_dir():
             for path in walk(REPO / "resources" / sub):
+                # The models' evaluation records (JSON) are the cards' sources, not something the plugin reads;
+                # they hold provenance hashes the plugin repository's secret scan would flag.
+                if sub == "models" and path.suffix == ".json":
+                    continue
                 entries.append((path, Path(PLUGIN) / "resources" / path.relative_to(REPO / "resources")))
     entries.append((REPO / "resources" / "icon.svg", Path(PLUGIN) / "resources" / "icon.svg"))
     # Explicit folder entries: some unzip code (older QGIS installers) only creates folders it is told about.

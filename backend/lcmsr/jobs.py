@@ -92,12 +92,10 @@ def options_to_dict(options) -> dict:
 
 def options_from_dict(cls, data, what: str):
     """``cls(**data)`` for a dict :func:`options_to_dict` made; JobError naming an unknown field."""
+    from .config import dataclass_from_dict
+
     if not isinstance(data, dict):
         raise JobError(f"{what} must be a JSON object of option fields")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise JobError(f"{what}: unknown option(s) {', '.join(map(safe_text, unknown))}")
     values = dict(data)
     if "terms" in values and isinstance(values["terms"], dict) and "names" in values["terms"]:
         terms = values["terms"]
@@ -105,9 +103,9 @@ def options_from_dict(cls, data, what: str):
             raise JobError(f"{what}: terms.names must be an object")
         values["terms"] = Terms(dict(terms["names"]), str(terms.get("setting", CLI_TERMS.setting)))
     try:
-        return cls(**values)
-    except TypeError as exc:
-        raise JobError(f"{what}: {exc}") from None
+        return dataclass_from_dict(cls, values, what)
+    except (TypeError, ValueError) as exc:
+        raise JobError(safe_text(exc)) from None
 
 
 def _arg(args: dict, name: str, kinds, default=dataclasses.MISSING):

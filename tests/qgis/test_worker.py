@@ -7,30 +7,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsProcessingException
 
 from conftest import REPO
+from test_algorithms import RecordingFeedback
 
 SAMPLE_LR = REPO / "resources" / "sample" / "neon_lr.tif"
 
 
-class Recording(QgsProcessingFeedback):
-    """Keeps what arrives; ``on_progress`` is called with each percent (in the algorithm's thread)."""
+class Recording(RecordingFeedback):
+    """Keeps also errors, console lines and percents; ``on_progress`` is called with each percent."""
 
     def __init__(self, on_progress=None):
         super().__init__()
-        self.infos, self.warnings, self.texts, self.console, self.percents, self.errors = [], [], [], [], [], []
+        self.console, self.percents, self.errors = [], [], []
         self.progressChanged.connect(self.percents.append)
         if on_progress is not None:
             self.progressChanged.connect(on_progress)
-
-    def pushInfo(self, info):  # noqa: N802
-        self.infos.append(info)
-        super().pushInfo(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.warnings.append(warning)
-        super().pushWarning(warning)
 
     def reportError(self, error, fatalError=False):  # noqa: N802
         self.errors.append(error)
@@ -39,10 +32,6 @@ class Recording(QgsProcessingFeedback):
     def pushConsoleInfo(self, info):  # noqa: N802
         self.console.append(info)
         super().pushConsoleInfo(info)
-
-    def setProgressText(self, text):  # noqa: N802
-        self.texts.append(text)
-        super().setProgressText(text)
 
 
 def run_sr(tiny_model, out, feedback, **extra):
@@ -126,16 +115,23 @@ def test_qgis_never_imports_torch_with_the_worker(tiny_model, tmp_path):
     assert "torch imported: False" in done.stdout, done.stdout
 
 
-def test_cancel_terminates_the_worker_and_leaves_nothing(provider, tiny_model, tmp_path, captured_runner):
-    out = tmp_path / "cancelled.tif"
+def once_running(captured_runner, action):
+    """(feedback, seen): at the job's first progress, ``action(feedback, worker pid)`` runs once and
+    ``seen["pid"]`` keeps the pid."""
     seen = {}
 
-    def cancel(percent):
+    def act(percent):
         if percent > 0 and "pid" not in seen and captured_runner[0].process is not None:
             seen["pid"] = captured_runner[0].process.pid
-            feedback.cancel()
+            action(feedback, seen["pid"])
 
-    feedback = Recording(cancel)
+    feedback = Recording(act)
+    return feedback, seen
+
+
+def test_cancel_terminates_the_worker_and_leaves_nothing(provider, tiny_model, tmp_path, captured_runner):
+    out = tmp_path / "cancelled.tif"
+    feedback, seen = once_running(captured_runner, lambda feedback, pid: feedback.cancel())
     with pytest.raises(QgsProcessingException, match="[Cc]ancel"):
         run_sr(tiny_model, out, feedback)
     assert "pid" in seen, "the job ended before it could be cancelled"
@@ -146,14 +142,8 @@ def test_cancel_terminates_the_worker_and_leaves_nothing(provider, tiny_model, t
 
 def test_a_killed_worker_is_one_clear_error_and_no_partial_file(provider, tiny_model, tmp_path, captured_runner):
     out = tmp_path / "killed.tif"
-    seen = {}
-
-    def kill(percent):
-        if percent > 0 and "pid" not in seen and captured_runner[0].process is not None:
-            seen["pid"] = captured_runner[0].process.pid
-            os.kill(seen["pid"], signal.SIGKILL)   # as the system's out-of-memory killer would
-
-    feedback = Recording(kill)
+    # SIGKILL, as the system's out-of-memory killer would.
+    feedback, seen = once_running(captured_runner, lambda feedback, pid: os.kill(pid, signal.SIGKILL))
     from lcmsr_qgis.worker import WorkerRunner
 
     job_error = []

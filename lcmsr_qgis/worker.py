@@ -43,14 +43,14 @@ def _is_python(path: str) -> bool:
 
 
 def default_python() -> str | None:
-    """The Python QGIS itself runs on.  Inside QGIS ``sys.executable`` is the qgis binary: then the
-    interpreter beside QGIS's Python (:func:`lcmsr_qgis.torch_install.find_python`); in a standalone
-    script or a venv, ``sys.executable`` itself."""
-    if _is_python(sys.executable):
-        return sys.executable
+    """The Python QGIS itself runs on: the interpreter under ``sys.base_prefix``
+    (:func:`lcmsr_qgis.torch_install.find_python`).  Not ``sys.executable``: inside QGIS and qgis_process
+    that is the qgis binary or whatever ``python3`` PATH finds first (a pyenv shim, another version); a
+    venv's packages come with :func:`worker_env`'s ``sys.path``.  ``sys.executable`` only where nothing
+    is found there."""
     from .torch_install import find_python
 
-    return find_python()
+    return find_python() or (sys.executable if _is_python(sys.executable) else None)
 
 
 def backend_root() -> str:
@@ -108,8 +108,8 @@ def check_python(python: str | None, custom: bool = True) -> tuple[bool, str]:
     if missing:
         names = {"osgeo": "GDAL's Python bindings (osgeo)", "lcmsr": "the LCMSR backend"}
         hint = INSTALL_HINT if "torch" in missing or "safetensors" in missing else "choose another worker Python"
-        return False, (f"LCMSR's worker Python {python} (Python {found.get('version')}) lacks "
-                       f"{', '.join(names.get(m, m) for m in missing)}; {hint}")
+        return False, (f"LCMSR needs PyTorch in its worker Python {python} (Python {found.get('version')}), "
+                       f"missing: {', '.join(names.get(m, m) + ' (not installed)' for m in missing)}; {hint}")
     return True, f"worker Python {python} (Python {found.get('version')}) is ready"
 
 

@@ -172,13 +172,13 @@ def describe_model(source: str, model_path: str, bands, models) -> dict:
     one, else chosen by its domain) with its scale, bands and domain.  QgsProcessingException on failure."""
     from qgis.core import QgsProcessingFeedback
 
-    from lcmsr.jobs import Job
+    from lcmsr.jobs import Job, options_to_dict
 
-    from .algorithms.superresolve import QGIS_TERMS, terms_fields
+    from .algorithms.superresolve import QGIS_TERMS
     from .worker import runner
 
     job = Job("describe_model", {"src": source, "model": model_path or "", "bands": bands or None,
-                                 "models": list(models), "terms": terms_fields(QGIS_TERMS)})
+                                 "models": list(models), "terms": options_to_dict(QGIS_TERMS)})
     return runner().run(job, QgsProcessingFeedback())
 
 

@@ -152,12 +152,6 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         return runner().run(Job(command, args), feedback)
 
     @staticmethod
-    def progress(feedback):
-        from ..feedback import feedback_progress
-
-        return feedback_progress(feedback)
-
-    @staticmethod
     @contextlib.contextmanager
     def backend_errors():
         """Backend exceptions become QgsProcessingException with the backend's own sentence.

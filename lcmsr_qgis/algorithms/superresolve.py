@@ -155,6 +155,8 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
 def run_options(alg, parameters, context, **extra) -> dict:
     """The SROptions fields (lcmsr.raster.pipeline.SROptions, as the job carries them) from the parameters
     :func:`add_run_parameters` added (``extra``: bands, device, uncertainty...)."""
+    from lcmsr.jobs import options_to_dict
+
     return dict(
         tile=alg.parameterAsInt(parameters, alg.TILE, context),
         overlap=alg.parameterAsInt(parameters, alg.OVERLAP, context),
@@ -171,14 +173,9 @@ def run_options(alg, parameters, context, **extra) -> dict:
         creation_options=creation_options(alg.parameterAsString(parameters, alg.CREATION_OPTIONS, context)),
         lr_consistency=alg.parameterAsInt(parameters, alg.LR_CONSISTENCY, context),
         models=Settings().models,
-        terms=terms_fields(QGIS_TERMS),
+        terms=options_to_dict(QGIS_TERMS),
         **extra,
     )
-
-
-def terms_fields(terms) -> dict:
-    """A Terms as the job carries it."""
-    return {"names": dict(terms.names), "setting": terms.setting}
 
 
 class SuperResolveAlgorithm(LcmsrAlgorithm):

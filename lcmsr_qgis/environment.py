@@ -35,7 +35,20 @@ def _why(exc: Exception) -> str:
 
 
 def backend_status() -> tuple[bool, str]:
-    """(usable, message): one line naming what is missing and how to install it; never raises."""
+    """(usable, message) of the runner the settings choose (lcmsr_qgis.worker): one line naming what is
+    missing and how to install it; never raises.  The worker's check imports nothing into QGIS."""
+    try:
+        from . import worker
+
+        if worker.runner_name() == worker.WORKER:
+            return worker.worker_status()
+    except ImportError:   # no QGIS (a bare import of the plugin): the in-process check below
+        pass
+    return in_process_status()
+
+
+def in_process_status() -> tuple[bool, str]:
+    """(usable, message) of the backend in QGIS's own interpreter (imports torch); never raises."""
     try:   # again here: a standalone script may import the plugin before its QgsApplication exists
         torch_install.activate()
     except Exception:
@@ -92,34 +105,23 @@ def diagnostics(device_request: str = "auto") -> str:
     if not ok:
         lines += [message, "Or in a terminal: " + manual_install_command()]
         return "\n".join(lines)
-    import numpy
-    import torch
+    from lcmsr.jobs import Job
 
-    import lcmsr
-    from lcmsr.runtime import DeviceError, resolve_device
-
-    lines += [f"lcmsr backend: {lcmsr.__version__} ({os.path.dirname(lcmsr.__file__)})",
-              f"numpy: {numpy.__version__}", f"torch: {torch.__version__} (CUDA build: {torch.version.cuda}) from "
-              f"{os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))}"
-              + (" (the plugin-owned folder)" if _is_plugin_owned(torch.__file__) else " (no install needed)"),
-              f"CUDA available: {torch.cuda.is_available()}"]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            lines.append(f"GPU {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
+    job = Job("diagnostics", {"device": device_request, "plugin_torch_dir": _torch_dir()})
     try:
-        choice = resolve_device(device_request)
-        lines.append(f"Device for '{device_request}': {choice.device} — {choice.reason}")
-    except DeviceError as exc:
-        lines.append(f"Device for '{device_request}': unusable — {exc}")
+        from . import worker
+
+        runner = worker.runner()
+        lines.append(f"Jobs run: {worker.RUNNER_LABELS[runner.name]}" + (f"; {message}" if runner.name == worker.WORKER
+                                                                          else ""))
+        lines += runner.run(job, None)["lines"]
+    except ImportError:   # no QGIS: here
+        from lcmsr.jobs import run
+
+        lines += run(job)["lines"]
+    except Exception as exc:   # a failed worker: its one line
+        lines.append(f"The backend's report failed: {exc}")
     return "\n".join(lines)
-
-
-def _is_plugin_owned(path: str) -> bool:
-    try:
-        return os.path.realpath(path).startswith(os.path.realpath(_torch_dir()) + os.sep)
-    except OSError:
-        return False
 
 
 def _plugin_version() -> str:

@@ -12,6 +12,10 @@ DEFAULTS = {
     "default_model": "",
     **{key: SR_DEFAULTS[key] for key in ("device", "tile", "overlap", "batch", "memory_budget", "precision")},
     "extra_python_path": "",
+    # Where jobs run (lcmsr_qgis.worker): "worker" (a worker process) or "inprocess" (inside QGIS), and the
+    # worker's interpreter ("": the Python QGIS runs on, with the plugin's PyTorch folder).
+    "runner": "worker",
+    "worker_python": "",
 }
 
 

@@ -149,17 +149,37 @@ def output_file_filter() -> str:
     return ";;".join(f"{names[d]} ({' '.join(by_driver[d])})" for d in order)
 
 
-def _ask_bands(iface, layer, model_path: str) -> list | None:
-    """The bands the user chose for the model ([] = automatic, by role), or None if cancelled."""
+def _ask_bands(iface, layer, model: dict) -> list | None:
+    """The bands the user chose for the model ([] = automatic, by role), or None if cancelled.  ``model``:
+    what the describe_model job said of it (bands, domain)."""
+    from types import SimpleNamespace
+
+    from lcmsr.domain import Domain
     from lcmsr.raster.facts import input_facts
-    from lcmsr.weights import read_info
 
     from .algorithms.superresolve import QGIS_TERMS
     from .ui.bands_dialog import BandsDialog
 
-    dialog = BandsDialog(layer.name(), input_facts(layer.source()), read_info(model_path), QGIS_TERMS,
+    domain = Domain.from_dict(model["domain"]) if model.get("domain") else Domain()
+    info = SimpleNamespace(bands=model["bands"], domain=domain)
+    dialog = BandsDialog(layer.name(), input_facts(layer.source()), info, QGIS_TERMS,
                          iface.mainWindow() if iface else None)
     return dialog.bands() if dialog.exec() else None
+
+
+def describe_model(source: str, model_path: str, bands, models) -> dict:
+    """The describe_model job (lcmsr.jobs) where the settings run jobs: the model for ``source`` (the given
+    one, else chosen by its domain) with its scale, bands and domain.  QgsProcessingException on failure."""
+    from qgis.core import QgsProcessingFeedback
+
+    from lcmsr.jobs import Job, options_to_dict
+
+    from .algorithms.superresolve import QGIS_TERMS
+    from .worker import runner
+
+    job = Job("describe_model", {"src": source, "model": model_path or "", "bands": bands or None,
+                                 "models": list(models), "terms": options_to_dict(QGIS_TERMS)})
+    return runner().run(job, QgsProcessingFeedback())
 
 
 def _safe(name: str) -> str:
@@ -192,24 +212,16 @@ def start_superresolve_active_layer(iface, output_path: str | None = None, model
     model_path = model_path or settings.model_for_run()
     interactive = output_path is None
     try:  # the model is known before the file dialog, which suggests a name with its scale
-        from lcmsr.weights import read_info
-
-        from .algorithms.superresolve import QGIS_TERMS
-
-        if not model_path:
-            # No default model: the bundled or registered model whose domain fits this layer.
-            from lcmsr.progress import Progress
-            from lcmsr.raster.pipeline import SROptions, choose_model_for
-
-            try:
-                model_path = choose_model_for(layer.source(), SROptions(bands=bands or None, models=settings.models,
-                                                                        terms=QGIS_TERMS), Progress())
-            except ValueError as exc:   # DomainError: no model fits; bands are chosen once a model is known
-                raise ValueError(f"{exc}\nSet a default model in 'Settings and models…' to choose its bands here, "
-                                 "or run 'Super-resolve raster' from the Processing Toolbox") from None
-        scale = read_info(model_path).scale
+        try:
+            model = describe_model(layer.source(), model_path, bands, settings.models)
+        except Exception as exc:   # DomainError: no model fits; bands are chosen once a model is known
+            if model_path:
+                raise
+            raise ValueError(f"{exc}\nSet a default model in 'Settings and models…' to choose its bands here, "
+                             "or run 'Super-resolve raster' from the Processing Toolbox") from None
+        model_path, scale = model["model"], model["scale"]
         if bands is None and interactive:
-            bands = _ask_bands(iface, layer, model_path)
+            bands = _ask_bands(iface, layer, model)
             if bands is None:
                 return None
     except Exception as exc:  # ModelFileError, DomainError: their sentence names the file and the problem

@@ -68,6 +68,29 @@ def tiny_model(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny_x4.safetensors")
 
 
+@pytest.fixture
+def runner_setting():
+    """``runner_setting(name, python="")`` sets where jobs run (lcmsr_qgis.worker) for one test; the settings
+    are restored after it."""
+    from qgis.core import QgsSettings
+
+    from lcmsr_qgis.settings import PREFIX
+
+    keys = [PREFIX + "runner", PREFIX + "worker_python"]
+    saved = {k: QgsSettings().value(k) for k in keys}
+
+    def choose(name: str, python: str = "") -> None:
+        QgsSettings().setValue(keys[0], name)
+        QgsSettings().setValue(keys[1], python)
+
+    yield choose
+    for key, value in saved.items():
+        if value is None:
+            QgsSettings().remove(key)
+        else:
+            QgsSettings().setValue(key, value)
+
+
 @pytest.fixture(scope="module")
 def provider(qgis_processing):
     """The plugin's Processing provider, registered for the module (and removed after it if added here)."""

@@ -35,6 +35,7 @@ COMMANDS = [
     "evaluate",      # eval: PSNR / SSIM / LPIPS / FID
     "info",          # info MODEL, diagnostics
     "domain",        # set-domain: what imagery a model is for
+    "run_job",       # run-job: one job of lcmsr.jobs, events as JSON lines (the QGIS plugin's worker)
 ]
 
 

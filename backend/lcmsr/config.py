@@ -184,10 +184,10 @@ class ModelConfig:
         kwargs = {}
         for key, value in data.items():
             if key in nested:
-                kwargs[key] = _from_dict(nested[key], value, key)
+                kwargs[key] = dataclass_from_dict(nested[key], value, key)
             else:
                 kwargs[key] = value
-        return _from_dict(cls, kwargs, "model config")
+        return dataclass_from_dict(cls, kwargs, "model config")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -277,7 +277,8 @@ def _check_fields(config, prefix: str) -> None:
             _check_fields(value, f"{prefix}{f.name}.")
 
 
-def _from_dict(cls, data, label):
+def dataclass_from_dict(cls, data, label):
+    """``cls(**data)``, a ValueError naming ``label`` for what is not a mapping or a key that is not a field."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):

@@ -6,8 +6,12 @@ imports a UI toolkit.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import sys
+import threading
 import time
 
 from .text import safe_text
@@ -131,6 +135,98 @@ class SubProgress(Progress):
 
     def cancelled(self) -> bool:
         return self.parent.cancelled()
+
+
+# ---------------------------------------------------------------- JSON lines: a job in another process
+# `lcmsr run-job` (lcmsr.jobs) writes one JSON object per line on stdout; the QGIS plugin's worker runner
+# reads them back with decode_event.  Events: {"event": "progress", "percent": 0-100, "message": text},
+# {"event": "info" | "warning", "message": text}, {"event": "result", "result": {...}} (what the job
+# returns) and, for a job that failed, one {"event": "error", "message": one line}.
+EVENTS = ("progress", "info", "warning", "result", "error")
+
+
+def plain(value):
+    """JSON for what results hold besides dicts, lists and numbers: numpy scalars, paths."""
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def encode_event(event: str, **fields) -> str:
+    """One event as one line of JSON (no newline in it: text is escaped by JSON itself)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event '{event}'")
+    return json.dumps(dict(event=event, **fields), default=plain, ensure_ascii=True)
+
+
+def decode_event(line: str) -> dict:
+    """The event of one line :func:`encode_event` wrote; ValueError (one line) for anything else."""
+    text = line.strip()
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise ValueError(f"not an LCMSR event: {safe_text(text[:200])}") from None
+    kind = event.get("event") if isinstance(event, dict) else None
+    if kind not in EVENTS:
+        raise ValueError(f"not an LCMSR event: {safe_text(text[:200])}")
+    if kind == "progress":
+        percent = event.get("percent")
+        if not isinstance(percent, (int, float)) or isinstance(percent, bool) or not math.isfinite(percent):
+            raise ValueError(f"progress event without a percent: {safe_text(text[:200])}")
+        event["message"] = str(event.get("message") or "")
+    elif kind == "result":
+        if not isinstance(event.get("result"), dict):
+            raise ValueError("result event without a result object")
+    else:
+        event["message"] = safe_text(event.get("message", ""))
+    return event
+
+
+class JsonLinesProgress(Progress):
+    """Progress as JSON-lines events on ``stream`` (the worker side of :mod:`lcmsr.jobs`).  Cancel comes
+    from outside: ``request_cancel()`` (a signal handler) makes ``cancelled()`` true.  Progress events are
+    thinned to changes of at least ``min_step`` percent or a new message."""
+
+    def __init__(self, stream, min_step: float = 0.1):
+        self.stream, self.min_step = stream, min_step
+        self._lock = threading.Lock()
+        self._percent: float | None = None
+        self._message = ""
+        self._cancel = False
+
+    def emit(self, event: str, **fields) -> None:
+        line = encode_event(event, **fields)
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def report(self, fraction: float, message: str = "") -> None:
+        percent = round(max(0.0, min(100.0, 100.0 * float(fraction))), 2)
+        if (self._percent is not None and abs(percent - self._percent) < self.min_step
+                and (not message or message == self._message) and percent < 100.0):
+            return
+        self._percent, self._message = percent, message or self._message
+        self.emit("progress", percent=percent, message=safe_text(message) if message else "")
+
+    def info(self, message: str) -> None:
+        self.emit("info", message=safe_text(message))
+
+    def warn(self, message: str) -> None:
+        self.emit("warning", message=safe_text(message))
+
+    def error(self, message: str) -> None:
+        self.emit("error", message=safe_text(message))
+
+    def result(self, result: dict) -> None:
+        self.emit("result", result=result)
+
+    def request_cancel(self) -> None:
+        self._cancel = True
+
+    def cancelled(self) -> bool:
+        return self._cancel
 
 
 class Timers:

@@ -141,10 +141,15 @@ class LcmsrAlgorithm(QgsProcessingAlgorithm):
         return layer.source()
 
     @staticmethod
-    def progress(feedback):
-        from ..feedback import feedback_progress
+    def run_job(command: str, feedback, **args) -> dict:
+        """The backend's ``command`` (lcmsr.jobs) with ``args`` (plain values; option dataclasses as dicts of
+        their fields), run where the settings say (lcmsr_qgis.worker: a worker process by default); its
+        result.  Errors arrive as QgsProcessingException with the backend's own sentence."""
+        from lcmsr.jobs import Job
 
-        return feedback_progress(feedback)
+        from ..worker import runner
+
+        return runner().run(Job(command, args), feedback)
 
     @staticmethod
     @contextlib.contextmanager

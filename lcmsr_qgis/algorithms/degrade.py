@@ -39,11 +39,7 @@ class DegradeAlgorithm(LcmsrAlgorithm):
         src = self.gdal_source(layer, self.INPUT)
         scale = self.scale_value(parameters, self.SCALE, context)
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        progress = self.progress(feedback)
-        with self.backend_errors():
-            from lcmsr.raster.degrade import degrade
-
-            degrade(src, dst, scale, progress)
+        self.run_job("degrade", feedback, src=src, dst=dst, scale=scale)
         if context.willLoadLayerOnCompletion(dst):
             details = context.layerToLoadOnCompletionDetails(dst)
             details.name = f"{layer.name()} /{scale}"

@@ -11,6 +11,7 @@ import os
 
 from qgis.core import (
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterBand,
@@ -25,7 +26,6 @@ from qgis.core import (
 from .. import qgis_enums
 from ..settings import Settings
 from .base import TRAINING_GROUP, LcmsrAlgorithm, device_request
-from .superresolve import warn_fallback
 
 
 class EvaluateAlgorithm(LcmsrAlgorithm):
@@ -137,6 +137,7 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback if feedback is not None else QgsProcessingFeedback()
         reference = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
         hr = self.gdal_source(reference, self.REFERENCE) if reference is not None else None
         sr_layer = self.parameterAsRasterLayer(parameters, self.SR, context)
@@ -147,94 +148,52 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
         want_lpips = self.parameterAsBoolean(parameters, self.LPIPS, context)
         html = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
-        progress = self.progress(feedback)
-        with self.backend_errors():
-            # The backend's evaluation, the one `lcmsr eval` runs: only the inputs are QGIS's.
-            from lcmsr.metrics.evaluate import METRIC_KEYS, TRUST_KEYS, write_html_report
-            from lcmsr.metrics.protocol import CLI_EVAL_TERMS, EvalRequest, evaluate
-            from lcmsr.runtime import resolve_device
-            from lcmsr.paths import check_outputs
+        lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None
+        unc = self.gdal_source(unc_layer, self.UNCERTAINTY) if unc_layer is not None else None
+        # The backend's evaluation protocol (lcmsr.metrics.protocol, the one `lcmsr eval` runs) checks, before
+        # any work, the report and its pictures against every input (the output-path rule), that the report
+        # can be written, and the rasters' sizes, bands and georeferencing; it runs in the job.
+        from lcmsr.metrics.protocol import CLI_EVAL_TERMS
 
-            lr = self.gdal_source(lr_layer, self.LR) if lr_layer is not None else None
-            unc = self.gdal_source(unc_layer, self.UNCERTAINTY) if unc_layer is not None else None
-            # The backend's evaluation protocol (lcmsr.metrics.protocol, the one `lcmsr eval` runs) checks,
-            # before any work, the report and its pictures against every input (the output-path rule), that
-            # the report can be written, and the rasters' sizes, bands and georeferencing.
-            terms = dict(CLI_EVAL_TERMS, sr=self.SR, model=self.MODEL, hr=self.REFERENCE, lr=self.LR,
-                         uncertainty=self.UNCERTAINTY, samples=self.SAMPLES, html=self.OUTPUT_HTML)
-            check_outputs(EvalRequest(html=html, terms=terms).outputs(),
-                          [(self.REFERENCE, hr), (self.MODEL, model_path),
-                           (self.SR, sr_layer.source() if sr_layer else None), (self.LR, lr), (self.UNCERTAINTY, unc)])
-            device = resolve_device(request)
-            if sr_layer is not None:
-                if model_path:
-                    progress.warn(f"{self.SR} is given: {self.MODEL} is not used")
-                if hr is None and lr is None:
-                    raise QgsProcessingException(f"{self.SR} is scored against {self.REFERENCE} (the high-resolution "
-                                                 f"reference), {self.LR} (its low-resolution input), or both: "
-                                                 "give one")
-                sr = self.gdal_source(sr_layer, self.SR)
-                scale = None if lr else self.scale_value(parameters, self.SCALE, context)
-                job = EvalRequest(sr=sr, hr=hr, lr=lr, uncertainty=unc, scale=scale, bands=bands, lpips=want_lpips,
-                                  device=request, html=html, terms=terms, paths_must_exist=False)
-                metrics = next(iter(evaluate(job, progress, pictures=True).details.values()))
-                scale = metrics["scale"]
-                title = f"{sr_layer.name()} vs {reference.name() if reference else lr_layer.name() + ' (no reference)'}"
-            else:
-                from lcmsr.raster.pipeline import SROptions
+        terms = dict(CLI_EVAL_TERMS, sr=self.SR, model=self.MODEL, hr=self.REFERENCE, lr=self.LR,
+                     uncertainty=self.UNCERTAINTY, samples=self.SAMPLES, html=self.OUTPUT_HTML)
+        inputs = [(self.REFERENCE, hr), (self.MODEL, model_path),
+                  (self.SR, sr_layer.source() if sr_layer else None), (self.LR, lr), (self.UNCERTAINTY, unc)]
+        job = dict(html=html, terms=terms, bands=bands, lpips=want_lpips, device=request, paths_must_exist=False)
+        if sr_layer is not None:
+            if model_path:
+                feedback.pushWarning(f"{self.SR} is given: {self.MODEL} is not used")
+            if hr is None and lr is None:
+                raise QgsProcessingException(f"{self.SR} is scored against {self.REFERENCE} (the high-resolution "
+                                             f"reference), {self.LR} (its low-resolution input), or both: give one")
+            job.update(sr=self.gdal_source(sr_layer, self.SR), hr=hr, lr=lr, uncertainty=unc,
+                       scale=None if lr else self.scale_value(parameters, self.SCALE, context))
+            title = f"{sr_layer.name()} vs {reference.name() if reference else lr_layer.name() + ' (no reference)'}"
+        else:
+            from .superresolve import resolve_model_path
 
-                from ..model_cache import model_cache
-                from .superresolve import resolve_model_path
-
-                if hr is None:
-                    raise QgsProcessingException(f"{self.REFERENCE}: a model is scored on the reference it degrades; "
-                                                 "give the high-resolution reference raster")
-                if lr or unc:
-                    progress.warn(f"with a model, {self.LR} and {self.UNCERTAINTY} are not used (the LR is the "
-                                  f"degraded reference; {self.SAMPLES} makes the uncertainty raster)")
-                model_path = resolve_model_path(model_path)
-                if not model_path:
-                    raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
-                                                 "model (no default model is set in the plugin settings)")
-                warn_fallback(progress, device)
-                model = model_cache().get(model_path, str(device.device))
-                settings = Settings()
-                options = SROptions(tile=settings.tile, overlap=settings.overlap, batch=settings.batch,
-                                    device=request)
-                work_dir = os.path.dirname(QgsProcessingUtils.generateTempFilename("lcmsr_eval"))
-                samples = self.parameterAsInt(parameters, self.SAMPLES, context)
-                if samples == 1:
-                    raise QgsProcessingException(f"{self.SAMPLES}: a spread needs at least 2 samples (0 = none)")
-                job = EvalRequest(model=model_path, hr=hr, bands=bands, lpips=want_lpips, samples=samples,
-                                  device=request, html=html, work_dir=work_dir, options=options, terms=terms,
-                                  paths_must_exist=False)
-                metrics = next(iter(evaluate(job, progress, pictures=True, model=model).details.values()))
-                sr, scale = metrics["sr"], metrics["scale"]
-                title = f"{os.path.basename(model_path)} on {reference.name()} (x{scale})"
-            extra = dict(scale=scale, bands=", ".join(map(str, bands or metrics.get("bands") or [])))
-            keys = METRIC_KEYS + TRUST_KEYS
-            rows = {os.path.basename(sr): dict({k: metrics.get(k) for k in keys}, **extra)}
-            bicubic = metrics.get("bicubic") or {}
-            if bicubic:
-                rows["bicubic"] = dict(bicubic, **extra)
-            write_html_report(html, rows, f"LCMSR evaluation: {title}", pictures=metrics.get("pictures"),
-                              notes=metrics["notes"], inputs=job.inputs())
-        if metrics["psnr"] is not None:
-            lpips_text = "skipped" if metrics.get("lpips") is None else f"{metrics['lpips']:.4f}"
-            progress.info(f"PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}, LPIPS {lpips_text}")
-        if metrics["lr_mae"] is not None:
-            progress.info(f"LR-consistency: mean {metrics['lr_mae']:.3f}, RMS {metrics['lr_rmse']:.3f}, "
-                          f"max {metrics['lr_max']:.3f} {metrics['unit']}")
-        for key, what in (("sam_input", "to the input"), ("sam_reference", "to the reference")):
-            if metrics[key] is not None:
-                progress.info(f"spectral angle {what}: {metrics[key]:.3f} degrees")
-        if metrics["uncertainty_spearman"] is not None:
-            progress.info(f"uncertainty/error Spearman correlation (16x16 blocks): "
-                          f"{metrics['uncertainty_spearman']:.3f}")
-        for note in metrics["notes"]:
-            progress.info(note)
-        if bicubic:
-            progress.info(f"bicubic baseline: PSNR {bicubic['psnr']:.3f} dB, SSIM {bicubic['ssim']:.4f}")
+            if hr is None:
+                raise QgsProcessingException(f"{self.REFERENCE}: a model is scored on the reference it degrades; "
+                                             "give the high-resolution reference raster")
+            if lr or unc:
+                feedback.pushWarning(f"with a model, {self.LR} and {self.UNCERTAINTY} are not used (the LR is the "
+                                     f"degraded reference; {self.SAMPLES} makes the uncertainty raster)")
+            model_path = resolve_model_path(model_path)
+            if not model_path:
+                raise QgsProcessingException(f"{self.SR} or {self.MODEL}: give a super-resolved raster or a "
+                                             "model (no default model is set in the plugin settings)")
+            samples = self.parameterAsInt(parameters, self.SAMPLES, context)
+            if samples == 1:
+                raise QgsProcessingException(f"{self.SAMPLES}: a spread needs at least 2 samples (0 = none)")
+            settings = Settings()
+            job.update(model=model_path, hr=hr, samples=samples,
+                       work_dir=os.path.dirname(QgsProcessingUtils.generateTempFilename("lcmsr_eval")),
+                       options=dict(tile=settings.tile, overlap=settings.overlap, batch=settings.batch,
+                                    device=request))
+            title = f"{os.path.basename(model_path)} on {reference.name()} (x{{scale}})"
+        metrics = self.run_job("evaluate", feedback, request=job, title=title,
+                               inputs=[[what, path] for what, path in inputs])
+        bicubic = metrics.get("bicubic") or {}
         numbers = dict({self.PSNR: metrics["psnr"], self.SSIM: metrics["ssim"], self.LPIPS_VALUE: metrics.get("lpips"),
                         self.BICUBIC_PSNR: bicubic.get("psnr"), self.BICUBIC_SSIM: bicubic.get("ssim"),
                         self.BICUBIC_LPIPS: bicubic.get("lpips"), self.BICUBIC_LR_MAE: bicubic.get("lr_mae"),
@@ -242,4 +201,4 @@ class EvaluateAlgorithm(LcmsrAlgorithm):
                        **{out: metrics[key] for out, key in self.TRUST_OUTPUTS.items()})
         # Plain floats: a numpy scalar reaches Qt as an opaque object that qgis_process prints empty.
         return dict({name: None if value is None else float(value) for name, value in numbers.items()},
-                    **{self.OUTPUT_HTML: html, self.SR_RASTER: sr})
+                    **{self.OUTPUT_HTML: html, self.SR_RASTER: metrics["sr"]})

@@ -11,6 +11,7 @@ import os
 
 from qgis.core import (
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFileDestination,
@@ -178,17 +179,14 @@ class FinetuneAlgorithm(TrainNumbers, LcmsrAlgorithm):
                                      f"(known: {names})")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback if feedback is not None else QgsProcessingFeedback()
         fields = self.options(parameters, context)
-        progress = self.progress(feedback)
         budget = f"{fields['iterations']} iterations" if fields["iterations"] else f"{fields['minutes']:g} minutes"
-        progress.info(f"fine-tuning {os.path.basename(fields['base_model'])} on {len(fields['sources'])} raster(s), "
-                      f"{budget}, checkpoints in {fields['checkpoint_dir']}")
-        with self.backend_errors():
-            from lcmsr.train import TrainOptions
-            from lcmsr.train.finetune import finetune
-
-            result = finetune(TrainOptions(**fields), progress)
-        progress.info(f"fine-tuning: {result.steps} steps in {result.seconds:.0f} s; wrote {result.model_path}")
-        return {self.OUTPUT: result.model_path or fields["out"], self.CHECKPOINT: fields["checkpoint_dir"],
-                self.STEPS: result.steps, self.LOSS: result.loss, self.VAL_PSNR: result.val_psnr,
-                self.BICUBIC_PSNR: result.bicubic_psnr}
+        feedback.pushInfo(f"fine-tuning {os.path.basename(fields['base_model'])} on {len(fields['sources'])} "
+                          f"raster(s), {budget}, checkpoints in {fields['checkpoint_dir']}")
+        result = self.run_job("train", feedback, stage="finetune", options=fields)
+        feedback.pushInfo(f"fine-tuning: {result['steps']} steps in {result['seconds']:.0f} s; "
+                          f"wrote {result['model_path']}")
+        return {self.OUTPUT: result["model_path"] or fields["out"], self.CHECKPOINT: fields["checkpoint_dir"],
+                self.STEPS: result["steps"], self.LOSS: result["loss"], self.VAL_PSNR: result["val_psnr"],
+                self.BICUBIC_PSNR: result["bicubic_psnr"]}

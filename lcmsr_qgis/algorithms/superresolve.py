@@ -107,12 +107,6 @@ class UncertaintyStyle(QgsProcessingLayerPostProcessorInterface):
 UNCERTAINTY_STYLE = UncertaintyStyle()
 
 
-def warn_fallback(progress, choice) -> None:
-    """A GPU that was wanted but is not usable is a warning, never silent (the pipeline logs the device)."""
-    if choice.fallback:
-        progress.warn(f"Device 'auto' fell back to the CPU — {choice.reason}")
-
-
 def add_run_parameters(alg, settings, samples: bool = False) -> None:
     """The options of a super-resolution run (tile ... overviews), shared by `superresolve` and `superresolve_many`;
     ``alg`` has the parameter names as class constants.  ``samples``: the uncertainty samples K too."""
@@ -166,12 +160,13 @@ def add_run_parameters(alg, settings, samples: bool = False) -> None:
         alg.addParameter(parameter)
 
 
-def run_options(alg, parameters, context, **extra):
-    """SROptions from the parameters :func:`add_run_parameters` added (``extra``: bands, device, uncertainty...)."""
-    from lcmsr.raster.pipeline import SROptions
+def run_options(alg, parameters, context, **extra) -> dict:
+    """The SROptions fields (lcmsr.raster.pipeline.SROptions, as the job carries them) from the parameters
+    :func:`add_run_parameters` added (``extra``: bands, device, uncertainty...)."""
+    from lcmsr.jobs import options_to_dict
 
     sampler = samplers()[0][alg.parameterAsEnum(parameters, alg.SAMPLER, context)]
-    return SROptions(
+    return dict(
         tile=alg.parameterAsInt(parameters, alg.TILE, context),
         overlap=alg.parameterAsInt(parameters, alg.OVERLAP, context),
         batch=alg.parameterAsInt(parameters, alg.BATCH, context),
@@ -189,7 +184,7 @@ def run_options(alg, parameters, context, **extra):
         creation_options=creation_options(alg.parameterAsString(parameters, alg.CREATION_OPTIONS, context)),
         lr_consistency=alg.parameterAsInt(parameters, alg.LR_CONSISTENCY, context),
         models=Settings().models,
-        terms=QGIS_TERMS,
+        terms=options_to_dict(QGIS_TERMS),
         **extra,
     )
 
@@ -295,32 +290,19 @@ class SuperResolveAlgorithm(LcmsrAlgorithm):
         model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context))
         dst = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context) or None
-        progress = self.progress(feedback)
-        with self.backend_errors():
-            from lcmsr.runtime import resolve_device
-            from lcmsr.raster.pipeline import choose_model_for, superresolve
-
-            from ..model_cache import model_cache
-
-            request = device_request(self.parameterAsEnum(parameters, self.DEVICE, context))
-            choice = resolve_device(request)
-            warn_fallback(progress, choice)
-            options = run_options(self, parameters, context, bands=bands, device=request, uncertainty=uncertainty,
-                                  samples=self.parameterAsInt(parameters, self.SAMPLES, context))
-            if not model_path:
-                model_path = choose_model_for(src, options, progress)
-            progress.info(f"Model: {model_path}")
-            # Loaded on the resolved device so that "auto" and "cpu" share one cached copy.
-            model = model_cache().get(model_path, str(choice.device))
-            superresolve(src, dst, model, options, progress)
+        options = run_options(self, parameters, context, bands=bands, uncertainty=uncertainty,
+                              device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)),
+                              samples=self.parameterAsInt(parameters, self.SAMPLES, context))
+        result = self.run_job("superresolve", feedback, src=src, dst=dst, model=model_path, sr=options)
+        scale = result["scale"]
         if context.willLoadLayerOnCompletion(dst):
             details = context.layerToLoadOnCompletionDetails(dst)
-            details.name = output_layer_name(layer.name(), model.info.scale)
+            details.name = output_layer_name(layer.name(), scale)
             # Processing names file outputs after the file by default; the input's name says more.
             details.forceName = True
         if uncertainty and context.willLoadLayerOnCompletion(uncertainty):
             details = context.layerToLoadOnCompletionDetails(uncertainty)
-            details.name = uncertainty_layer_name(layer.name(), model.info.scale)
+            details.name = uncertainty_layer_name(layer.name(), scale)
             details.forceName = True
             details.setPostProcessor(UNCERTAINTY_STYLE)
         return {self.OUTPUT: dst, self.UNCERTAINTY: uncertainty}

@@ -6,6 +6,7 @@ import os
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
@@ -133,6 +134,7 @@ class SuperResolveManyAlgorithm(LcmsrAlgorithm):
         return paths
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback if feedback is not None else QgsProcessingFeedback()
         inputs = self.inputs(parameters, context)
         model_path = resolve_model_path(self.parameterAsFile(parameters, self.MODEL, context)) or None
         out_dir = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
@@ -140,24 +142,23 @@ class SuperResolveManyAlgorithm(LcmsrAlgorithm):
         address = (self.parameterAsString(parameters, self.ADDRESS, context) or "").strip() or None
         if address and executor != "dask":
             raise QgsProcessingException(f"{self.ADDRESS} is a Dask scheduler's address: choose the Dask executor")
-        progress = self.progress(feedback)
-        with self.backend_errors():
-            from lcmsr.sr.batch import run_batch
-
-            options = run_options(self, parameters, context,
-                                  device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)))
-            result = run_batch(inputs, out_dir, model_path, options, executor=executor,
-                               workers=self.parameterAsInt(parameters, self.WORKERS, context), address=address,
-                               unit_size=self.parameterAsInt(parameters, self.UNIT_SIZE, context),
-                               progress=progress)
-        for item in result.failed:
-            feedback.reportError(f"{item.origin}: {item.error}", False)
-        done = sum(r.status in ("done", "skipped") for r in result.items)
-        progress.info(f"{done} raster(s) done ({sum(r.status == 'skipped' for r in result.items)} before), "
-                      f"{len(result.failed)} failed; job log {result.log}")
-        for mosaic in result.mosaics:
+        options = run_options(self, parameters, context,
+                              device=device_request(self.parameterAsEnum(parameters, self.DEVICE, context)))
+        result = self.run_job("superresolve_many", feedback, inputs=inputs, out_dir=out_dir, model=model_path or "",
+                              sr=options, executor=executor,
+                              workers=self.parameterAsInt(parameters, self.WORKERS, context), address=address or "",
+                              unit_size=self.parameterAsInt(parameters, self.UNIT_SIZE, context))
+        items = result["items"]
+        failed = [item for item in items if item["status"] == "failed"]
+        for item in failed:
+            feedback.reportError(f"{item['origin']}: {item['error']}", False)
+        done = sum(item["status"] in ("done", "skipped") for item in items)
+        feedback.pushInfo(f"{done} raster(s) done ({sum(item['status'] == 'skipped' for item in items)} before), "
+                          f"{len(failed)} failed; job log {result['log']}")
+        mosaics = result["mosaics"]
+        for mosaic in mosaics:
             # Each mosaic (one per CRS) loads as one layer; the outputs themselves stay files in the folder.
-            context.addLayerToLoadOnCompletion(mosaic.path, QgsProcessingContext.LayerDetails(
-                mosaic_layer_name(mosaic.path, len(mosaic.members)), context.project(), self.MOSAIC))
-        return {self.OUTPUT_FOLDER: out_dir, self.MOSAIC: result.mosaics[0].path if result.mosaics else None,
-                self.LOG: result.log, self.DONE: done, self.FAILED: len(result.failed)}
+            context.addLayerToLoadOnCompletion(mosaic["path"], QgsProcessingContext.LayerDetails(
+                mosaic_layer_name(mosaic["path"], mosaic["members"]), context.project(), self.MOSAIC))
+        return {self.OUTPUT_FOLDER: out_dir, self.MOSAIC: mosaics[0]["path"] if mosaics else None,
+                self.LOG: result["log"], self.DONE: done, self.FAILED: len(failed)}

@@ -17,6 +17,7 @@ import os
 
 from qgis.core import (
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -196,30 +197,27 @@ class TrainingAlgorithm(TrainNumbers, LcmsrAlgorithm):
         return self.scale_value(parameters, self.SCALE, context)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        feedback = feedback if feedback is not None else QgsProcessingFeedback()
         fields = self.options(parameters, context)
-        progress = self.progress(feedback)
-        progress.info(f"{self.STAGE_NAME}: {len(fields['sources'])} training raster(s), "
+        feedback.pushInfo(f"{self.STAGE_NAME}: {len(fields['sources'])} training raster(s), "
                       f"{fields['iterations']} iterations, checkpoints in {fields['checkpoint_dir']}")
         try:
-            with self.backend_errors():
-                import lcmsr.train
-
-                train = getattr(lcmsr.train, self.BACKEND_FUNCTION)
-                result = train(lcmsr.train.TrainOptions(**fields), progress)
+            result = self.run_job("train", feedback, stage=self.STAGE, options=fields)
         except QgsProcessingException as exc:
             if feedback is not None and feedback.isCanceled():
                 # The backend saved a checkpoint before stopping: say how to continue.
                 raise QgsProcessingException(
                     f"{exc}. To continue, run again with {self.RESUME} = {fields['checkpoint_dir']}") from exc
             raise
-        model_path = getattr(result, "model_path", None) or fields["out"]
-        progress.info(f"{self.STAGE_NAME}: {result.steps} steps in {result.seconds:.0f} s; "
-                      f"wrote {model_path}" + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))
+        model_path = result["model_path"] or fields["out"]
+        feedback.pushInfo(f"{self.STAGE_NAME}: {result['steps']} steps in {result['seconds']:.0f} s; "
+                          f"wrote {model_path}" + (f"; checkpoint {result['checkpoint']}" if result["checkpoint"]
+                                                   else ""))
         return {
             self.OUTPUT: model_path,
             self.CHECKPOINT: fields["checkpoint_dir"],
-            self.STEPS: result.steps,
-            self.LOSS: result.loss,
-            self.VAL_PSNR: result.val_psnr,
-            self.BICUBIC_PSNR: result.bicubic_psnr,
+            self.STEPS: result["steps"],
+            self.LOSS: result["loss"],
+            self.VAL_PSNR: result["val_psnr"],
+            self.BICUBIC_PSNR: result["bicubic_psnr"],
         }

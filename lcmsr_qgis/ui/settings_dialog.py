@@ -39,7 +39,7 @@ from qgis.PyQt.QtWidgets import (
 
 from lcmsr.choices import DEVICES, PRECISIONS, SR_DEFAULTS
 
-from .. import environment, torch_install
+from .. import environment, torch_install, worker
 from ..settings import Settings, bundled_model_paths
 
 _DEVICE_PATTERN = re.compile(rf"^({'|'.join(DEVICES)}|cuda:\d+)$")   # a listed device, or a given GPU
@@ -253,7 +253,29 @@ class SettingsDialog(QDialog):
         path_row = QHBoxLayout()
         path_row.addWidget(self.python_path_edit)
         path_row.addWidget(browse)
+        # Where jobs run (lcmsr_qgis.worker): a worker process on an interpreter, or inside QGIS.
+        self.runner_combo = QComboBox(page)
+        for name in worker.RUNNERS:
+            self.runner_combo.addItem(worker.RUNNER_LABELS[name], name)
+        self.worker_python_edit = QLineEdit(page)
+        self.worker_python_edit.setPlaceholderText(f"automatic: {worker.default_python() or 'not found'}")
+        browse_python = QToolButton(page)
+        browse_python.setText("…")
+        browse_python.clicked.connect(self._browse_worker_python)
+        check = QPushButton("Check", page)
+        check.clicked.connect(self.check_worker_python)
+        python_row = QHBoxLayout()
+        python_row.addWidget(self.worker_python_edit)
+        python_row.addWidget(browse_python)
+        python_row.addWidget(check)
+        self.worker_check_label = QLabel(page)
+        self.worker_check_label.setWordWrap(True)
+        self.runner_combo.currentIndexChanged.connect(
+            lambda _i: self.worker_python_edit.setEnabled(self.runner_combo.currentData() == worker.WORKER))
         form = QFormLayout(page)
+        form.addRow("Run jobs", self.runner_combo)
+        form.addRow("Worker Python", python_row)
+        form.addRow(self.worker_check_label)
         form.addRow("Device (auto, cpu, cuda, cuda:N)", self.device_combo)
         form.addRow("Tile size (LR pixels)", self.tile_spin)
         form.addRow("Tile overlap (LR pixels)", self.overlap_spin)
@@ -262,8 +284,11 @@ class SettingsDialog(QDialog):
         form.addRow("Precision", self.precision_combo)
         form.addRow("Extra Python path", path_row)
         note = QLabel("These are the defaults of the Processing algorithms and of "
-                      "'Super-resolve active layer'. A new extra Python path is used at once for what "
-                      "is not imported yet, fully after restarting QGIS.", page)
+                      "'Super-resolve active layer'. In a worker process, PyTorch runs outside QGIS: a crash "
+                      "or an out-of-memory there is an error message, and GPU memory is freed after each job; "
+                      "an empty Worker Python is the Python QGIS runs on with the plugin's PyTorch. A new "
+                      "extra Python path is used at once for what is not imported yet, fully after restarting "
+                      "QGIS.", page)
         note.setWordWrap(True)
         form.addRow(note)
         return page
@@ -310,6 +335,10 @@ class SettingsDialog(QDialog):
         self.precision_combo.setCurrentIndex(PRECISIONS.index(precision if precision in PRECISIONS
                                                               else SR_DEFAULTS["precision"]))
         self.python_path_edit.setText(str(s.extra_python_path or ""))
+        runner = s.runner if s.runner in worker.RUNNERS else worker.WORKER
+        self.runner_combo.setCurrentIndex(worker.RUNNERS.index(runner))
+        self.worker_python_edit.setText(str(s.worker_python or ""))
+        self.worker_python_edit.setEnabled(runner == worker.WORKER)
         self._update_default_label()
         if self.model_list.count():
             self.model_list.setCurrentRow(0)
@@ -429,7 +458,15 @@ class SettingsDialog(QDialog):
         if not _DEVICE_PATTERN.match(device):
             self._error("Invalid device", f"Device '{device}' is not one of auto, cpu, cuda or cuda:N")
             return False
+        python = self.worker_python_edit.text().strip()
+        if python and self.runner_combo.currentData() == worker.WORKER and not (
+                os.path.isfile(python) and os.access(python, os.X_OK)):
+            self._error("Invalid worker Python", f"Worker Python '{python}' does not exist or cannot be run: give "
+                                                 "a Python interpreter, or leave it empty for the automatic one")
+            return False
         s = self.settings
+        s.set("runner", self.runner_combo.currentData())
+        s.set("worker_python", python)
         s.models = self.models()
         s.set("default_model", self._default_model)
         s.set("device", device)
@@ -452,6 +489,20 @@ class SettingsDialog(QDialog):
         paths, _ = QFileDialog.getOpenFileNames(self, "Add LCMSR models", "", "LCMSR models (*.safetensors)")
         for path in paths:
             self.add_model(path)
+
+    def check_worker_python(self) -> str:
+        """Whether the worker Python in the field can run jobs (one line, also shown under the field)."""
+        python = self.worker_python_edit.text().strip()
+        ok, message = worker.check_python(python or worker.default_python(), custom=bool(python))
+        text = ("OK: " if ok else "Not usable: ") + message
+        self.worker_check_label.setText(text)
+        return text
+
+    def _browse_worker_python(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Worker Python (the python executable of an environment "
+                                                    "with PyTorch and GDAL)", self.worker_python_edit.text())
+        if path:
+            self.worker_python_edit.setText(path)
 
     def _browse_python_path(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Extra Python path (site-packages)",

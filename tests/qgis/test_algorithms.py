@@ -130,7 +130,9 @@ def test_algorithm_modules_import_only_torch_free_choices_at_module_level():
                           check=True).stdout.strip() == "[]"
 
 
-def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch):
+def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch, runner_setting):
+    """Inside QGIS: QGIS's own interpreter lacks torch."""
+    runner_setting("inprocess")
     monkeypatch.setitem(sys.modules, "torch", None)
     from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 
@@ -141,6 +143,33 @@ def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch):
         # qgis_process skips canExecute: preparing the run gives the same line instead of an import traceback.
         with pytest.raises(QgsProcessingException, match=r"torch \(not installed\)"):
             alg.createInstance().prepareAlgorithm({}, QgsProcessingContext(), QgsProcessingFeedback())
+
+
+def test_can_execute_says_what_the_worker_python_lacks(provider, runner_setting):
+    """In a worker: the chosen interpreter (the system Python, with GDAL and numpy but no torch here) is
+    checked without importing anything into QGIS."""
+    import importlib.util
+
+    system = "/usr/bin/python3"
+    if not os.path.isfile(system) or subprocess_finds(system, "torch"):
+        pytest.skip(f"needs {system} without torch")
+    runner_setting("worker", system)
+    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    for alg in provider.algorithms():
+        ok, message = alg.canExecute()
+        assert not ok and f"worker Python {system}" in message and "torch (not installed)" in message, message
+        assert "'Install PyTorch'" in message and "\n" not in message
+        with pytest.raises(QgsProcessingException, match=r"torch \(not installed\)"):
+            alg.createInstance().prepareAlgorithm({}, QgsProcessingContext(), QgsProcessingFeedback())
+    assert importlib.util.find_spec("lcmsr_qgis.worker") is not None
+
+
+def subprocess_finds(python: str, module: str) -> bool:
+    import subprocess
+
+    probe = f"import importlib.util as u; print(u.find_spec({module!r}) is not None)"
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
 
 
 def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provider, tiny_model, tmp_path,
@@ -175,8 +204,11 @@ def test_superresolve_output_layer_is_named_after_input_and_keeps_extent(provide
     assert any(line.startswith("progress: tile ") for line in feedback.infos), feedback.infos
 
 
-def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path):
+def test_batch_of_inputs_loads_the_model_once(provider, tiny_model, tmp_path, runner_setting):
+    """Inside QGIS, the model cache serves a batch (a worker loads its model once per job)."""
     from lcmsr_qgis.model_cache import model_cache
+
+    runner_setting("inprocess")
 
     model_cache().clear()
     before = model_cache().loads

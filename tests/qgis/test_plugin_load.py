@@ -37,8 +37,11 @@ def test_unload_removes_provider_and_reload_works(qgis_iface):
         assert _provider() is None
 
 
-def test_missing_torch_is_reported_not_raised(monkeypatch, qgis_iface):
+def test_missing_torch_is_reported_not_raised(monkeypatch, qgis_iface, runner_setting):
+    """Inside QGIS (the worker's own check: tests/qgis/test_worker.py)."""
     from qgis.core import Qgis
+
+    runner_setting("inprocess")
 
     from lcmsr_qgis import environment
 
@@ -111,7 +114,7 @@ def test_plugin_qt_imports_go_through_qgis_pyqt():
     assert not offenders, offenders
 
 
-def test_menu_action_without_torch_gives_the_one_line_hint(monkeypatch, qgis_iface, qgis_new_project):
+def test_menu_action_without_torch_gives_the_one_line_hint(monkeypatch, qgis_iface, qgis_new_project, runner_setting):
     from pathlib import Path
 
     from qgis.core import Qgis, QgsProject, QgsRasterLayer
@@ -119,6 +122,7 @@ def test_menu_action_without_torch_gives_the_one_line_hint(monkeypatch, qgis_ifa
     import lcmsr_qgis
     from lcmsr_qgis import environment
 
+    runner_setting("inprocess")   # the worker's own check: tests/qgis/test_worker.py
     layer = QgsRasterLayer(str(Path(__file__).resolve().parents[2] / "resources" / "sample" / "neon_lr.tif"), "lr")
     QgsProject.instance().addMapLayer(layer)
     qgis_iface.setActiveLayer(layer)

@@ -205,10 +205,12 @@ def test_with_torch_the_dialog_offers_no_install(dialog):
 
 
 @pytest.fixture()
-def torchless_dialog(monkeypatch, qgis_app, qgis_parent, tmp_path):
-    """The dialog in a QGIS whose `import torch` fails; its install goes into a temporary profile."""
+def torchless_dialog(monkeypatch, qgis_app, qgis_parent, tmp_path, runner_setting):
+    """The dialog in a QGIS whose `import torch` fails, running jobs inside QGIS (a worker's Python is
+    checked in tests/qgis/test_worker.py); its install goes into a temporary profile."""
     from lcmsr_qgis.ui.settings_dialog import SettingsDialog
 
+    runner_setting("inprocess")
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.setattr(sys, "path", list(sys.path))        # an install activates its folder: undone after
     for name in [n for n in sys.modules if n == "tqdm" or n.startswith("tqdm.")]:
@@ -329,3 +331,21 @@ def test_an_unreachable_index_puts_the_reachable_build_one_choice_away(torchless
     _wait_for_install(dlg)
     assert os.path.isfile(os.path.join(dlg.torch_target, "torch", "__init__.py"))
     assert dlg.torch_label.text().startswith(f"PyTorch from the package registry installed in {dlg.torch_target}")
+
+
+def test_the_runner_and_the_worker_python_are_chosen_checked_and_saved(dialog, tmp_path):
+    from lcmsr_qgis import worker
+
+    assert dialog.runner_combo.currentData() == worker.WORKER and dialog.worker_python_edit.text() == ""
+    assert dialog.check_worker_python().startswith("OK: worker Python ")   # the automatic one runs jobs here
+    dialog.worker_python_edit.setText(str(tmp_path / "missing" / "python3"))
+    dialog.accept()
+    assert "does not exist or cannot be run" in dialog.last_error and dialog.result() == 0
+    assert Settings().worker_python == ""   # nothing saved
+    assert dialog.check_worker_python().startswith("Not usable: ")
+    dialog.worker_python_edit.setText(sys.executable)
+    dialog.runner_combo.setCurrentIndex(worker.RUNNERS.index(worker.IN_PROCESS))
+    assert not dialog.worker_python_edit.isEnabled()
+    dialog.accept()
+    assert (Settings().runner, Settings().worker_python) == (worker.IN_PROCESS, sys.executable)
+    assert isinstance(worker.runner(), worker.InProcessRunner)

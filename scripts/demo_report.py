@@ -34,7 +34,11 @@ def main(argv=None):
     h, w = hr.shape[1:]
     bicubic, sr = bicubic[:, :h, :w], sr[:, :h, :w]
     rows = {}
-    for name, img in (("bicubic", bicubic), ("LCMSR (1 step)", sr)):
+    # The sampler that ran, from the output's provenance (the model's default unless one was chosen).
+    meta = gdal.Open(a.sr).GetMetadata() or {}
+    sampler, steps = meta.get("LCMSR_SAMPLER", "?"), meta.get("LCMSR_STEPS", "?")
+    label = f"LCMSR ({sampler})" if sampler == "faithful" else f"LCMSR ({steps} step{'s' * (steps != '1')})"
+    for name, img in (("bicubic", bicubic), (label, sr)):
         rows[name] = evaluate_arrays(img, hr, scale=scale, data_range=255.0)
     gap = np.full((3, h, 8), 255, np.float32)
     panel = np.concatenate([bicubic, gap, sr, gap, hr], axis=2).clip(0, 255).astype(np.uint8)

@@ -5,7 +5,8 @@
 # project's own training CLI.  Stage 1 the residual autoencoder, stage 2 CondNet + consistency denoiser;
 # then the domain (what imagery it is for) is written into the file and the weights stored as int8 (a scale per output channel).
 # Resumable: rerun it and each stage continues from its newest checkpoint.
-# KIND=joint trains the joint R,G,B,NIR model instead (resources/models/lcmsr_x4_satellite_rgbn.safetensors):
+# KIND=joint trains the joint R,G,B,NIR model instead (build/satellite-rgbn/lcmsr_x4_satellite_rgbn.safetensors;
+# not shipped: its card, resources/models/MODEL_CARD_satellite_rgbn.md, says why):
 # one 4-band network, on the two satellite sources with a NIR band (scripts/satellite_data.py --joint says
 # which files and which rows validate).
 # Usage: scripts/train_satellite.sh [AE_STEPS] [LCM_STEPS]   (DEVICE=cuda on a GPU, WORK=<dir>, OUT=<file>,
@@ -21,7 +22,7 @@ case "$KIND" in
   bandwise) W=${WORK:-build/satellite}; PRESET=satellite-bandwise; SPLIT=data/satellite; JOINT=
             OUT=${OUT:-resources/models/lcmsr_x4_satellite_bandwise.safetensors} ;;
   joint)    W=${WORK:-build/satellite-rgbn}; PRESET=satellite-rgbn; SPLIT=data/satellite/rgbn; JOINT=--joint
-            OUT=${OUT:-resources/models/lcmsr_x4_satellite_rgbn.safetensors} ;;
+            OUT=${OUT:-build/satellite-rgbn/lcmsr_x4_satellite_rgbn.safetensors} ;;   # ships once it beats band-wise
   *) echo "KIND must be bandwise or joint, not '$KIND'" >&2; exit 2 ;;
 esac
 mkdir -p "$W" "$(dirname "$OUT")"

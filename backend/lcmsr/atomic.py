@@ -122,16 +122,25 @@ def _fsync(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class AtomicPath:
     """``with AtomicPath(dst) as tmp:`` — write ``tmp``; on success it replaces ``dst``, on any
     exception (including KeyboardInterrupt) it is removed and ``dst`` is left as it was.
 
     ``fsync=True`` flushes the file before the rename and the folder after it, so the new file
-    survives a power loss (checkpoints, model files).  ``dst``'s folder must exist.
+    survives a power loss (checkpoints, model files).  ``umask_mode=True`` gives the file the mode a
+    plain ``open()`` would (0666 less the umask) for writers that create it private (safetensors
+    writes 0600).  ``dst``'s folder must exist.
     """
 
-    def __init__(self, dst: str | os.PathLike, suffix: str = "", fsync: bool = False):
-        self.dst, self.fsync = os.path.abspath(os.fspath(dst)), fsync
+    def __init__(self, dst: str | os.PathLike, suffix: str = "", fsync: bool = False, umask_mode: bool = False):
+        self.dst, self.fsync, self.umask_mode = os.path.abspath(os.fspath(dst)), fsync, umask_mode
         self.removed_stale = sweep_stale(os.path.dirname(self.dst))
         self.tmp = temp_path(self.dst, suffix)
 
@@ -141,6 +150,8 @@ class AtomicPath:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             try:
+                if self.umask_mode:
+                    os.chmod(self.tmp, 0o666 & ~current_umask())
                 if self.fsync:
                     _fsync(self.tmp)
                 os.replace(self.tmp, self.dst)

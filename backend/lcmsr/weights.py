@@ -146,7 +146,7 @@ def save_model(path, model: LCMSR, info: ModelInfo | None = None, storage: str =
             raise ValueError(f"cannot save {path}: the model has {problem}")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(meta)
-    with AtomicPath(path, fsync=True) as tmp:
+    with AtomicPath(path, fsync=True, umask_mode=True) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: meta_json, DIGEST_KEY: content_digest(meta_json, tensors)})
     return path
 

@@ -484,3 +484,16 @@ def test_int8_storage_quarters_the_file_and_keeps_the_output(saved, tmp_path):
     for i, (words, changed) in enumerate(cases.items()):
         with pytest.raises(ModelFileError, match=words):
             load_model(rewrite(changed, tmp_path / f"bad{i}.safetensors"))
+
+
+def test_a_model_file_gets_the_users_usual_mode_not_a_private_one(saved, tmp_path):
+    """safetensors creates its file 0600; a model a user writes (fine-tuned, re-stored) is shared like any file:
+    0666 less the umask."""
+    import stat
+
+    from lcmsr.atomic import current_umask
+    from lcmsr.weights import load_model, save_model
+
+    _, _, path = saved
+    out = save_model(tmp_path / "shared.safetensors", load_model(path))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()

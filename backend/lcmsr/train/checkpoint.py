@@ -45,7 +45,7 @@ class Checkpoint:
 
 
 def _atomic_write(path: Path, write) -> None:
-    with AtomicPath(path, fsync=True) as tmp:
+    with AtomicPath(path, fsync=True, umask_mode=True) as tmp:
         write(tmp)
 
 

@@ -122,13 +122,6 @@ def _fsync(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def current_umask() -> int:
-    """The process's umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class AtomicPath:
     """``with AtomicPath(dst) as tmp:`` — write ``tmp``; on success it replaces ``dst``, on any
     exception (including KeyboardInterrupt) it is removed and ``dst`` is left as it was.
@@ -145,13 +138,20 @@ class AtomicPath:
         self.tmp = temp_path(self.dst, suffix)
 
     def __enter__(self) -> str:
+        self.mode = None
+        if self.umask_mode:
+            # The mode a plain open() gives, learnt from the kernel by creating the file (no umask round trip,
+            # which would race with other threads creating files); the writer then replaces its contents.
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            self.mode = os.fstat(fd).st_mode & 0o7777
+            os.close(fd)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             try:
-                if self.umask_mode:
-                    os.chmod(self.tmp, 0o666 & ~current_umask())
+                if self.mode is not None:
+                    os.chmod(self.tmp, self.mode)
                 if self.fsync:
                     _fsync(self.tmp)
                 os.replace(self.tmp, self.dst)

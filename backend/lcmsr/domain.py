@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .choices import CLI_TERMS, Terms
-from .normalizers import NORMALIZERS, STRETCH_PERCENTILES, robust_range  # noqa: F401  (robust_range: lcmsr.domain's API)
+from .normalizers import NORMALIZERS
 from .sensors import SENSORS
 from .text import safe_text
 

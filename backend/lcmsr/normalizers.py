@@ -13,6 +13,7 @@ A new strategy is one class here and one :data:`NORMALIZERS` line; training and 
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -36,18 +37,18 @@ def robust_range(values, low: float = STRETCH_PERCENTILES[0], high: float = STRE
     return lo, hi
 
 
-class Normalizer:
+class Normalizer(abc.ABC):
     """A strategy: what the stored range means and how an input's range is found from it."""
     name = ""
     label = ""              # one phrase for `lcmsr info` and the domain summary
     stretched = False       # the stored range is in units of the input's own stretch, not raw values
     measures_input = False  # inference needs each band's robust range of the input
 
+    @abc.abstractmethod
     def input_range(self, lo: list[float], hi: list[float], ranges, bands: int) -> tuple[list[float], list[float]]:
         """The raw-value range (lo, hi per input band) that maps an input to the model's range; ``ranges`` per
         input band (p1, p99, min, max) where :attr:`measures_input`; ``bands``: input bands (a band-wise model
         stores one range for all)."""
-        raise NotImplementedError
 
 
 class Fixed(Normalizer):
@@ -78,9 +79,3 @@ class InputPercentile(Normalizer):
 
 NORMALIZERS: dict[str, Normalizer] = {n.name: n for n in (Fixed(), InputPercentile())}
 
-
-def normalizer(name: str) -> Normalizer:
-    try:
-        return NORMALIZERS[name]
-    except KeyError:
-        raise ValueError(f"normalisation must be one of {', '.join(NORMALIZERS)}, got {str(name)[:40]!r}") from None

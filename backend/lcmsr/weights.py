@@ -329,47 +329,46 @@ def _value_problem(name: str, t: torch.Tensor) -> str | None:
     return None
 
 
-def _read_tensors(path: Path, names) -> dict[str, torch.Tensor]:
-    """``names`` as stored, each checked by :func:`_value_problem`."""
+def _read_tensors(path: Path, names) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(``names`` as stored, with an int8 weight's scale beside it; their values, each checked by
+    :func:`_value_problem`: an int8 weight dequantized once, here)."""
     from safetensors import safe_open
 
-    stored = {}
+    stored, values = {}, {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in names:
-                stored[name] = f.get_tensor(name)
+                stored[name] = values[name] = f.get_tensor(name)
                 if stored[name].dtype == torch.int8:
                     scale = stored[name + QSCALE_SUFFIX] = f.get_tensor(name + QSCALE_SUFFIX)
                     if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
                         raise ModelFileError(f"model file {path} has a scale of tensor '{name}' that is not a "
                                              f"positive finite number")
-                    problem = _value_problem(name, _dequantize(stored[name], scale))
-                else:
-                    problem = _value_problem(name, stored[name])
+                    values[name] = _dequantize(stored[name], scale)
+                problem = _value_problem(name, values[name])
                 if problem:
                     raise ModelFileError(f"model file {path} has {problem}")
-
     except ModelFileError:
         raise
     except Exception as exc:  # safetensors' own errors (SafetensorError) for anything we did not catch
         raise ModelFileError(f"model file {path} cannot be read as safetensors: {exc}") from None
-    return stored
+    return stored, values
 
 
 def _validate(path, values: bool) -> tuple[Path, ModelInfo, dict, dict]:
-    """The one validator (module docstring): (path, info, expected tensors, stored tensors).  With
+    """The one validator (module docstring): (path, info, expected tensors, their values).  With
     ``values=False`` only latent_scale is read (header checks only: fast, for lists and dialogs)."""
     path = Path(path)
     header, data_len = _read_header(path)
     info = _info_from_header(path, header)
     expected = _expected_tensors(path, info, header, data_len)
-    stored = _read_tensors(path, expected if values else ["latent_scale"])
+    stored, weights = _read_tensors(path, expected if values else ["latent_scale"])
     if values:
         digest = header["__metadata__"].get(DIGEST_KEY)
         if digest is not None and digest != content_digest(header["__metadata__"][METADATA_KEY], stored):
             raise ModelFileError(f"model file {path} is damaged: its contents do not match the checksum "
                                  "written with it (a corrupted copy or download?)")
-    return path, info, expected, stored
+    return path, info, expected, weights
 
 
 def read_info(path) -> ModelInfo:
@@ -385,9 +384,9 @@ def check_model(path) -> ModelInfo:
 
 def load_model(path, device="cpu") -> LCMSR:
     """Build the inference model (no encoder) from a model file that passed the validator, eval mode."""
-    path, info, _, stored = _validate(path, values=True)
+    path, info, _, weights = _validate(path, values=True)
     model = LCMSR(info.config, info=info, with_encoder=False)
-    model.load_state_dict({name: t.float() for name, t in _values(stored).items()}, strict=True)
+    model.load_state_dict({name: t.float() for name, t in weights.items()}, strict=True)
     model.source_path = str(path.resolve())   # the output's provenance names the file the weights came from
     return model.to(device).eval()
 

@@ -107,6 +107,27 @@ class UncertaintyStyle(QgsProcessingLayerPostProcessorInterface):
 UNCERTAINTY_STYLE = UncertaintyStyle()
 
 
+class RunParameters:
+    """The names of the parameters :func:`add_run_parameters` adds and :func:`run_options` reads, for every
+    algorithm that super-resolves (one list, so the two cannot drift apart)."""
+    TILE = "TILE"
+    OVERLAP = "OVERLAP"
+    BATCH = "BATCH"
+    MEMORY_BUDGET = "MEMORY_BUDGET"
+    STEPS = "STEPS"
+    SAMPLER = "SAMPLER"
+    SEED = "SEED"
+    PRECISION = "PRECISION"
+    LR_CONSISTENCY = "LR_CONSISTENCY"
+    OUTPUT_TYPE = "OUTPUT_TYPE"
+    IGNORE_DOMAIN = "IGNORE_DOMAIN"
+    BAND_ROLES = "BAND_ROLES"
+    CREATION_OPTIONS = "CREATION_OPTIONS"
+    COG = "COG"
+    OVERVIEWS = "OVERVIEWS"
+    SAMPLES = "SAMPLES"
+
+
 def add_run_parameters(alg, settings, samples: bool = False) -> None:
     """The options of a super-resolution run (tile ... overviews), shared by `superresolve` and `superresolve_many`;
     ``alg`` has the parameter names as class constants.  ``samples``: the uncertainty samples K too."""
@@ -189,29 +210,13 @@ def run_options(alg, parameters, context, **extra) -> dict:
     )
 
 
-class SuperResolveAlgorithm(LcmsrAlgorithm):
+class SuperResolveAlgorithm(RunParameters, LcmsrAlgorithm):
     INPUT = "INPUT"
     BANDS = "BANDS"
     MODEL = "MODEL"
     DEVICE = "DEVICE"
-    TILE = "TILE"
-    OVERLAP = "OVERLAP"
-    BATCH = "BATCH"
-    MEMORY_BUDGET = "MEMORY_BUDGET"
-    STEPS = "STEPS"
-    SAMPLER = "SAMPLER"
-    SEED = "SEED"
-    PRECISION = "PRECISION"
-    OUTPUT_TYPE = "OUTPUT_TYPE"
-    IGNORE_DOMAIN = "IGNORE_DOMAIN"
-    BAND_ROLES = "BAND_ROLES"
-    CREATION_OPTIONS = "CREATION_OPTIONS"
-    COG = "COG"
-    OVERVIEWS = "OVERVIEWS"
     OUTPUT = "OUTPUT"
     UNCERTAINTY = "UNCERTAINTY"
-    SAMPLES = "SAMPLES"
-    LR_CONSISTENCY = "LR_CONSISTENCY"
 
     def name(self):
         return "superresolve"

@@ -23,14 +23,14 @@ from lcmsr.choices import EXECUTOR_LABELS, EXECUTORS
 from .. import qgis_enums
 from ..settings import Settings
 from .base import LcmsrAlgorithm, device_request
-from .superresolve import add_run_parameters, resolve_model_path, run_options
+from .superresolve import RunParameters, add_run_parameters, resolve_model_path, run_options
 
 
 def mosaic_layer_name(path: str, count: int) -> str:
     return f"{os.path.splitext(os.path.basename(path))[0]} ({count} rasters, LCMSR)"
 
 
-class SuperResolveManyAlgorithm(LcmsrAlgorithm):
+class SuperResolveManyAlgorithm(RunParameters, LcmsrAlgorithm):
     LAYERS = "LAYERS"
     FILES = "FILES"
     FOLDER = "FOLDER"
@@ -40,21 +40,6 @@ class SuperResolveManyAlgorithm(LcmsrAlgorithm):
     WORKERS = "WORKERS"
     ADDRESS = "ADDRESS"
     UNIT_SIZE = "UNIT_SIZE"
-    TILE = "TILE"
-    OVERLAP = "OVERLAP"
-    BATCH = "BATCH"
-    MEMORY_BUDGET = "MEMORY_BUDGET"
-    STEPS = "STEPS"
-    SAMPLER = "SAMPLER"
-    SEED = "SEED"
-    PRECISION = "PRECISION"
-    LR_CONSISTENCY = "LR_CONSISTENCY"
-    OUTPUT_TYPE = "OUTPUT_TYPE"
-    IGNORE_DOMAIN = "IGNORE_DOMAIN"
-    BAND_ROLES = "BAND_ROLES"
-    CREATION_OPTIONS = "CREATION_OPTIONS"
-    COG = "COG"
-    OVERVIEWS = "OVERVIEWS"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     MOSAIC = "MOSAIC"
     LOG = "LOG"

@@ -491,9 +491,10 @@ def test_a_model_file_gets_the_users_usual_mode_not_a_private_one(saved, tmp_pat
     0666 less the umask."""
     import stat
 
-    from lcmsr.atomic import current_umask
     from lcmsr.weights import load_model, save_model
 
     _, _, path = saved
+    umask = os.umask(0o022)
+    os.umask(umask)
     out = save_model(tmp_path / "shared.safetensors", load_model(path))
-    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -145,14 +145,17 @@ def test_can_execute_says_what_is_missing_without_torch(provider, monkeypatch, r
             alg.createInstance().prepareAlgorithm({}, QgsProcessingContext(), QgsProcessingFeedback())
 
 
-def test_can_execute_says_what_the_worker_python_lacks(provider, runner_setting):
-    """In a worker: the chosen interpreter (the system Python, with GDAL and numpy but no torch here) is
-    checked without importing anything into QGIS."""
+def test_can_execute_says_what_the_worker_python_lacks(provider, runner_setting, tmp_path):
+    """In a worker: the chosen interpreter, a Python that lacks torch, is checked without importing anything
+    into QGIS.  That interpreter is this test's own Python started with -S (no site-packages, so neither a
+    venv's nor Debian's python3-torch), behind a wrapper a user could have chosen."""
     import importlib.util
 
-    system = "/usr/bin/python3"
-    if not os.path.isfile(system) or subprocess_finds(system, "torch"):
-        pytest.skip(f"needs {system} without torch")
+    system = tmp_path / "python-without-site"
+    system.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    system.chmod(0o755)
+    system = str(system)
+    assert not subprocess_finds(system, "torch")
     runner_setting("worker", system)
     from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 

@@ -10,6 +10,7 @@ from osgeo import gdal
 
 from .. import domain as dom
 from ..domain import InputFacts
+from ..normalizers import robust_range
 from . import io
 from .validity import valid_values
 
@@ -141,7 +142,7 @@ def band_ranges(path: str, bands: list[int], sample: int = STRETCH_SAMPLE, ds: g
         if v.size == 0:
             raise io.RasterError(f"band {b} of {path} has no valid pixel (all nodata): nothing to "
                                  f"super-resolve")
-        lo, hi = dom.robust_range(v)
+        lo, hi = robust_range(v)
         v = v.astype(np.float64)
         out.append((lo, hi, float(v.min()), float(v.max())))
     return out
